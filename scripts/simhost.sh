@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# simhost.sh runs several simulated edge hosts on one machine.
+#
+# A simulated host NAME is:
+#   - a network namespace osim-NAME, joined by a veth pair to the bridge osimbr0
+#     that lives in the namespace osim-br, with an address in 10.99.0.0/24;
+#   - a persistent mount namespace ($STATE/NAME/mnt) with a private /dev/shm,
+#     /run/runc, /run/containers/networks and /run/libpod, so that rootful
+#     Podman instances do not share locks, runtime state or IPAM (HOSTS.md);
+#   - its own Podman storage and configuration (CONTAINERS_CONF and
+#     CONTAINERS_STORAGE_CONF under $STATE/NAME) and its own
+#     `podman system service` on $STATE/NAME/podman.sock.
+#
+# Commands:
+#   simhost.sh up NAME [IP]        create host NAME with address IP (10.99.0.x; default:
+#                                  the lowest free one); prints socket=..., ip=... lines
+#   simhost.sh down NAME           stop its processes and remove all of it
+#   simhost.sh down-all            remove every simulated host (also after a failed test)
+#   simhost.sh exec NAME CMD...    run CMD inside NAME (its netns, its mounts, its Podman env)
+#   simhost.sh env NAME            print the environment a process in NAME needs
+#   simhost.sh list                the hosts that exist
+#   simhost.sh shape NAME RATE     shape NAME's link to RATE (e.g. 100mbit) both ways; RATE=off removes it
+#
+# Only addresses in 10.99.0.0/24, only inside these namespaces. Nothing is routed
+# anywhere else: the namespaces have no default route.
+set -euo pipefail
+
+STATE=${OSIM_STATE:-/run/osim}
+DATA=${OSIM_DATA:-/var/lib/osim}
+BRNS=osim-br
+BR=osimbr0
+CONTAINERS_BASE_CONF=${ORCHESTRATE_CONF_DIR:-/etc/orchestrate}/containers.conf
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+die() { printf 'simhost: error: %s\n' "$*" >&2; exit 1; }
+
+valid_name() { [[ $1 =~ ^[a-z0-9]{1,8}$ ]] || die "host name '$1' must be 1-8 lowercase letters or digits"; }
+
+ensure_state() {
+  mkdir -p "$STATE" "$DATA"
+  # The persistent mount-namespace files must live on a private mount, or the
+  # bind mount that keeps them alive would propagate into every namespace.
+  if ! findmnt -rn -o TARGET "$STATE" | grep -qx "$STATE"; then
+    mount --bind "$STATE" "$STATE"
+  fi
+  mount --make-private "$STATE"
+}
+
+ensure_bridge() {
+  if ! ip netns list | awk '{print $1}' | grep -qx "$BRNS"; then
+    ip netns add "$BRNS"
+  fi
+  ip -n "$BRNS" link show "$BR" >/dev/null 2>&1 || {
+    ip -n "$BRNS" link add "$BR" type bridge
+    ip -n "$BRNS" link set "$BR" up
+    ip -n "$BRNS" link set lo up
+  }
+}
+
+host_env() {
+  local name=$1 d=$STATE/$1
+  cat <<EOF
+CONTAINERS_CONF=$d/containers.conf
+CONTAINERS_STORAGE_CONF=$d/storage.conf
+TMPDIR=$d/tmp
+PATH=$PATH
+OSIM_HOST=$name
+EOF
+}
+
+# free_ip: the lowest 10.99.0.N (N in 1..250) no simulated host uses.
+free_ip() {
+  local n used
+  used=$(cat "$STATE"/*/ip 2>/dev/null || true)
+  for n in $(seq 1 250); do
+    grep -qx "10.99.0.$n" <<<"$used" || { echo "10.99.0.$n"; return; }
+  done
+  die "no free address in 10.99.0.0/24"
+}
+
+cmd_up() {
+  local name=$1 ip=${2:-} d=$STATE/$1 data=$DATA/$1
+  valid_name "$name"
+  mkdir -p "$STATE"
+  # Several test processes may create hosts at once: one at a time.
+  exec 9>"$STATE.lock"
+  flock 9
+  [ -n "$ip" ] || ip=$(free_ip)
+  [[ $ip =~ ^10\.99\.0\.([0-9]{1,3})$ ]] || die "address '$ip' must be in 10.99.0.0/24"
+  grep -qx "$ip" <(cat "$STATE"/*/ip 2>/dev/null) && die "address $ip is taken"
+  [ -f "$CONTAINERS_BASE_CONF" ] || die "$CONTAINERS_BASE_CONF missing: run scripts/install-host.sh first"
+  [ ! -e "$d/mnt" ] || die "host $name already exists (simhost.sh down $name)"
+  ensure_state
+  ensure_bridge
+  mkdir -p "$d/tmp" "$d/runc" "$d/networks" "$d/libpod" "$d/netconf" "$d/run" "$data/storage" "$data/volumes" "$data/static"
+
+  # Network: veth pair, host end eth0 in osim-NAME, bridge end in osim-br.
+  ip netns add "osim-$name"
+  ip link add "osv-$name" type veth peer name eth0 netns "osim-$name"
+  ip link set "osv-$name" netns "$BRNS"
+  ip -n "$BRNS" link set "osv-$name" master "$BR" up
+  ip -n "osim-$name" addr add "$ip/24" dev eth0
+  ip -n "osim-$name" link set eth0 up
+  ip -n "osim-$name" link set lo up
+  echo "$ip" >"$d/ip"
+
+  # Podman configuration private to this host.
+  grep -qx '\[network\]' "$CONTAINERS_BASE_CONF" || die "$CONTAINERS_BASE_CONF has no [network] section: rerun scripts/install-host.sh"
+  awk -v tmp="$d/libpod" -v static="$data/static" -v vol="$data/volumes" -v net="$d/netconf" '
+      {print}
+      /^\[engine\]$/ {print "tmp_dir = \"" tmp "\""; print "static_dir = \"" static "\""; print "volume_path = \"" vol "\""}
+      /^\[network\]$/ {print "network_config_dir = \"" net "\""}
+    ' "$CONTAINERS_BASE_CONF" >"$d/containers.conf"
+  cat >"$d/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$data/storage"
+runroot = "$d/run"
+EOF
+
+  # Persistent mount namespace with the private runtime directories.
+  touch "$d/mnt"
+  unshare --mount="$d/mnt" --propagation private sh -ec "
+    mount -t tmpfs -o mode=1777,size=1g tmpfs /dev/shm
+    mkdir -p /run/runc /run/containers/networks /run/libpod
+    mount --bind '$d/runc' /run/runc
+    mount --bind '$d/networks' /run/containers/networks
+    mount --bind '$d/libpod' /run/libpod
+  "
+
+  # The Podman service, owned by this script's host: `down` stops it.
+  (
+    cd /
+    exec setsid nsenter --mount="$d/mnt" --net="/run/netns/osim-$name" \
+      env -i $(host_env "$name" | tr '\n' ' ') \
+      podman --log-level=warn system service --time=0 "unix://$d/podman.sock" \
+      </dev/null >"$d/podman.log" 2>&1 9>&-
+  ) &
+  echo $! >"$d/podman.pid"
+  for _ in $(seq 1 100); do
+    [ -S "$d/podman.sock" ] && curl -sf --unix-socket "$d/podman.sock" http://d/v4.0.0/libpod/_ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  [ -S "$d/podman.sock" ] || { cat "$d/podman.log" >&2; die "podman service for $name did not start"; }
+  echo "socket=unix://$d/podman.sock"
+  echo "ip=$ip"
+}
+
+# kill_tree PID: stop a process and its descendants, waiting up to 5 s before SIGKILL.
+kill_tree() {
+  local pid=$1 child
+  for child in $(pgrep -P "$pid" 2>/dev/null || true); do kill_tree "$child"; done
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# rm_retry DIR: remove DIR even while a dying process still writes into it.
+rm_retry() {
+  for _ in 1 2 3 4 5; do rm -rf "$1" 2>/dev/null && return 0; sleep 0.3; done
+  rm -rf "$1" || echo "simhost: warning: could not remove $1" >&2
+}
+
+cmd_down() {
+  local name=$1 d=$STATE/$1 pid
+  [ -d "$d" ] || [ -e "/run/netns/osim-$name" ] || return 0
+  # Containers first, while the service still runs, so conmon and the workloads go too.
+  if [ -S "$d/podman.sock" ] && [ -e "$d/mnt" ] && [ -e "/run/netns/osim-$name" ]; then
+    (cmd_exec "$name" timeout 30 podman rm -af -t 0 >/dev/null 2>&1) || true
+  fi
+  for f in "$d"/*.pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    kill_tree "$pid"
+  done
+  # Anything else still running in the host's network namespace (agents, conmon, workloads).
+  if [ -e "/run/netns/osim-$name" ]; then
+    for pid in $(ip netns pids "osim-$name" 2>/dev/null || true); do kill -KILL "$pid" 2>/dev/null || true; done
+  fi
+  sleep 0.2
+  if [ -e "$d/mnt" ]; then
+    # Overlay mounts of containers live in the host's mount namespace and go with it.
+    umount "$d/mnt" 2>/dev/null || umount -l "$d/mnt" 2>/dev/null || true
+  fi
+  ip -n "$BRNS" link del "osv-$name" 2>/dev/null || true
+  ip netns del "osim-$name" 2>/dev/null || true
+  # Podman's storage may hold mounts made in the root namespace by earlier tools.
+  if [ -d "$DATA/$name" ]; then
+    { grep -o " $DATA/$name[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm_retry "${DATA:?}/$name"
+  fi
+  rm_retry "${STATE:?}/$name"
+}
+
+cmd_down_all() {
+  local n
+  if [ -d "$STATE" ]; then
+    for n in $(ls "$STATE"); do [ -d "$STATE/$n" ] && cmd_down "$n"; done
+  fi
+  for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^osim-' | grep -vx "$BRNS" || true); do
+    cmd_down "${n#osim-}"
+  done
+  ip netns del "$BRNS" 2>/dev/null || true
+}
+
+cmd_exec() {
+  local name=$1 d=$STATE/$1
+  shift
+  [ -e "$d/mnt" ] || die "no host $name"
+  exec_env=$(host_env "$name" | tr '\n' ' ')
+  nsenter --mount="$d/mnt" --net="/run/netns/osim-$name" env $exec_env "$@"
+}
+
+cmd_shape() {
+  local name=$1 rate=$2
+  if [ "$rate" = off ]; then
+    ip netns exec "osim-$name" tc qdisc del dev eth0 root 2>/dev/null || true
+    ip netns exec "$BRNS" tc qdisc del dev "osv-$name" root 2>/dev/null || true
+    return
+  fi
+  ip netns exec "osim-$name" tc qdisc replace dev eth0 root tbf rate "$rate" burst 128kb latency 100ms
+  ip netns exec "$BRNS" tc qdisc replace dev "osv-$name" root tbf rate "$rate" burst 128kb latency 100ms
+}
+
+[ "$(id -u)" = 0 ] || die "run as root"
+case "${1:-}" in
+  up) [ $# -ge 2 ] && [ $# -le 3 ] || die "usage: simhost.sh up NAME [IP]"; cmd_up "$2" "${3:-}" ;;
+  down) [ $# -eq 2 ] || die "usage: simhost.sh down NAME"; cmd_down "$2" ;;
+  down-all) cmd_down_all ;;
+  exec) [ $# -ge 3 ] || die "usage: simhost.sh exec NAME CMD..."; n=$2; shift 2; cmd_exec "$n" "$@" ;;
+  env) [ $# -eq 2 ] || die "usage: simhost.sh env NAME"; host_env "$2" ;;
+  list) ls "$STATE" 2>/dev/null || true ;;
+  shape) [ $# -eq 3 ] || die "usage: simhost.sh shape NAME RATE|off"; cmd_shape "$2" "$3" ;;
+  *) die "usage: simhost.sh up|down|down-all|exec|env|list|shape ..." ;;
+esac
