@@ -1,0 +1,300 @@
+package policy
+
+import (
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Container labels the planners honour.
+const (
+	// LabelMigrate "false" means the container never moves automatically.
+	LabelMigrate = "orchestrate.migrate"
+	// LabelPriority is an integer; higher evacuates first. Default 0.
+	LabelPriority = "orchestrate.priority"
+	// LabelConstraintPrefix: "orchestrate.constraint.KEY=VALUE" requires the
+	// target host's label KEY to equal VALUE.
+	LabelConstraintPrefix = "orchestrate.constraint."
+)
+
+// HostLoad is one host as the planners see it (a copy; planners never
+// mutate their inputs).
+type HostLoad struct {
+	Name        string
+	Alive       bool
+	Cordoned    bool
+	Engine      string // "podman", "docker", "fake": only like engines exchange checkpoints
+	Arch        string
+	CRIUVersion string // a target needs at least the source's version
+	Labels      map[string]string
+	// MemoryCapacity and MemoryUsed in bytes; used includes every container.
+	MemoryCapacity int64
+	MemoryUsed     int64
+}
+
+// ContainerInfo is one container as the planners see it.
+type ContainerInfo struct {
+	ID          string
+	Host        string
+	Labels      map[string]string
+	MemoryBytes int64
+}
+
+// Move is one planned migration.
+type Move struct {
+	Container string
+	From, To  string
+	// Bytes is the container's memory size, the model's transfer size.
+	Bytes int64
+}
+
+func (h HostLoad) eligible() bool { return h.Alive && !h.Cordoned && h.MemoryCapacity > 0 }
+
+func (h HostLoad) utilisation() float64 { return float64(h.MemoryUsed) / float64(h.MemoryCapacity) }
+
+func movable(c ContainerInfo) bool { return !strings.EqualFold(c.Labels[LabelMigrate], "false") }
+
+// fits reports whether c, now on src, may run on dst.
+func fits(c ContainerInfo, src, dst HostLoad) bool {
+	if !dst.eligible() || dst.Name == src.Name || dst.Engine != src.Engine || dst.Arch != src.Arch {
+		return false
+	}
+	if src.CRIUVersion != "" && (dst.CRIUVersion == "" || CompareVersions(dst.CRIUVersion, src.CRIUVersion) < 0) {
+		return false
+	}
+	if dst.MemoryCapacity-dst.MemoryUsed < c.MemoryBytes {
+		return false
+	}
+	for k, v := range c.Labels {
+		if key, ok := strings.CutPrefix(k, LabelConstraintPrefix); ok && dst.Labels[key] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Spread is the rebalance metric: max minus min of MemoryUsed/MemoryCapacity
+// over eligible hosts (alive, not cordoned, known capacity), so 0.3 means
+// the fullest host is 30 percentage points fuller than the emptiest. It is 0
+// with fewer than two eligible hosts. Max-min (rather than stddev) is what
+// an operator reads off a dashboard, and a move that lowers it always
+// relieves the fullest or the emptiest host.
+func Spread(hosts []HostLoad) float64 {
+	lo, hi, n := math.Inf(1), math.Inf(-1), 0
+	for _, h := range hosts {
+		if !h.eligible() {
+			continue
+		}
+		u := h.utilisation()
+		lo, hi, n = math.Min(lo, u), math.Max(hi, u), n+1
+	}
+	if n < 2 {
+		return 0
+	}
+	return hi - lo
+}
+
+// PlanRebalance returns at most maxMoves moves that bring the Spread of
+// hosts down while it is above threshold. Each step greedily takes the
+// move that lowers the spread most (ties: smaller container, then IDs and
+// host names, so plans are deterministic), and only a move that strictly
+// lowers it, so a plan never worsens the spread. Only containers on
+// eligible hosts move, each at most once, never one labelled
+// orchestrate.migrate=false, and only to a host that fits (see fits:
+// eligible, same engine and arch, CRIU at least the source's, constraint
+// labels, free memory). Returns nil when nothing is worth doing.
+func PlanRebalance(hosts []HostLoad, containers []ContainerInfo, threshold float64, maxMoves int) []Move {
+	hs := append([]HostLoad(nil), hosts...)
+	idx := make(map[string]int, len(hs))
+	for i, h := range hs {
+		idx[h.Name] = i
+	}
+	cs := append([]ContainerInfo(nil), containers...)
+	sort.Slice(cs, func(i, j int) bool { return cs[i].ID < cs[j].ID })
+	moved := map[string]bool{}
+	var moves []Move
+	for len(moves) < maxMoves {
+		cur := Spread(hs)
+		if cur <= threshold {
+			break
+		}
+		best, bestSpread, bestTo := -1, cur, -1
+		for ci, c := range cs {
+			si, ok := idx[c.Host]
+			if !ok || moved[c.ID] || !movable(c) || c.MemoryBytes <= 0 || !hs[si].eligible() {
+				continue
+			}
+			for ti := range hs {
+				if !fits(c, hs[si], hs[ti]) {
+					continue
+				}
+				hs[si].MemoryUsed -= c.MemoryBytes
+				hs[ti].MemoryUsed += c.MemoryBytes
+				s := Spread(hs)
+				hs[si].MemoryUsed += c.MemoryBytes
+				hs[ti].MemoryUsed -= c.MemoryBytes
+				const eps = 1e-12
+				better := s < bestSpread-eps ||
+					(best >= 0 && math.Abs(s-bestSpread) <= eps && c.MemoryBytes < cs[best].MemoryBytes)
+				if better {
+					best, bestSpread, bestTo = ci, s, ti
+				}
+			}
+		}
+		if best < 0 || bestSpread >= cur {
+			break
+		}
+		c := cs[best]
+		si := idx[c.Host]
+		hs[si].MemoryUsed -= c.MemoryBytes
+		hs[bestTo].MemoryUsed += c.MemoryBytes
+		moved[c.ID] = true
+		moves = append(moves, Move{Container: c.ID, From: c.Host, To: hs[bestTo].Name, Bytes: c.MemoryBytes})
+	}
+	return moves
+}
+
+// MigrationModel estimates one migration's duration as
+// Overhead + bytes/BytesPerSecond: Overhead covers freeze, CRIU setup and
+// restore; BytesPerSecond is the throughput one migration achieves. Parallel
+// migrations are assumed not to slow each other down, so pass a conservative
+// per-migration rate when they share one uplink.
+type MigrationModel struct {
+	Overhead       time.Duration
+	BytesPerSecond float64
+	// MaxParallel caps concurrent migrations off one host; < 1 means 1.
+	MaxParallel int
+	// Margin is kept free before the deadline (the host may go earlier).
+	Margin time.Duration
+}
+
+// Estimate is the model's duration for one container of the given size.
+func (m MigrationModel) Estimate(bytes int64) time.Duration {
+	d := m.Overhead
+	if m.BytesPerSecond > 0 && bytes > 0 {
+		d += time.Duration(float64(bytes) / m.BytesPerSecond * float64(time.Second))
+	}
+	return d
+}
+
+// Evacuation is the plan for emptying one host.
+type Evacuation struct {
+	// Moves in start order: orchestrate.priority descending, then memory
+	// ascending (more containers make it in), then ID.
+	Moves []Move
+	// Parallelism is how many moves to run at once.
+	Parallelism int
+	// Makespan is the model's time to finish every move at Parallelism.
+	Makespan time.Duration
+	// Fits is false when even MaxParallel cannot beat the deadline; the
+	// order then decides who makes it.
+	Fits bool
+	// Unplaced are containers that cannot move: opted out, or no host fits.
+	Unplaced []string
+}
+
+// PlanEvacuation plans moving every container off t.Host before
+// t.Deadline. Targets are chosen in move order, each to the fitting host
+// left least utilised, and capacity is consumed as it goes. Parallelism is
+// the smallest number of lanes (1..MaxParallel) whose makespan, simulated
+// by handing each move in order to the first free lane, ends by
+// Deadline-Margin: fewer concurrent migrations disturb the cluster less.
+// With no deadline it is 1; when nothing fits in time it is MaxParallel and
+// Fits is false.
+func PlanEvacuation(now time.Time, t Trigger, containers []ContainerInfo, hosts []HostLoad, m MigrationModel) Evacuation {
+	hs := append([]HostLoad(nil), hosts...)
+	var src HostLoad
+	found := false
+	for _, h := range hs {
+		if h.Name == t.Host {
+			src, found = h, true
+		}
+	}
+	var mine []ContainerInfo
+	var ev Evacuation
+	for _, c := range containers {
+		if c.Host != t.Host {
+			continue
+		}
+		if !movable(c) || !found {
+			ev.Unplaced = append(ev.Unplaced, c.ID)
+			continue
+		}
+		mine = append(mine, c)
+	}
+	sort.SliceStable(mine, func(i, j int) bool {
+		pi, pj := priority(mine[i]), priority(mine[j])
+		if pi != pj {
+			return pi > pj
+		}
+		if mine[i].MemoryBytes != mine[j].MemoryBytes {
+			return mine[i].MemoryBytes < mine[j].MemoryBytes
+		}
+		return mine[i].ID < mine[j].ID
+	})
+	for _, c := range mine {
+		best := -1
+		for ti := range hs {
+			if !fits(c, src, hs[ti]) {
+				continue
+			}
+			if best < 0 || after(hs[ti], c) < after(hs[best], c) ||
+				(after(hs[ti], c) == after(hs[best], c) && hs[ti].Name < hs[best].Name) {
+				best = ti
+			}
+		}
+		if best < 0 {
+			ev.Unplaced = append(ev.Unplaced, c.ID)
+			continue
+		}
+		hs[best].MemoryUsed += c.MemoryBytes
+		ev.Moves = append(ev.Moves, Move{Container: c.ID, From: t.Host, To: hs[best].Name, Bytes: c.MemoryBytes})
+	}
+	maxP := max(m.MaxParallel, 1)
+	ev.Parallelism, ev.Makespan, ev.Fits = 1, makespan(ev.Moves, 1, m), true
+	if t.Deadline.IsZero() || len(ev.Moves) == 0 {
+		return ev
+	}
+	left := t.Deadline.Sub(now) - m.Margin
+	for p := 1; p <= maxP; p++ {
+		ev.Parallelism, ev.Makespan = p, makespan(ev.Moves, p, m)
+		if ev.Makespan <= left {
+			return ev
+		}
+	}
+	ev.Fits = false
+	return ev
+}
+
+func after(h HostLoad, c ContainerInfo) float64 {
+	return float64(h.MemoryUsed+c.MemoryBytes) / float64(h.MemoryCapacity)
+}
+
+func priority(c ContainerInfo) int {
+	p, err := strconv.Atoi(strings.TrimSpace(c.Labels[LabelPriority]))
+	if err != nil {
+		return 0
+	}
+	return p
+}
+
+// makespan simulates list scheduling of moves, in order, on p lanes.
+func makespan(moves []Move, p int, m MigrationModel) time.Duration {
+	lanes := make([]time.Duration, p)
+	for _, mv := range moves {
+		i := 0
+		for j := range lanes {
+			if lanes[j] < lanes[i] {
+				i = j
+			}
+		}
+		lanes[i] += m.Estimate(mv.Bytes)
+	}
+	var end time.Duration
+	for _, l := range lanes {
+		end = max(end, l)
+	}
+	return end
+}
