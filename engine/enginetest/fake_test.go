@@ -1,0 +1,7 @@
+package enginetest
+
+import "testing"
+
+func TestFakeBehaviour(t *testing.T) {
+	Suite(t, FakeHarness{F: NewFake()}, "fake-")
+}

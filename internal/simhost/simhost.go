@@ -1,0 +1,295 @@
+// Package simhost drives scripts/simhost.sh from Go tests: simulated edge
+// hosts, each a network namespace with its own mount namespace and its own
+// Podman service. A Host created with New is removed by t.Cleanup, also when
+// the test fails; `make test` additionally runs `simhost.sh down-all` before
+// and after the suite, so a killed test run leaves nothing behind either.
+package simhost
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// WorkloadImage is the tag of the test workload image (cmd/workload).
+const WorkloadImage = "localhost/orchestrate-workload:latest"
+
+// Root returns the repository root (where scripts/ lives).
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func script(name string) string { return filepath.Join(Root(), "scripts", name) }
+
+// Available reports why real hosts cannot be made here, or "" when they can.
+func Available() string {
+	if os.Geteuid() != 0 {
+		return "simulated hosts need root"
+	}
+	for _, bin := range []string{"podman", "nsenter", "ip", "runc"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return bin + " is not installed (run scripts/install-host.sh)"
+		}
+	}
+	if _, err := os.Stat("/etc/orchestrate/containers.conf"); err != nil {
+		return "/etc/orchestrate/containers.conf is missing (run scripts/install-host.sh)"
+	}
+	return ""
+}
+
+// Require skips the test when simulated hosts cannot be made, unless
+// ORCHESTRATE_REQUIRE_HOSTS=1 (set by `make test`), where it fails instead:
+// CI must never pass by skipping the real tests.
+func Require(t testing.TB) {
+	t.Helper()
+	if why := Available(); why != "" {
+		if os.Getenv("ORCHESTRATE_REQUIRE_HOSTS") == "1" {
+			t.Fatalf("real hosts required: %s", why)
+		}
+		t.Skip(why)
+	}
+}
+
+// Host is one simulated host.
+type Host struct {
+	Name   string
+	IP     string
+	Socket string // Podman service URI, unix://...
+	t      testing.TB
+}
+
+// New creates a simulated host with a unique name and a free address,
+// loads the workload image into its Podman, and removes it all at cleanup.
+func New(t testing.TB) *Host {
+	t.Helper()
+	Require(t)
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	name := "t" + hex.EncodeToString(b)
+	out, err := exec.Command(script("simhost.sh"), "up", name).CombinedOutput()
+	h := &Host{Name: name, t: t}
+	t.Cleanup(func() {
+		if out, err := exec.Command(script("simhost.sh"), "down", name).CombinedOutput(); err != nil {
+			t.Logf("simhost down %s: %v\n%s", name, err, out)
+		}
+	})
+	if err != nil {
+		t.Fatalf("simhost up %s: %v\n%s", name, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "socket="); ok {
+			h.Socket = v
+		}
+		if v, ok := strings.CutPrefix(line, "ip="); ok {
+			h.IP = v
+		}
+	}
+	if h.Socket == "" || h.IP == "" {
+		t.Fatalf("simhost up %s: unexpected output:\n%s", name, out)
+	}
+	h.LoadWorkloadImage()
+	return h
+}
+
+var (
+	imageOnce sync.Once
+	imagePath string
+	imageErr  error
+)
+
+// WorkloadImageArchive builds (once per test binary, cached on disk across
+// runs) the workload image archive and returns its path.
+func WorkloadImageArchive(t testing.TB) string {
+	t.Helper()
+	imageOnce.Do(func() {
+		out, err := exec.Command(script("build-workload-image.sh")).Output()
+		if err != nil {
+			imageErr = fmt.Errorf("build-workload-image.sh: %w", err)
+			if ee, ok := err.(*exec.ExitError); ok {
+				imageErr = fmt.Errorf("%w\n%s", imageErr, ee.Stderr)
+			}
+			return
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		imagePath = lines[len(lines)-1]
+	})
+	if imageErr != nil {
+		t.Fatal(imageErr)
+	}
+	return imagePath
+}
+
+// LoadWorkloadImage loads the workload image into the host's Podman.
+func (h *Host) LoadWorkloadImage() {
+	h.t.Helper()
+	h.MustRun("podman", "load", "-q", "-i", WorkloadImageArchive(h.t))
+}
+
+// Command returns a command that runs inside the host.
+func (h *Host) Command(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, script("simhost.sh"), append([]string{"exec", h.Name}, args...)...)
+}
+
+// Run runs a command inside the host and returns its combined output.
+func (h *Host) Run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := h.Command(ctx, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s on %s: %w\n%s", strings.Join(args, " "), h.Name, err, out)
+	}
+	return string(out), nil
+}
+
+// MustRun is Run that fails the test on error.
+func (h *Host) MustRun(args ...string) string {
+	h.t.Helper()
+	out, err := h.Run(args...)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return out
+}
+
+// Workload describes a workload container to start.
+type Workload struct {
+	Name     string
+	MiB      int
+	Port     int  // listens on 127.0.0.1:Port inside the host (host network)
+	SelfConn bool // holds an established loopback TCP connection
+	Labels   map[string]string
+	Args     []string // extra workload flags
+}
+
+// RunWorkload starts the workload with host networking and waits until it
+// answers. It returns the container ID.
+func (h *Host) RunWorkload(w Workload) string {
+	h.t.Helper()
+	args := []string{"podman", "run", "-d", "--name", w.Name, "--network", "host"}
+	for k, v := range w.Labels {
+		args = append(args, "--label", k+"="+v)
+	}
+	args = append(args, WorkloadImage, "-mib", fmt.Sprint(w.MiB), "-listen", fmt.Sprintf("127.0.0.1:%d", w.Port))
+	if w.SelfConn {
+		args = append(args, "-self-conn")
+	}
+	args = append(args, w.Args...)
+	id := strings.TrimSpace(h.MustRun(args...))
+	h.WaitReport(w.Port, 30*time.Second)
+	return id
+}
+
+// Report is what the workload says about itself.
+type Report struct {
+	Counter  uint64 `json:"counter"`
+	Start    string `json:"start"`
+	Checksum string `json:"checksum"`
+	MaxGapMS int64  `json:"max_gap_ms"`
+	MiB      int    `json:"mib"`
+	SelfConn bool   `json:"self_conn"`
+}
+
+// Probe asks the workload listening on 127.0.0.1:port inside the host.
+func (h *Host) Probe(port int) (Report, error) {
+	var rep Report
+	conn, err := DialInNetns("/run/netns/osim-"+h.Name, fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
+	if err != nil {
+		return rep, err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte("\n")); err != nil {
+		return rep, err
+	}
+	line, err := bufio.NewReader(conn).ReadBytes('\n')
+	if err != nil {
+		return rep, err
+	}
+	return rep, json.Unmarshal(bytes.TrimSpace(line), &rep)
+}
+
+// WaitReport polls the workload until it answers, failing the test after d.
+func (h *Host) WaitReport(port int, d time.Duration) Report {
+	h.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		rep, err := h.Probe(port)
+		if err == nil {
+			return rep
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("workload on %s:%d did not answer within %s: %v", h.Name, port, d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// DialInNetns dials addr from inside the network namespace at nsPath. The
+// connection stays in that namespace; the calling goroutine's thread is
+// switched there only for the dial.
+func DialInNetns(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open(nsPath)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, fmt.Errorf("setns %s: %w", nsPath, err)}
+			return
+		}
+		var d net.Dialer
+		d.Timeout = timeout
+		c, derr := d.Dial("tcp", addr)
+		// Only a thread back in its own namespace may serve other goroutines;
+		// if that fails, the thread stays locked and exits with this goroutine.
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{c, derr}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+var portMu sync.Mutex
+var nextPort = 20000 + int(time.Now().UnixNano()%5000)
+
+// Port returns a port number not handed out before in this test binary.
+func Port() int {
+	portMu.Lock()
+	defer portMu.Unlock()
+	nextPort++
+	return nextPort
+}
