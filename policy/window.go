@@ -36,9 +36,13 @@ var weekdays = map[string]time.Weekday{
 // ParseWindow parses "[DAYS] HH:MM-HH:MM [ZONE]", where DAYS is a comma list
 // of days or ranges (Mon..Sun, e.g. "Mon-Fri,Sun" or "Sat-Mon") and ZONE an
 // IANA name (default UTC). Examples: "02:00-05:00",
-// "Mon-Fri 22:00-04:00 Europe/Berlin".
+// "Mon-Fri 22:00-04:00 Europe/Berlin". An empty string is the zero Window
+// (always open).
 func ParseWindow(s string) (Window, error) {
 	f := strings.Fields(s)
+	if len(f) == 0 {
+		return Window{}, nil
+	}
 	var w Window
 	i := 0
 	if i < len(f) && !strings.Contains(f[i], ":") {

@@ -24,7 +24,7 @@ func TestParseWindow(t *testing.T) {
 		{in: "Mon-Fri 22:00-04:00 Europe/Berlin", want: "Mon,Tue,Wed,Thu,Fri 22:00-04:00 Europe/Berlin"},
 		{in: "Sat-Mon,Wed 00:00-24:00", want: "Sun,Mon,Wed,Sat 00:00-00:00 UTC"},
 		{in: "mon 1:30-2:00", want: "Mon 01:30-02:00 UTC"},
-		{in: "", wantErr: true},
+		{in: "", want: "00:00-00:00 UTC"},
 		{in: "Mon", wantErr: true},
 		{in: "Funday 02:00-03:00", wantErr: true},
 		{in: "02:00", wantErr: true},

@@ -27,7 +27,8 @@ const (
 // AWSWatcher polls EC2's instance metadata service (IMDSv2) for spot
 // instance actions, rebalance recommendations and scheduled maintenance.
 // It holds one session token, refreshed before it expires and refetched
-// when the service answers 401.
+// when the service answers 401. Not safe for concurrent use: one Run (or
+// Poll) at a time.
 type AWSWatcher struct {
 	cfg      Config
 	token    string
