@@ -50,6 +50,26 @@ type Move struct {
 	Bytes int64
 }
 
+const eps = 1e-12
+
+// variance of utilisation over eligible hosts: the tie-breaker when a move
+// cannot lower the max-min spread on its own.
+func variance(hosts []HostLoad) float64 {
+	var sum, sq float64
+	n := 0
+	for _, h := range hosts {
+		if h.eligible() {
+			u := h.utilisation()
+			sum, sq, n = sum+u, sq+u*u, n+1
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	m := sum / float64(n)
+	return sq/float64(n) - m*m
+}
+
 func (h HostLoad) eligible() bool { return h.Alive && !h.Cordoned && h.MemoryCapacity > 0 }
 
 func (h HostLoad) utilisation() float64 { return float64(h.MemoryUsed) / float64(h.MemoryCapacity) }
@@ -98,9 +118,12 @@ func Spread(hosts []HostLoad) float64 {
 
 // PlanRebalance returns at most maxMoves moves that bring the Spread of
 // hosts down while it is above threshold. Each step greedily takes the
-// move that lowers the spread most (ties: smaller container, then IDs and
-// host names, so plans are deterministic), and only a move that strictly
-// lowers it, so a plan never worsens the spread. Only containers on
+// move that lowers the spread most; among equals, the one that lowers the
+// variance of utilisation most (so two equally full hosts can be relieved
+// one after the other), then the smaller container, then IDs and host
+// order, so plans are deterministic. A move is made only if it does not
+// raise the spread and lowers the spread or the variance, so a plan never
+// worsens the spread and always terminates. Only containers on
 // eligible hosts move, each at most once, never one labelled
 // orchestrate.migrate=false, and only to a host that fits (see fits:
 // eligible, same engine and arch, CRIU at least the source's, constraint
@@ -120,7 +143,9 @@ func PlanRebalance(hosts []HostLoad, containers []ContainerInfo, threshold float
 		if cur <= threshold {
 			break
 		}
-		best, bestSpread, bestTo := -1, cur, -1
+		curVar := variance(hs)
+		best, bestTo := -1, -1
+		bestSpread, bestVar := cur, curVar
 		for ci, c := range cs {
 			si, ok := idx[c.Host]
 			if !ok || moved[c.ID] || !movable(c) || c.MemoryBytes <= 0 || !hs[si].eligible() {
@@ -132,18 +157,27 @@ func PlanRebalance(hosts []HostLoad, containers []ContainerInfo, threshold float
 				}
 				hs[si].MemoryUsed -= c.MemoryBytes
 				hs[ti].MemoryUsed += c.MemoryBytes
-				s := Spread(hs)
+				s, v := Spread(hs), variance(hs)
 				hs[si].MemoryUsed += c.MemoryBytes
 				hs[ti].MemoryUsed -= c.MemoryBytes
-				const eps = 1e-12
-				better := s < bestSpread-eps ||
-					(best >= 0 && math.Abs(s-bestSpread) <= eps && c.MemoryBytes < cs[best].MemoryBytes)
+				var better bool
+				switch {
+				case s < bestSpread-eps:
+					better = true
+				case s > bestSpread+eps:
+				case v < bestVar-eps:
+					better = true
+				case v > bestVar+eps:
+				default:
+					better = best >= 0 && c.MemoryBytes < cs[best].MemoryBytes
+				}
 				if better {
-					best, bestSpread, bestTo = ci, s, ti
+					best, bestTo, bestSpread, bestVar = ci, ti, s, v
 				}
 			}
 		}
-		if best < 0 || bestSpread >= cur {
+		// bestSpread <= cur always holds here; require real progress.
+		if best < 0 || (bestSpread > cur-eps && bestVar > curVar-eps) {
 			break
 		}
 		c := cs[best]

@@ -124,6 +124,16 @@ func TestPlanRebalance(t *testing.T) {
 			want: []Move{{Container: "c1", From: "a", To: "b", Bytes: 2 * gib}},
 		},
 		{
+			name:       "two full hosts, two empty: progress through equal spreads",
+			hosts:      []HostLoad{host("a", 10, 8), host("b", 10, 8), host("c", 10, 0), host("d", 10, 0)},
+			containers: []ContainerInfo{ctr("a1", "a", 4), ctr("a2", "a", 4), ctr("b1", "b", 4), ctr("b2", "b", 4)},
+			threshold:  0.1, maxMoves: 5,
+			want: []Move{
+				{Container: "a1", From: "a", To: "c", Bytes: 4 * gib}, // spread still .8, variance down
+				{Container: "b1", From: "b", To: "d", Bytes: 4 * gib}, // 4,4,4,4: spread 0
+			},
+		},
+		{
 			name:  "three hosts, several moves, each container once",
 			hosts: []HostLoad{host("a", 10, 9), host("b", 10, 1), host("c", 10, 2)},
 			containers: []ContainerInfo{ctr("c1", "a", 4), ctr("c2", "a", 3), ctr("c3", "a", 2),

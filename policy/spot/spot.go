@@ -65,7 +65,8 @@ type Config struct {
 	// AzureResource, when set, keeps only Azure events whose Resources
 	// include it (scheduled events list every VM of an availability set).
 	AzureResource string
-	// Client defaults to a fresh http.Client (no proxy: metadata is local).
+	// Client defaults to a shared client that ignores proxy variables.
+	// Per-request timeouts come from the context, not Client.Timeout.
 	Client *http.Client
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -135,7 +136,7 @@ func (c Config) withDefaults() Config {
 		c.WaitTimeout = d.WaitTimeout
 	}
 	if c.Client == nil {
-		c.Client = &http.Client{Transport: &http.Transport{Proxy: nil}}
+		c.Client = defaultClient
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -205,6 +206,15 @@ func do(ctx context.Context, c *http.Client, timeout time.Duration, req *http.Re
 }
 
 var errNotFound = errors.New("not found")
+
+// defaultClient ignores HTTP(S)_PROXY: the metadata service is link-local
+// (set spot.endpoint to go through a proxy on purpose). Shared, so
+// detection and the watcher reuse connections.
+var defaultClient = func() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	return &http.Client{Transport: t}
+}()
 
 // loop calls poll until ctx ends, waiting a jittered interval after a good
 // round and a capped, jittered exponential backoff after a failed one, and
