@@ -1,0 +1,358 @@
+package cluster
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// API is the agent's HTTP+JSON API. The same mux serves two listeners: the
+// unix socket (local CLI; trusted through its mode 0600) and TCP with TLS,
+// where every request must carry "Authorization: Bearer <APIToken(secret)>"
+// or gets 401 and nothing else.
+//
+// Routes (all JSON):
+//
+//	GET  /v1/self             this agent's member record, labels untruncated
+//	GET  /v1/status           raft view: leader, state, term, stats
+//	GET  /v1/members          []Member
+//	GET  /v1/containers       this agent's local containers ([]engine.Container)
+//	GET  /v1/ps               PSResult: containers across the cluster (fan-out)
+//	GET  /v1/hosts            []Host (replicated)
+//	GET  /v1/migrations       []MigrationRecord; /v1/migrations/{id} one
+//	GET  /v1/locks            []Lock
+//	GET  /v1/events?since=N   []Event with raft index > N
+//	POST /v1/apply            a framed FSM command (type byte + JSON);
+//	                          applied on the leader, forwarded there if needed
+//
+// Other packages add routes with Cluster.Handle; they get the same auth.
+type API struct {
+	c   *Cluster
+	mux *http.ServeMux
+}
+
+func newAPI(c *Cluster) *API {
+	a := &API{c: c, mux: http.NewServeMux()}
+	a.mux.HandleFunc("GET /v1/self", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Self()) })
+	a.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Status()) })
+	a.mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Members()) })
+	a.mux.HandleFunc("GET /v1/containers", a.containers)
+	a.mux.HandleFunc("GET /v1/ps", a.ps)
+	a.mux.HandleFunc("GET /v1/hosts", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Hosts()) })
+	a.mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Migrations()) })
+	a.mux.HandleFunc("GET /v1/migrations/{id}", func(w http.ResponseWriter, r *http.Request) {
+		m, err := c.Migration(r.PathValue("id"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, m)
+	})
+	a.mux.HandleFunc("GET /v1/locks", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Locks()) })
+	a.mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
+		writeJSON(w, http.StatusOK, orEmpty(c.Events(since)))
+	})
+	a.mux.HandleFunc("POST /v1/apply", a.apply)
+	return a
+}
+
+// Handle registers an API route (net/http pattern syntax, e.g.
+// "POST /v1/migrate"). It may be called before or after Run.
+func (c *Cluster) Handle(pattern string, h http.Handler) { c.api.mux.Handle(pattern, h) }
+
+// HandleFunc is Handle for a function.
+func (c *Cluster) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	c.api.mux.HandleFunc(pattern, h)
+}
+
+// forwardedHeader marks a request an agent forwarded to the leader, so that
+// a stale leader answers ErrNotLeader instead of forwarding again.
+const forwardedHeader = "X-Orchestrate-Forwarded"
+
+func (a *API) apply(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := a.c.applyRaw(r.Context(), b, r.Header.Get(forwardedHeader) != ""); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *API) containers(w http.ResponseWriter, r *http.Request) {
+	cs, err := a.c.Containers(r.Context())
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, cs)
+}
+
+// PSEntry is one container in `orchestrate ps`.
+type PSEntry struct {
+	Host  string `json:"host"`
+	Name  string `json:"name"`
+	ID    string `json:"id"`
+	Image string `json:"image"`
+	State string `json:"state"`
+}
+
+// HostError is a host the fan-out could not list.
+type HostError struct {
+	Host  string `json:"host"`
+	Error string `json:"error"`
+}
+
+// PSResult is GET /v1/ps: what every alive agent listed, and who failed.
+type PSResult struct {
+	Containers []PSEntry   `json:"containers"`
+	Errors     []HostError `json:"errors,omitempty"`
+}
+
+// PS asks every alive member for its local containers (this agent's engine
+// directly, peers over the API) in parallel.
+func (c *Cluster) PS(ctx context.Context) PSResult {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	res := PSResult{Containers: []PSEntry{}}
+	var wg sync.WaitGroup
+	for _, m := range c.Members() {
+		if m.Status != StatusAlive && m.Status != StatusSuspect {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var cs []PSEntry
+			var err error
+			if m.Name == c.cfg.NodeName {
+				cs, err = c.localPS(ctx)
+			} else if m.APIAddr == "" {
+				err = errors.New("no API address")
+			} else {
+				cs, err = c.peerClient(m.APIAddr).containers(ctx, m.Name)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Errors = append(res.Errors, HostError{Host: m.Name, Error: err.Error()})
+				return
+			}
+			res.Containers = append(res.Containers, cs...)
+		}()
+	}
+	wg.Wait()
+	sort.Slice(res.Containers, func(i, j int) bool {
+		a, b := res.Containers[i], res.Containers[j]
+		return a.Host < b.Host || a.Host == b.Host && a.Name < b.Name
+	})
+	return res
+}
+
+func (c *Cluster) localPS(ctx context.Context) ([]PSEntry, error) {
+	cs, err := c.Containers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]PSEntry, 0, len(cs))
+	for _, x := range cs {
+		out = append(out, PSEntry{Host: c.cfg.NodeName, Name: x.Name, ID: x.ID, Image: x.Image, State: x.State})
+	}
+	return out, nil
+}
+
+func (a *API) ps(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.c.PS(r.Context()))
+}
+
+// authenticate lets through only requests bearing the cluster's token.
+func (a *API) authenticate(next http.Handler) http.Handler {
+	want := []byte("Bearer " + a.c.token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			writeJSON(w, http.StatusUnauthorized, apiError{Error: "unauthorized", Code: "unauthorized"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type listeners struct {
+	tcp, unix net.Listener
+}
+
+func (a *API) listen() (listeners, error) {
+	var l listeners
+	var err error
+	if addr := a.c.cfg.APIBindAddr; addr != "" {
+		if l.tcp, err = tls.Listen("tcp", addr, a.c.tls.serverConfig()); err != nil {
+			return l, fmt.Errorf("api listen %s: %w", addr, err)
+		}
+	}
+	if path := a.c.cfg.APISocket; path != "" {
+		if l.unix, err = listenUnix(path); err != nil {
+			if l.tcp != nil {
+				l.tcp.Close()
+			}
+			return l, err
+		}
+	}
+	return l, nil
+}
+
+// listenUnix creates the CLI socket with mode 0600, replacing a stale one.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("api socket dir: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("api socket %s: another agent is listening", path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("api socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("api socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// serve runs the servers until ctx ends, then shuts them down.
+func (a *API) serve(ctx context.Context, l listeners) error {
+	var srvs []*http.Server
+	errc := make(chan error, 2)
+	start := func(ln net.Listener, h http.Handler) {
+		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+		srvs = append(srvs, s)
+		go func() {
+			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("api %s: %w", ln.Addr(), err)
+			}
+		}()
+	}
+	if l.tcp != nil {
+		start(l.tcp, a.authenticate(a.mux))
+	}
+	if l.unix != nil {
+		start(l.unix, a.mux)
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range srvs {
+		_ = s.Shutdown(sctx)
+	}
+	return err
+}
+
+// apiError is every error response's body. Code names a sentinel.
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code,omitempty"`
+}
+
+// errorCodes maps sentinels to wire codes and HTTP statuses.
+var errorCodes = []struct {
+	err    error
+	code   string
+	status int
+}{
+	{ErrNotFound, "not_found", http.StatusNotFound},
+	{ErrNotLeader, "not_leader", http.StatusServiceUnavailable},
+	{ErrNoLeader, "no_leader", http.StatusServiceUnavailable},
+	{ErrCordoned, "cordoned", http.StatusConflict},
+	{ErrLockHeld, "lock_held", http.StatusConflict},
+	{ErrDuplicate, "duplicate", http.StatusConflict},
+	{ErrConflict, "conflict", http.StatusConflict},
+	{ErrInvalid, "invalid", http.StatusBadRequest},
+	{ErrUnauthorized, "unauthorized", http.StatusUnauthorized},
+}
+
+// WriteError writes err as the API's JSON error, with the status and code
+// of the sentinel it wraps (500 otherwise). Routes added with Handle should
+// use it so clients get sentinels back.
+func WriteError(w http.ResponseWriter, err error) { writeError(w, err) }
+
+func writeError(w http.ResponseWriter, err error) {
+	for _, ec := range errorCodes {
+		if errors.Is(err, ec.err) {
+			writeJSON(w, ec.status, apiError{Error: err.Error(), Code: ec.code})
+			return
+		}
+	}
+	writeJSON(w, http.StatusInternalServerError, apiError{Error: err.Error()})
+}
+
+// WriteJSON writes v as JSON with the status.
+func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// remoteError is an API error with its sentinel restored.
+type remoteError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.sentinel }
+
+func decodeError(resp *http.Response) error {
+	var ae apiError
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if json.Unmarshal(b, &ae) != nil || ae.Error == "" {
+		ae.Error = strings.TrimSpace(string(b))
+		if ae.Error == "" {
+			ae.Error = resp.Status
+		}
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return ErrUnauthorized
+	}
+	for _, ec := range errorCodes {
+		if ec.code == ae.Code {
+			return &remoteError{msg: ae.Error, sentinel: ec.err}
+		}
+	}
+	return errors.New(ae.Error)
+}

@@ -1,0 +1,444 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/edgemigrate/orchestrate/engine"
+)
+
+// Config configures one agent's view of the cluster. cmd fills it from the
+// config package; tests fill it directly.
+type Config struct {
+	NodeName string
+	DataDir  string
+	Labels   map[string]string
+
+	// BindAddr is the memberlist (gossip) address, host:port.
+	BindAddr string
+	// RaftBindAddr is raft's address; its host must be a concrete IP, which
+	// peers dial.
+	RaftBindAddr string
+	// Join lists seed gossip addresses. Joining retries until one answers.
+	Join []string
+	// BootstrapExpect is how many agents must gossip before the first ones
+	// bootstrap raft together. Start exactly that many agents with it first,
+	// as with Consul.
+	BootstrapExpect int
+	// MaxVoters caps raft voters; further members join as non-voters.
+	MaxVoters int
+	// DeadRemoveAfter is how long a dead member stays in raft and in the
+	// member table before it is removed.
+	DeadRemoveAfter time.Duration
+
+	// Secret is the cluster secret (LoadSecret). Required.
+	Secret []byte
+
+	// APIBindAddr is the TLS API address (empty: no TCP API).
+	APIBindAddr string
+	// APISocket is the unix socket for the local CLI (empty: none).
+	APISocket string
+
+	// TransferAddr is gossiped for the transfer layer.
+	TransferAddr string
+
+	// Engine lists local containers. Nil means a control-plane-only agent
+	// (reported as engine "none", 0 containers).
+	Engine     engine.Engine
+	EngineType string
+
+	// Gossip timings. Dead detection takes about ProbeInterval plus
+	// SuspicionMult*ProbeInterval (up to twice that without confirmations).
+	ProbeInterval time.Duration
+	ProbeTimeout  time.Duration
+	SuspicionMult int
+	// Raft timings.
+	RaftHeartbeatTimeout time.Duration
+	RaftElectionTimeout  time.Duration
+	// StatsInterval is how often local capacity and container counts are
+	// refreshed into gossip.
+	StatsInterval time.Duration
+
+	// LeaderLoop, when set, runs once per leadership term, after Barrier,
+	// with a context cancelled when leadership is lost. An error ends the
+	// term's loop (it is logged), not leadership.
+	LeaderLoop func(ctx context.Context) error
+	// Events, when set, receives member events; sends never block (a full
+	// channel drops events).
+	Events chan<- MemberEvent
+
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults that config documents.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		NodeName:             host,
+		DataDir:              "/var/lib/orchestrate",
+		BindAddr:             "0.0.0.0:7946",
+		RaftBindAddr:         "127.0.0.1:7947",
+		BootstrapExpect:      1,
+		MaxVoters:            3,
+		DeadRemoveAfter:      time.Hour,
+		APISocket:            "/run/orchestrate/agent.sock",
+		EngineType:           "podman",
+		ProbeInterval:        time.Second,
+		ProbeTimeout:         500 * time.Millisecond,
+		SuspicionMult:        3,
+		RaftHeartbeatTimeout: time.Second,
+		RaftElectionTimeout:  time.Second,
+		StatsInterval:        10 * time.Second,
+		Logger:               slog.Default(),
+	}
+}
+
+// Cluster is one agent's membership, raft node, replicated state and API.
+type Cluster struct {
+	cfg    Config
+	logger *slog.Logger
+	tls    *clusterTLS
+	token  string
+
+	hostKey   ssh.Signer
+	clientKey ssh.Signer
+
+	fsm   *fsm
+	raft  *raft.Raft
+	store *raftStore
+	ml    *memberlist.Memberlist
+	api   *API
+
+	leaderCh      chan bool
+	wakeBootstrap chan struct{}
+	wakeReconcile chan struct{}
+
+	mu      sync.Mutex
+	meta    nodeMeta
+	members map[string]*memberEntry
+
+	peerOnce sync.Once
+	peerHTTP *http.Client
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New checks the config, loads or creates the SSH keys and opens the raft
+// store. Nothing listens until Run.
+func New(cfg Config) (*Cluster, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if len(cfg.Secret) == 0 {
+		return nil, ErrNoSecret
+	}
+	if cfg.NodeName == "" || cfg.DataDir == "" {
+		return nil, fmt.Errorf("node name and data dir are required: %w", ErrInvalid)
+	}
+	if cfg.MaxVoters < 1 {
+		cfg.MaxVoters = 3
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	t, err := newClusterTLS(cfg.Secret)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{
+		cfg: cfg, logger: cfg.Logger.With("node", cfg.NodeName), tls: t, token: APIToken(cfg.Secret),
+		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{},
+	}
+	if c.hostKey, err = LoadOrCreateKey(filepath.Join(cfg.DataDir, HostKeyFile)); err != nil {
+		return nil, err
+	}
+	if c.clientKey, err = LoadOrCreateKey(filepath.Join(cfg.DataDir, ClientKeyFile)); err != nil {
+		return nil, err
+	}
+	engineType := cfg.EngineType
+	if cfg.Engine == nil {
+		engineType = "none"
+	}
+	c.meta = nodeMeta{
+		Raft: cfg.RaftBindAddr, API: cfg.APIBindAddr, Transfer: cfg.TransferAddr, Engine: engineType,
+		CPUs: runtime.NumCPU(), Kernel: kernelRelease(), Labels: cfg.Labels,
+		HostKey: rawKey(c.hostKey.PublicKey()), ClientKey: rawKey(c.clientKey.PublicKey()),
+	}
+	c.api = newAPI(c)
+	return c, nil
+}
+
+// Name is this agent's node name.
+func (c *Cluster) Name() string { return c.cfg.NodeName }
+
+// HostSigner and ClientSigner are this agent's SSH keys, for the transfer
+// layer.
+func (c *Cluster) HostSigner() ssh.Signer   { return c.hostKey }
+func (c *Cluster) ClientSigner() ssh.Signer { return c.clientKey }
+
+// Run starts raft, gossip and the API, and blocks until ctx ends or a part
+// fails; then it leaves the cluster gracefully and shuts down.
+func (c *Cluster) Run(ctx context.Context) error {
+	if err := c.startRaft(); err != nil {
+		return err
+	}
+	if err := c.startGossip(); err != nil {
+		c.Shutdown()
+		return err
+	}
+	lns, err := c.api.listen()
+	if err != nil {
+		c.Shutdown()
+		return err
+	}
+	c.logger.Info("agent started", "gossip", c.cfg.BindAddr, "raft", c.cfg.RaftBindAddr, "api", c.cfg.APIBindAddr, "socket", c.cfg.APISocket)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.api.serve(gctx, lns) })
+	g.Go(func() error { return c.joinLoop(gctx) })
+	g.Go(func() error { return c.bootstrapLoop(gctx) })
+	g.Go(func() error { return c.leadershipLoop(gctx) })
+	g.Go(func() error { return c.statsLoop(gctx) })
+	g.Go(func() error { return c.reapLoop(gctx) })
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	if serr := c.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// Shutdown leaves gossip gracefully and stops raft. It is safe to call more
+// than once and from several goroutines.
+func (c *Cluster) Shutdown() error {
+	c.shutdownOnce.Do(func() {
+		var errs []error
+		if c.ml != nil {
+			if err := c.ml.Leave(2 * time.Second); err != nil {
+				errs = append(errs, fmt.Errorf("leave: %w", err))
+			}
+			if err := c.ml.Shutdown(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if c.raft != nil {
+			if err := c.raft.Shutdown().Error(); err != nil {
+				errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
+			}
+		}
+		if c.store != nil {
+			errs = append(errs, c.store.close())
+		}
+		c.shutdownErr = errors.Join(errs...)
+		c.logger.Info("agent stopped")
+	})
+	return c.shutdownErr
+}
+
+func (c *Cluster) startGossip() error {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = c.cfg.NodeName
+	host, port, err := splitHostPort(c.cfg.BindAddr)
+	if err != nil {
+		return fmt.Errorf("cluster bind %q: %w", c.cfg.BindAddr, err)
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertisePort = port
+	mc.SecretKey = GossipKey(c.cfg.Secret)
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	mc.ProbeInterval, mc.ProbeTimeout = c.cfg.ProbeInterval, c.cfg.ProbeTimeout
+	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = max(c.cfg.SuspicionMult, 1), 2
+	mc.Delegate, mc.Events = &delegate{c}, &delegate{c}
+	mc.Logger = memberlistLogger(c.logger)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
+	}
+	c.ml = ml
+	return nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("bad port %q", p)
+	}
+	return host, port, nil
+}
+
+// joinLoop joins the seeds, retrying with jitter until at least one answers.
+func (c *Cluster) joinLoop(ctx context.Context) error {
+	var seeds []string
+	for _, s := range c.cfg.Join {
+		if s != "" && s != c.cfg.BindAddr {
+			seeds = append(seeds, s)
+		}
+	}
+	if len(seeds) == 0 {
+		<-ctx.Done()
+		return nil
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		n, err := c.ml.Join(seeds)
+		if n > 0 {
+			c.logger.Info("joined cluster", "contacted", n)
+			break
+		}
+		c.logger.Warn("join failed, retrying", "seeds", seeds, "err", err)
+		if err := sleepCtx(ctx, jitter(backoff)); err != nil {
+			return nil
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// jitter returns d ± 25%.
+func jitter(d time.Duration) time.Duration {
+	return d - d/4 + time.Duration(rand.Int64N(int64(d)/2+1))
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// setMeta changes the gossiped metadata and pushes it out when it changed.
+func (c *Cluster) setMeta(f func(*nodeMeta)) {
+	c.mu.Lock()
+	old := c.meta.encode(metaLimit)
+	f(&c.meta)
+	changed := string(old) != string(c.meta.encode(metaLimit))
+	c.mu.Unlock()
+	if changed && c.ml != nil {
+		if err := c.ml.UpdateNode(5 * time.Second); err != nil {
+			c.logger.Warn("gossip metadata update failed", "err", err)
+		}
+	}
+}
+
+// Self returns this agent's full member record (labels untruncated).
+func (c *Cluster) Self() Member {
+	for _, m := range c.Members() {
+		if m.Name == c.cfg.NodeName {
+			m.Labels, m.LabelsTruncated = c.cfg.Labels, false
+			return m
+		}
+	}
+	return Member{Name: c.cfg.NodeName, Status: StatusAlive, Labels: c.cfg.Labels}
+}
+
+// statsLoop refreshes capacity, use and container count into gossip.
+func (c *Cluster) statsLoop(ctx context.Context) error {
+	for {
+		c.refreshStats(ctx)
+		if err := sleepCtx(ctx, jitter(c.cfg.StatsInterval)); err != nil {
+			return nil
+		}
+	}
+}
+
+func (c *Cluster) refreshStats(ctx context.Context) {
+	total, avail := memInfo()
+	var n int
+	var criu string
+	if c.cfg.Engine != nil {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if cs, err := c.cfg.Engine.List(lctx); err != nil {
+			c.logger.Warn("list containers", "err", err)
+		} else {
+			n = len(cs)
+		}
+		if ft, err := c.cfg.Engine.Features(lctx); err == nil {
+			criu = ft.CRIUVersion
+		}
+	}
+	c.setMeta(func(m *nodeMeta) {
+		m.MemTotal, m.MemUsed, m.Containers, m.CRIU = total, total-avail, n, criu
+		m.InRaft = m.InRaft || c.hasRaftState()
+	})
+}
+
+// memInfo reads MemTotal and MemAvailable (bytes) from /proc/meminfo.
+func memInfo() (total, avail int64) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "MemTotal:":
+			total = v * 1024
+		case "MemAvailable:":
+			avail = v * 1024
+		}
+	}
+	return total, avail
+}
+
+func kernelRelease() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
+}
+
+// reapLoop forgets members that have been dead or gone for DeadRemoveAfter.
+// (The leader's reconciler removes them from raft on the same clock.)
+func (c *Cluster) reapLoop(ctx context.Context) error {
+	for {
+		if err := sleepCtx(ctx, jitter(max(c.cfg.DeadRemoveAfter/4, time.Second))); err != nil {
+			return nil
+		}
+		c.mu.Lock()
+		for name, e := range c.members {
+			if (e.status == StatusDead || e.status == StatusLeft) && time.Since(e.since) > c.cfg.DeadRemoveAfter {
+				delete(c.members, name)
+			}
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Containers lists this agent's local containers (none without an engine).
+func (c *Cluster) Containers(ctx context.Context) ([]engine.Container, error) {
+	if c.cfg.Engine == nil {
+		return []engine.Container{}, nil
+	}
+	return c.cfg.Engine.List(ctx)
+}

@@ -1,0 +1,251 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
+}
+
+type inmemNode struct {
+	id    string
+	fsm   *fsm
+	raft  *raft.Raft
+	trans *raft.InmemTransport
+}
+
+func newInmemNode(t *testing.T, id string) *inmemNode {
+	t.Helper()
+	rc := raftConfig(id, 100*time.Millisecond, 100*time.Millisecond)
+	rc.TrailingLogs, rc.SnapshotThreshold = 2, 1<<20 // snapshots only on request; then install them
+	rc.Logger = raftLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	_, trans := raft.NewInmemTransport(raft.ServerAddress(id))
+	store := raft.NewInmemStore()
+	n := &inmemNode{id: id, fsm: newFSM(), trans: trans}
+	r, err := raft.NewRaft(rc, n.fsm, store, store, raft.NewInmemSnapshotStore(), trans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.raft = r
+	t.Cleanup(func() { _ = r.Shutdown().Error() })
+	return n
+}
+
+func connect(nodes ...*inmemNode) {
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a != b {
+				a.trans.Connect(b.trans.LocalAddr(), b.trans)
+			}
+		}
+	}
+}
+
+func leaderOf(nodes []*inmemNode) *inmemNode {
+	for _, n := range nodes {
+		if n.raft.State() == raft.Leader {
+			return n
+		}
+	}
+	return nil
+}
+
+// TestInmemRaftReplicationFailoverSnapshot runs the FSM under real raft on
+// the in-memory transport: writes replicate, survive the leader's death, and
+// reach a late member through an installed snapshot.
+func TestInmemRaftReplicationFailoverSnapshot(t *testing.T) {
+	nodes := []*inmemNode{newInmemNode(t, "a"), newInmemNode(t, "b"), newInmemNode(t, "c")}
+	connect(nodes...)
+	var cfg raft.Configuration
+	for _, n := range nodes {
+		cfg.Servers = append(cfg.Servers, raft.Server{ID: raft.ServerID(n.id), Address: n.trans.LocalAddr(), Suffrage: raft.Voter})
+	}
+	if err := nodes[0].raft.BootstrapCluster(cfg).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a leader", func() bool { return leaderOf(nodes) != nil })
+	leader := leaderOf(nodes)
+	applyOn := func(n *inmemNode, mt MessageType, req any) error {
+		b, err := encodeCommand(mt, req)
+		if err != nil {
+			return err
+		}
+		f := n.raft.Apply(b, 5*time.Second)
+		if err := f.Error(); err != nil {
+			return err
+		}
+		if err, ok := f.Response().(error); ok {
+			return err
+		}
+		return nil
+	}
+	for i := range 5 {
+		ev := Event{ID: fmt.Sprintf("e%d", i), Kind: "trigger", At: t0}
+		if err := applyOn(leader, AppendEventType, AppendEventRequest{Event: ev}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := applyOn(leader, AcquireLockType, AcquireLockRequest{Name: "reboot", Holder: "a", Limit: 1, At: t0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyOn(leader, AcquireLockType, AcquireLockRequest{Name: "reboot", Holder: "b", Limit: 1, At: t0}); err == nil {
+		t.Fatal("second holder got a lock of limit 1")
+	}
+	for _, n := range nodes {
+		waitFor(t, 5*time.Second, "replication to "+n.id, func() bool { return len(n.fsm.events(0)) == 5 })
+	}
+
+	if err := leader.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := leader.raft.Shutdown().Error(); err != nil {
+		t.Fatal(err)
+	}
+	var rest []*inmemNode
+	for _, n := range nodes {
+		if n != leader {
+			rest = append(rest, n)
+		}
+	}
+	waitFor(t, 5*time.Second, "a new leader", func() bool { return leaderOf(rest) != nil })
+	t.Logf("in-memory failover: new leader after %s", time.Since(start))
+	newLeader := leaderOf(rest)
+	if len(newLeader.fsm.events(0)) != 5 || len(newLeader.fsm.locks()) != 1 {
+		t.Fatalf("state lost in failover: %d events, %d locks", len(newLeader.fsm.events(0)), len(newLeader.fsm.locks()))
+	}
+	if err := newLeader.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 { // more than TrailingLogs: a new member needs the snapshot
+		if err := applyOn(newLeader, SetHostType, SetHostRequest{Name: fmt.Sprintf("h%d", i), Cordoned: ptr(true), At: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := newLeader.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	late := newInmemNode(t, "d")
+	connect(append(rest, late)...)
+	if err := newLeader.raft.AddNonvoter("d", late.trans.LocalAddr(), 0, 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "snapshot installed on the late member", func() bool {
+		return len(late.fsm.hosts()) == 5 && len(late.fsm.events(0)) == 5 && len(late.fsm.locks()) == 1
+	})
+}
+
+// TestLeaderTermContext checks the per-term contract with a real Cluster
+// pair on loopback: LeaderLoop runs on the leader only, and its context ends
+// when leadership moves.
+func TestLeaderTermContext(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts agents")
+	}
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	type term struct {
+		node string
+		ctx  context.Context
+	}
+	terms := make(chan term, 10)
+	var cs []*Cluster
+	for i := 1; i <= 3; i++ {
+		cfg := DefaultConfig()
+		name := fmt.Sprintf("t%d", i)
+		ip := fmt.Sprintf("127.0.91.%d", i)
+		cfg.NodeName, cfg.DataDir, cfg.Secret = name, t.TempDir(), secret
+		cfg.BindAddr, cfg.RaftBindAddr, cfg.APIBindAddr = ip+":17946", ip+":17947", ip+":17948"
+		cfg.APISocket = ""
+		cfg.Join = []string{"127.0.91.1:17946"}
+		cfg.BootstrapExpect = 3
+		cfg.ProbeInterval, cfg.ProbeTimeout = 200*time.Millisecond, 100*time.Millisecond
+		cfg.RaftHeartbeatTimeout, cfg.RaftElectionTimeout = 300*time.Millisecond, 300*time.Millisecond
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg.LeaderLoop = func(ctx context.Context) error {
+			terms <- term{name, ctx}
+			<-ctx.Done()
+			return nil
+		}
+		c, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, len(cs))
+	for _, c := range cs {
+		go func() { errc <- c.Run(ctx) }()
+	}
+	t.Cleanup(func() {
+		cancel()
+		for range cs {
+			<-errc
+		}
+	})
+	var first term
+	select {
+	case first = <-terms:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no leader term started")
+	}
+	var leader *Cluster
+	for _, c := range cs {
+		if c.Name() == first.node {
+			leader = c
+		}
+	}
+	if !leader.IsLeader() {
+		t.Fatalf("term started on %s, which does not lead", first.node)
+	}
+	waitFor(t, 10*time.Second, "all voters", func() bool {
+		n := 0
+		for _, m := range leader.Members() {
+			if m.Role == RoleVoter || m.Role == RoleLeader {
+				n++
+			}
+		}
+		return n == 3
+	})
+	if err := leader.raft.LeadershipTransfer().Error(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first.ctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("old term's context not cancelled after leadership moved")
+	}
+	select {
+	case second := <-terms:
+		if second.node == first.node {
+			t.Fatalf("new term on the old leader %s", second.node)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no new term")
+	}
+	// A write through the old leader is forwarded to the new one.
+	if err := leader.AppendEvent(context.Background(), Event{ID: "fwd", Kind: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		waitFor(t, 5*time.Second, "forwarded event on "+c.Name(), func() bool { return len(c.Events(0)) == 1 })
+	}
+}

@@ -1,0 +1,167 @@
+package cluster
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"time"
+)
+
+// The cluster secret is 32 random bytes, stored hex-encoded in a file of mode
+// 0600. Everything else is derived from it with HKDF-SHA256, one label per
+// use, so that no derived value reveals another:
+//
+//	gossip key  = HKDF(secret, "orchestrate gossip v1")  32 bytes, memberlist AES-256-GCM key
+//	API token   = HKDF(secret, "orchestrate api v1")     32 bytes, hex, sent as "Authorization: Bearer <token>"
+//	TLS CA key  = ed25519 key from HKDF(secret, "orchestrate tls ca v1")
+//
+// Each agent makes an ephemeral ECDSA certificate at start, signed by the
+// derived CA, for "orchestrate". API clients and raft peers verify the
+// server against the derived CA, so the token only goes to holders of the
+// secret. Raft connections are mutual TLS with the same CA. API requests are
+// authenticated by the token: a request without the right one gets 401.
+
+const secretLen = 32
+
+// ErrNoSecret: the cluster secret is missing or empty.
+var ErrNoSecret = errors.New("no cluster secret")
+
+// GenerateSecret returns a new random cluster secret, hex-encoded with a
+// trailing newline, as WriteSecret stores it.
+func GenerateSecret() []byte {
+	b := make([]byte, secretLen)
+	_, _ = rand.Read(b)
+	return []byte(hex.EncodeToString(b) + "\n")
+}
+
+// WriteSecret writes a new secret to path with mode 0600. It refuses to
+// overwrite an existing file.
+func WriteSecret(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("write secret: %w", err)
+	}
+	if _, err := f.Write(GenerateSecret()); err != nil {
+		f.Close()
+		return fmt.Errorf("write secret %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// LoadSecret reads a secret file written by WriteSecret. Any file of at least
+// 16 bytes is accepted (its trimmed content is the secret), so operators may
+// bring their own.
+func LoadSecret(path string) ([]byte, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%w: set cluster.secret_file (create one with `orchestrate keygen FILE`)", ErrNoSecret)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoSecret, err)
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) < 16 {
+		return nil, fmt.Errorf("%w: %s holds %d bytes, need at least 16 (create one with `orchestrate keygen FILE`)", ErrNoSecret, path, len(b))
+	}
+	return b, nil
+}
+
+func derive(secret []byte, label string, n int) []byte {
+	k, err := hkdf.Key(sha256.New, secret, nil, label, n)
+	if err != nil {
+		panic(err) // only for n out of range
+	}
+	return k
+}
+
+// GossipKey is the memberlist SecretKey derived from the cluster secret.
+func GossipKey(secret []byte) []byte { return derive(secret, "orchestrate gossip v1", 32) }
+
+// APIToken is the bearer token derived from the cluster secret.
+func APIToken(secret []byte) string {
+	return hex.EncodeToString(derive(secret, "orchestrate api v1", 32))
+}
+
+// tlsServerName is the name every agent's certificate carries.
+const tlsServerName = "orchestrate"
+
+// clusterTLS holds the CA derived from the secret and this process's leaf.
+type clusterTLS struct {
+	pool *x509.CertPool
+	leaf tls.Certificate
+}
+
+func newClusterTLS(secret []byte) (*clusterTLS, error) {
+	caKey := ed25519.NewKeyFromSeed(derive(secret, "orchestrate tls ca v1", ed25519.SeedSize))
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "orchestrate cluster CA"},
+		NotBefore:             time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC),
+		NotAfter:              time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		return nil, fmt.Errorf("tls ca: %w", err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, fmt.Errorf("tls ca: %w", err)
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	leafTmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: tlsServerName},
+		DNSNames:     []string{tlsServerName},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, leafKey.Public(), caKey)
+	if err != nil {
+		return nil, fmt.Errorf("tls leaf: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return &clusterTLS{pool: pool, leaf: tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}}, nil
+}
+
+// serverConfig is for the API listener (clients authenticate by token).
+func (t *clusterTLS) serverConfig() *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{t.leaf}, MinVersion: tls.VersionTLS13}
+}
+
+// mutualServerConfig is for raft: peers must present a certificate from the
+// same CA.
+func (t *clusterTLS) mutualServerConfig() *tls.Config {
+	c := t.serverConfig()
+	c.ClientAuth, c.ClientCAs = tls.RequireAndVerifyClientCert, t.pool
+	return c
+}
+
+// clientConfig verifies the server against the derived CA and offers our leaf.
+func (t *clusterTLS) clientConfig() *tls.Config {
+	return &tls.Config{
+		RootCAs: t.pool, ServerName: tlsServerName, Certificates: []tls.Certificate{t.leaf},
+		MinVersion: tls.VersionTLS13,
+	}
+}

@@ -1,0 +1,465 @@
+// Package config owns the agent's configuration file format: the keys, their
+// defaults, and the precedence flags > ORCHESTRATE_* environment > YAML file
+// > defaults. It validates everything up front (unknown keys, durations,
+// addresses) and turns the result into each package's own plain Config
+// (cluster.Config, ...). Only this package and cmd import viper.
+//
+// Every key "a.b_c" is also the environment variable ORCHESTRATE_A_B_C and
+// the agent flag --a-b-c. Lists in the environment are comma-separated
+// ("10.99.0.2:7946,10.99.0.3:7946"); maps are "k=v,k2=v2".
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/edgemigrate/orchestrate/cluster"
+)
+
+// ErrInvalid wraps every configuration error; cmd exits 2 on it.
+var ErrInvalid = errors.New("invalid configuration")
+
+// EnvPrefix prefixes every key's environment variable.
+const EnvPrefix = "ORCHESTRATE"
+
+// Config is the whole agent configuration.
+type Config struct {
+	Node struct {
+		Name    string
+		DataDir string
+		Labels  map[string]string
+	}
+	Cluster struct {
+		Bind                 string
+		RaftBind             string
+		Join                 []string
+		BootstrapExpect      int
+		SecretFile           string
+		MaxVoters            int
+		DeadRemoveAfter      time.Duration
+		ProbeInterval        time.Duration
+		ProbeTimeout         time.Duration
+		SuspicionMult        int
+		RaftHeartbeatTimeout time.Duration
+		RaftElectionTimeout  time.Duration
+		StatsInterval        time.Duration
+	}
+	API struct {
+		Bind   string
+		Socket string
+	}
+	Engine struct {
+		Type   string
+		Socket string
+	}
+	Transfer struct {
+		Bind string
+	}
+	Log struct {
+		Level  string
+		Format string
+	}
+}
+
+type kind int
+
+const (
+	kString kind = iota
+	kAddr        // host:port
+	kInt
+	kDuration
+	kList
+	kMap
+)
+
+type key struct {
+	name  string
+	kind  kind
+	def   any
+	usage string
+	set   func(c *Config, v any)
+}
+
+// keys is the complete list of configuration keys. Defaults come from
+// cluster.DefaultConfig where the cluster owns them.
+var keys = func() []key {
+	d := cluster.DefaultConfig()
+	return []key{
+		{"node.name", kString, d.NodeName, "node name (default: hostname)", func(c *Config, v any) { c.Node.Name = v.(string) }},
+		{"node.data_dir", kString, d.DataDir, "directory for raft data and SSH keys", func(c *Config, v any) { c.Node.DataDir = v.(string) }},
+		{"node.labels", kMap, map[string]string{}, "node labels, k=v", func(c *Config, v any) { c.Node.Labels = v.(map[string]string) }},
+		{"cluster.bind", kAddr, d.BindAddr, "gossip (memberlist) address host:port", func(c *Config, v any) { c.Cluster.Bind = v.(string) }},
+		{"cluster.raft_bind", kAddr, "", "raft address host:port (default: cluster.bind's host, port 7947)", func(c *Config, v any) { c.Cluster.RaftBind = v.(string) }},
+		{"cluster.join", kList, []string{}, "seed gossip addresses", func(c *Config, v any) { c.Cluster.Join = v.([]string) }},
+		{"cluster.bootstrap_expect", kInt, d.BootstrapExpect, "agents that bootstrap raft together", func(c *Config, v any) { c.Cluster.BootstrapExpect = v.(int) }},
+		{"cluster.secret_file", kString, "", "cluster secret file (orchestrate keygen)", func(c *Config, v any) { c.Cluster.SecretFile = v.(string) }},
+		{"cluster.max_voters", kInt, d.MaxVoters, "raft voters; later members are non-voters", func(c *Config, v any) { c.Cluster.MaxVoters = v.(int) }},
+		{"cluster.dead_remove_after", kDuration, d.DeadRemoveAfter, "remove members dead this long", func(c *Config, v any) { c.Cluster.DeadRemoveAfter = v.(time.Duration) }},
+		{"cluster.probe_interval", kDuration, d.ProbeInterval, "gossip failure-detection probe interval", func(c *Config, v any) { c.Cluster.ProbeInterval = v.(time.Duration) }},
+		{"cluster.probe_timeout", kDuration, d.ProbeTimeout, "gossip probe timeout", func(c *Config, v any) { c.Cluster.ProbeTimeout = v.(time.Duration) }},
+		{"cluster.suspicion_mult", kInt, d.SuspicionMult, "probe intervals a suspect has to refute", func(c *Config, v any) { c.Cluster.SuspicionMult = v.(int) }},
+		{"cluster.raft_heartbeat_timeout", kDuration, d.RaftHeartbeatTimeout, "raft heartbeat timeout", func(c *Config, v any) { c.Cluster.RaftHeartbeatTimeout = v.(time.Duration) }},
+		{"cluster.raft_election_timeout", kDuration, d.RaftElectionTimeout, "raft election timeout", func(c *Config, v any) { c.Cluster.RaftElectionTimeout = v.(time.Duration) }},
+		{"cluster.stats_interval", kDuration, d.StatsInterval, "refresh of gossiped capacity and container count", func(c *Config, v any) { c.Cluster.StatsInterval = v.(time.Duration) }},
+		{"api.bind", kAddr, "", "TLS API address host:port (default: cluster.bind's host, port 7948)", func(c *Config, v any) { c.API.Bind = v.(string) }},
+		{"api.socket", kString, d.APISocket, "unix socket for the local CLI", func(c *Config, v any) { c.API.Socket = v.(string) }},
+		{"engine.type", kString, "podman", "container engine: podman", func(c *Config, v any) { c.Engine.Type = v.(string) }},
+		{"engine.socket", kString, "unix:///run/podman/podman.sock", "engine service URI", func(c *Config, v any) { c.Engine.Socket = v.(string) }},
+		{"transfer.bind", kAddr, "", "checkpoint transfer (SSH) address (default: cluster.bind's host, port 7922)", func(c *Config, v any) { c.Transfer.Bind = v.(string) }},
+		{"log.level", kString, "info", "debug, info, warn or error", func(c *Config, v any) { c.Log.Level = v.(string) }},
+		{"log.format", kString, "text", "text or json", func(c *Config, v any) { c.Log.Format = v.(string) }},
+	}
+}()
+
+// FlagName is the agent flag for a key: "cluster.raft_bind" → "cluster-raft-bind".
+func FlagName(k string) string { return strings.NewReplacer(".", "-", "_", "-").Replace(k) }
+
+// EnvName is the environment variable for a key.
+func EnvName(k string) string {
+	return EnvPrefix + "_" + strings.ToUpper(strings.NewReplacer(".", "_").Replace(k))
+}
+
+// Keys lists every key, sorted.
+func Keys() []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.name
+	}
+	sort.Strings(out)
+	return out
+}
+
+// AddFlags registers one flag per key. Flags override env and file only
+// when given.
+func AddFlags(fs *pflag.FlagSet) {
+	for _, k := range keys {
+		name := FlagName(k.name)
+		switch k.kind {
+		case kInt:
+			fs.Int(name, k.def.(int), k.usage)
+		case kList:
+			fs.StringSlice(name, nil, k.usage)
+		case kMap:
+			fs.StringToString(name, nil, k.usage)
+		default:
+			fs.String(name, fmt.Sprint(k.def), k.usage)
+		}
+	}
+}
+
+// Load reads the file (optional), the environment and the flags (optional)
+// and validates the result. Every error wraps ErrInvalid and names the key.
+func Load(file string, fs *pflag.FlagSet) (Config, error) {
+	v := viper.New()
+	for _, k := range keys {
+		v.SetDefault(k.name, k.def)
+	}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return Config{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if err := checkKeys(file, b); err != nil {
+			return Config{}, err
+		}
+		v.SetConfigType("yaml")
+		if err := v.ReadConfig(bytes.NewReader(b)); err != nil {
+			return Config{}, fmt.Errorf("%w: %s: %v", ErrInvalid, file, err)
+		}
+	}
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if fs != nil {
+		for _, k := range keys {
+			if f := fs.Lookup(FlagName(k.name)); f != nil {
+				if err := v.BindPFlag(k.name, f); err != nil {
+					return Config{}, err
+				}
+			}
+		}
+	}
+	var c Config
+	var errs []error
+	for _, k := range keys {
+		val, err := convert(k, v.Get(k.name))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w: %s: %v", ErrInvalid, k.name, err))
+			continue
+		}
+		k.set(&c, val)
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	c.fillDerived()
+	return c, c.Validate()
+}
+
+// checkKeys rejects keys the file has that orchestrate does not know.
+func checkKeys(file string, b []byte) error {
+	var root map[string]any
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalid, file, err)
+	}
+	known := map[string]bool{}
+	sections := map[string]bool{}
+	for _, k := range keys {
+		known[k.name] = true
+		sections[strings.Split(k.name, ".")[0]] = true
+	}
+	var errs []error
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for name, val := range m {
+			full := strings.TrimPrefix(prefix+"."+name, ".")
+			if known[full] {
+				continue
+			}
+			if sub, ok := val.(map[string]any); ok && prefix == "" && sections[name] {
+				walk(full, sub)
+				continue
+			}
+			errs = append(errs, fmt.Errorf("%w: %s: unknown key %q%s", ErrInvalid, file, full, suggest(full)))
+		}
+	}
+	walk("", root)
+	return errors.Join(errs...)
+}
+
+// suggest names the closest known key, for typos.
+func suggest(k string) string {
+	best, bestD := "", 4
+	for _, kk := range keys {
+		if d := distance(k, kk.name); d < bestD {
+			best, bestD = kk.name, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+func convert(k key, raw any) (any, error) {
+	switch k.kind {
+	case kString:
+		return fmt.Sprint(raw), nil
+	case kAddr:
+		s := fmt.Sprint(raw)
+		if s == "" {
+			return s, nil
+		}
+		return s, checkAddr(s)
+	case kInt:
+		switch n := raw.(type) {
+		case int:
+			return n, nil
+		case int64:
+			return int(n), nil
+		case float64:
+			if n == float64(int(n)) {
+				return int(n), nil
+			}
+		case string:
+			if i, err := strconv.Atoi(strings.TrimSpace(n)); err == nil {
+				return i, nil
+			}
+		}
+		return nil, fmt.Errorf("%q is not a whole number", fmt.Sprint(raw))
+	case kDuration:
+		switch d := raw.(type) {
+		case time.Duration:
+			return d, nil
+		case string:
+			if p, err := time.ParseDuration(strings.TrimSpace(d)); err == nil && p > 0 {
+				return p, nil
+			}
+		}
+		return nil, fmt.Errorf("%q is not a duration (expected a positive Go duration such as \"500ms\", \"2s\", \"1h\")", fmt.Sprint(raw))
+	case kList:
+		switch l := raw.(type) {
+		case []string:
+			return splitList(l), nil
+		case []any:
+			out := make([]string, 0, len(l))
+			for _, x := range l {
+				out = append(out, fmt.Sprint(x))
+			}
+			return splitList(out), nil
+		case string:
+			return splitList([]string{l}), nil
+		}
+		return nil, fmt.Errorf("%v is not a list", raw)
+	case kMap:
+		out := map[string]string{}
+		switch m := raw.(type) {
+		case map[string]string:
+			for a, b := range m {
+				out[a] = b
+			}
+		case map[string]any:
+			for a, b := range m {
+				out[a] = fmt.Sprint(b)
+			}
+		case string:
+			for _, kv := range splitList([]string{m}) {
+				a, b, ok := strings.Cut(kv, "=")
+				if !ok {
+					return nil, fmt.Errorf("%q is not key=value", kv)
+				}
+				out[strings.TrimSpace(a)] = strings.TrimSpace(b)
+			}
+		default:
+			return nil, fmt.Errorf("%v is not a map", raw)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("unknown kind")
+}
+
+// splitList splits comma-separated elements and drops empty ones.
+func splitList(in []string) []string {
+	out := []string{}
+	for _, s := range in {
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func checkAddr(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not an address (expected host:port, e.g. 10.99.0.1:7946)", s)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q has a bad port (expected host:port with port 0-65535)", s)
+	}
+	if host != "" && net.ParseIP(host) == nil && strings.ContainsAny(host, " /") {
+		return fmt.Errorf("%q has a bad host (expected an IP or name)", s)
+	}
+	return nil
+}
+
+// fillDerived sets the addresses that default to cluster.bind's host.
+func (c *Config) fillDerived() {
+	host, _, err := net.SplitHostPort(c.Cluster.Bind)
+	if err != nil {
+		return
+	}
+	if c.Cluster.RaftBind == "" {
+		c.Cluster.RaftBind = net.JoinHostPort(host, "7947")
+	}
+	if c.API.Bind == "" {
+		c.API.Bind = net.JoinHostPort(host, "7948")
+	}
+	if c.Transfer.Bind == "" {
+		c.Transfer.Bind = net.JoinHostPort(host, "7922")
+	}
+}
+
+// Validate checks rules across keys. Errors wrap ErrInvalid.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(k, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: %s: %s", ErrInvalid, k, fmt.Sprintf(format, args...)))
+	}
+	if c.Node.Name == "" {
+		bad("node.name", "empty (set a name; the hostname is the default)")
+	}
+	if c.Node.DataDir == "" {
+		bad("node.data_dir", "empty")
+	}
+	if c.Cluster.SecretFile == "" {
+		bad("cluster.secret_file", "not set: every agent needs the cluster secret (create one with `orchestrate keygen FILE`)")
+	}
+	if c.Cluster.BootstrapExpect < 1 {
+		bad("cluster.bootstrap_expect", "%d (expected 1 or more)", c.Cluster.BootstrapExpect)
+	}
+	if c.Cluster.MaxVoters < 1 {
+		bad("cluster.max_voters", "%d (expected 1 or more)", c.Cluster.MaxVoters)
+	}
+	if c.Cluster.SuspicionMult < 1 {
+		bad("cluster.suspicion_mult", "%d (expected 1 or more)", c.Cluster.SuspicionMult)
+	}
+	if host, _, err := net.SplitHostPort(c.Cluster.RaftBind); err == nil {
+		if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+			bad("cluster.raft_bind", "%q: peers dial this address, so it needs a concrete IP (e.g. 10.99.0.1:7947)", c.Cluster.RaftBind)
+		}
+	}
+	for _, j := range c.Cluster.Join {
+		if err := checkAddr(j); err != nil {
+			bad("cluster.join", "%v", err)
+		}
+	}
+	switch c.Engine.Type {
+	case "podman":
+		if !strings.HasPrefix(c.Engine.Socket, "unix://") {
+			bad("engine.socket", "%q (expected unix:///path/to/podman.sock)", c.Engine.Socket)
+		}
+	case "none": // control plane only; not documented for production
+	default:
+		bad("engine.type", "%q (expected podman)", c.Engine.Type)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q (expected debug, info, warn or error)", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q (expected text or json)", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// Cluster returns the cluster package's config. The caller adds the
+// secret, engine, logger and hooks.
+func (c Config) ClusterConfig() cluster.Config {
+	cc := cluster.DefaultConfig()
+	cc.NodeName, cc.DataDir, cc.Labels = c.Node.Name, c.Node.DataDir, c.Node.Labels
+	cc.BindAddr, cc.RaftBindAddr, cc.Join = c.Cluster.Bind, c.Cluster.RaftBind, c.Cluster.Join
+	cc.BootstrapExpect, cc.MaxVoters, cc.DeadRemoveAfter = c.Cluster.BootstrapExpect, c.Cluster.MaxVoters, c.Cluster.DeadRemoveAfter
+	cc.ProbeInterval, cc.ProbeTimeout, cc.SuspicionMult = c.Cluster.ProbeInterval, c.Cluster.ProbeTimeout, c.Cluster.SuspicionMult
+	cc.RaftHeartbeatTimeout, cc.RaftElectionTimeout = c.Cluster.RaftHeartbeatTimeout, c.Cluster.RaftElectionTimeout
+	cc.StatsInterval = c.Cluster.StatsInterval
+	cc.APIBindAddr, cc.APISocket, cc.TransferAddr = c.API.Bind, c.API.Socket, c.Transfer.Bind
+	cc.EngineType = c.Engine.Type
+	return cc
+}
