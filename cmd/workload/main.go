@@ -3,7 +3,8 @@
 // over TCP. The e2e tests, the demo and the benchmarks run it in a container and
 // read it before and after a migration.
 //
-// Each line sent to the listener is answered with one JSON line:
+// Each line sent to the listener is answered with one JSON line (the line
+// "reset" also resets max_gap_ms after answering):
 //
 //	{"counter":..,"start":..,"checksum":..,"max_gap_ms":..,"mib":..,"pid":..}
 //
@@ -31,6 +32,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -185,11 +187,17 @@ func (s *state) handle(c net.Conn) {
 	r := bufio.NewReader(c)
 	enc := json.NewEncoder(c)
 	for {
-		if _, err := r.ReadString('\n'); err != nil {
+		line, err := r.ReadString('\n')
+		if err != nil {
 			return
 		}
 		if err := enc.Encode(s.snapshot()); err != nil {
 			return
+		}
+		if strings.TrimSpace(line) == "reset" {
+			s.mu.Lock()
+			s.maxGap = 0
+			s.mu.Unlock()
 		}
 	}
 }

@@ -206,7 +206,12 @@ type Report struct {
 }
 
 // Probe asks the workload listening on 127.0.0.1:port inside the host.
-func (h *Host) Probe(port int) (Report, error) {
+func (h *Host) Probe(port int) (Report, error) { return h.probe(port, "\n") }
+
+// ProbeReset is Probe that also resets the workload's longest gap.
+func (h *Host) ProbeReset(port int) (Report, error) { return h.probe(port, "reset\n") }
+
+func (h *Host) probe(port int, line string) (Report, error) {
 	var rep Report
 	conn, err := DialInNetns("/run/netns/osim-"+h.Name, fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
 	if err != nil {
@@ -214,14 +219,14 @@ func (h *Host) Probe(port int) (Report, error) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := conn.Write([]byte("\n")); err != nil {
+	if _, err := conn.Write([]byte(line)); err != nil {
 		return rep, err
 	}
-	line, err := bufio.NewReader(conn).ReadBytes('\n')
+	answer, err := bufio.NewReader(conn).ReadBytes('\n')
 	if err != nil {
 		return rep, err
 	}
-	return rep, json.Unmarshal(bytes.TrimSpace(line), &rep)
+	return rep, json.Unmarshal(bytes.TrimSpace(answer), &rep)
 }
 
 // WaitReport polls the workload until it answers, failing the test after d.
