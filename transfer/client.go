@@ -54,6 +54,8 @@ type ClientConfig struct {
 	// testHookFrame, when set, may modify each data frame's payload just
 	// before it is written (after hashing): tests corrupt data in flight.
 	testHookFrame func(typ byte, payload []byte)
+	// progressEvery overrides ProgressInterval (tests want every chunk).
+	progressEvery time.Duration
 }
 
 // DefaultClientConfig returns sensible timeouts, adaptive compression and 1

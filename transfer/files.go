@@ -75,7 +75,7 @@ func (c *Client) upload(ctx context.Context, peer string, src io.ReaderAt, size 
 	}
 	partial := remote + partialSuffix
 	hs := &hashState{h: sha256.New()}
-	prog := newProgress(c.cfg.Progress, "upload", remote, peer, size)
+	prog := newProgress(c.cfg.Progress, c.cfg.progressEvery, "upload", remote, peer, size)
 	for {
 		st.Attempts++
 		pc, err := c.uploadAttempt(ctx, peer, src, size, partial, hs, prog, &st)
@@ -286,7 +286,7 @@ func (c *Client) download(ctx context.Context, peer, remote, path string) (FileS
 		os.Remove(partial)
 		return st, err
 	}
-	prog := newProgress(c.cfg.Progress, "download", remote, peer, 0)
+	prog := newProgress(c.cfg.Progress, c.cfg.progressEvery, "download", remote, peer, 0)
 	var pc *peerConn
 	for {
 		st.Attempts++

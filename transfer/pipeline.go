@@ -52,7 +52,7 @@ func newPipeline(ctx context.Context, c *Client, slot *peerSlot, h StreamHeader,
 	workers := comp.workers()
 	p := &pipeline{
 		ctx: ctx, c: c, link: &slot.link, comp: comp,
-		prog:  newProgress(c.cfg.Progress, "stream", h.ID, peer, h.Size),
+		prog:  newProgress(c.cfg.Progress, c.cfg.progressEvery, "stream", h.ID, peer, h.Size),
 		order: make(chan *chunk, workers*2),
 		jobs:  make(chan *chunk, workers*2),
 		quit:  make(chan struct{}),

@@ -29,15 +29,19 @@ const ProgressInterval = 200 * time.Millisecond
 
 type progressTracker struct {
 	fn         ProgressFunc
+	every      time.Duration
 	p          Progress
 	start      time.Time
 	startBytes int64
 	last       time.Time
 }
 
-func newProgress(fn ProgressFunc, op, id, peer string, total int64) *progressTracker {
+func newProgress(fn ProgressFunc, every time.Duration, op, id, peer string, total int64) *progressTracker {
 	now := time.Now()
-	return &progressTracker{fn: fn, p: Progress{Op: op, ID: id, Peer: peer, Total: total}, start: now, last: now}
+	if every <= 0 {
+		every = ProgressInterval
+	}
+	return &progressTracker{fn: fn, every: every, p: Progress{Op: op, ID: id, Peer: peer, Total: total}, start: now, last: now}
 }
 
 // resumeAt records bytes that were already there, so they count in Bytes
@@ -51,7 +55,7 @@ func (t *progressTracker) add(n int) {
 	if t.fn == nil {
 		return
 	}
-	if now := time.Now(); now.Sub(t.last) >= ProgressInterval {
+	if now := time.Now(); now.Sub(t.last) >= t.every {
 		t.last = now
 		t.report(false)
 	}
