@@ -76,24 +76,8 @@ func (h HostLoad) utilisation() float64 { return float64(h.MemoryUsed) / float64
 
 func movable(c ContainerInfo) bool { return !strings.EqualFold(c.Labels[LabelMigrate], "false") }
 
-// fits reports whether c, now on src, may run on dst.
-func fits(c ContainerInfo, src, dst HostLoad) bool {
-	if !dst.eligible() || dst.Name == src.Name || dst.Engine != src.Engine || dst.Arch != src.Arch {
-		return false
-	}
-	if src.CRIUVersion != "" && (dst.CRIUVersion == "" || CompareVersions(dst.CRIUVersion, src.CRIUVersion) < 0) {
-		return false
-	}
-	if dst.MemoryCapacity-dst.MemoryUsed < c.MemoryBytes {
-		return false
-	}
-	for k, v := range c.Labels {
-		if key, ok := strings.CutPrefix(k, LabelConstraintPrefix); ok && dst.Labels[key] != v {
-			return false
-		}
-	}
-	return true
-}
+// fits reports whether c, now on src, may run on dst (see Unfit).
+func fits(c ContainerInfo, src, dst HostLoad) bool { return Unfit(c, src, dst) == "" }
 
 // Spread is the rebalance metric: max minus min of MemoryUsed/MemoryCapacity
 // over eligible hosts (alive, not cordoned, known capacity), so 0.3 means
