@@ -57,22 +57,31 @@ func (c Compression) workers() int {
 	return c.Workers
 }
 
-// linkStats is what the client has learnt about one peer, kept across
-// streams so the first chunks of the next stream start from a good guess.
-// Rates are exponentially weighted moving averages.
+// linkStats is what the client has learnt about sending to one peer, kept
+// across streams so the next stream starts from a good guess.
+//
+// Adaptive mode measures rather than models: it sends windows of chunks
+// either raw or compressed and records, per mode, the goodput the stream
+// actually achieved (uncompressed bytes per second from the sender's point
+// of view). That one number includes the link's speed, the compressor's
+// speed and what they cost each other on a busy CPU: on loopback or a fast
+// LAN, zstd loses (it is the bottleneck) and chunks go raw; on a slow link it
+// wins and chunks are compressed. One window in exploreEvery tries the other
+// mode so that a change in the link is noticed.
 type linkStats struct {
 	mu      sync.Mutex
-	linkBps float64 // wire bytes per second the channel accepted
-	compBps float64 // uncompressed bytes per second, one worker
-	ratio   float64 // compressed / uncompressed
-	chunks  int     // decisions made, to schedule probes
+	good    [2]float64 // EWMA goodput, bytes/s: [0] raw, [1] zstd
+	windows int        // windows decided so far
+	mode    bool       // current window's mode (true: compress)
+	left    int        // chunks left in the current window
 }
 
 const (
-	ewmaWeight = 0.25
-	// probeEvery: while sending raw, still compress one chunk in this
-	// many so the ratio and compressor speed stay current.
-	probeEvery = 16
+	ewmaWeight = 0.3
+	// adaptiveWindow chunks are sent in one mode before deciding again.
+	adaptiveWindow = 8
+	// exploreEvery: one window in this many tries the losing mode.
+	exploreEvery = 8
 	// compressMargin: compress only if it is clearly faster, since it
 	// also costs CPU the engine may want.
 	compressMargin = 1.1
@@ -85,45 +94,51 @@ func ewma(old, sample float64) float64 {
 	return old + ewmaWeight*(sample-old)
 }
 
-func (l *linkStats) observeLink(bytes int, d time.Duration) {
-	if d <= 0 || bytes < 64<<10 {
+// decide reports whether the next chunk should be compressed.
+func (l *linkStats) decide() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.left == 0 {
+		l.mode = l.pick()
+		l.left = adaptiveWindow
+		l.windows++
+	}
+	l.left--
+	return l.mode
+}
+
+// pick chooses the next window's mode. Callers hold l.mu.
+func (l *linkStats) pick() bool {
+	switch {
+	case l.good[1] == 0:
+		return true // explore zstd first: slow links are where it matters
+	case l.good[0] == 0:
+		return false
+	}
+	best := l.good[1] > l.good[0]*compressMargin
+	if l.windows%exploreEvery == exploreEvery-1 {
+		return !best
+	}
+	return best
+}
+
+// observe records that bytes of uncompressed data sent in the given mode
+// took d, from the first chunk's completion to the last's.
+func (l *linkStats) observe(compressed bool, bytes int64, d time.Duration) {
+	if d <= 0 || bytes <= 0 {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.linkBps = ewma(l.linkBps, float64(bytes)/d.Seconds())
+	i := 0
+	if compressed {
+		i = 1
+	}
+	l.good[i] = ewma(l.good[i], float64(bytes)/d.Seconds())
 }
 
-func (l *linkStats) observeCompress(in, out int, d time.Duration) {
-	if d <= 0 || in == 0 {
-		return
-	}
+func (l *linkStats) snapshot() (raw, zstd float64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.compBps = ewma(l.compBps, float64(in)/d.Seconds())
-	l.ratio = ewma(l.ratio, float64(out)/float64(in))
-}
-
-// decide reports whether the next chunk should be compressed, given
-// workers compressing in parallel.
-func (l *linkStats) decide(workers int) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.chunks++
-	if l.compBps == 0 || l.linkBps == 0 {
-		return true // probe: learn the compressor; the link is learnt either way
-	}
-	// Throughput of the two pipelines, in uncompressed bytes per second.
-	raw := l.linkBps
-	zst := min(l.compBps*float64(workers), l.linkBps/max(l.ratio, 0.01))
-	if zst > raw*compressMargin {
-		return true
-	}
-	return l.chunks%probeEvery == 0
-}
-
-func (l *linkStats) snapshot() (linkBps, compBps, ratio float64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.linkBps, l.compBps, l.ratio
+	return l.good[0], l.good[1]
 }

@@ -34,6 +34,13 @@ type pipeline struct {
 	wg    sync.WaitGroup
 	pool  sync.Pool
 
+	// Adaptive mode's current measurement window (send goroutine only):
+	// chunks sent in one mode, timed from the first's completion.
+	winMode          bool
+	winN             int
+	winBytes         int64
+	winStart, winEnd time.Time
+
 	// Written by the producer goroutine, read after wait().
 	prodErr error
 	sum     []byte
@@ -44,6 +51,7 @@ type chunk struct {
 	data     []byte // uncompressed, from pool
 	out      []byte // compressed, when compress
 	compress bool
+	decided  bool // adaptive mode's choice (compress may turn false if incompressible)
 	done     chan struct{}
 }
 
@@ -86,9 +94,7 @@ func (p *pipeline) worker() {
 			close(ch.done)
 			continue
 		}
-		t0 := time.Now()
 		ch.out = enc.EncodeAll(ch.data, ch.out[:0])
-		p.link.observeCompress(len(ch.data), len(ch.out), time.Since(t0))
 		if len(ch.out) >= len(ch.data) {
 			ch.compress = false // incompressible: raw is smaller
 		}
@@ -162,8 +168,9 @@ func (w *chunkWriter) flush() error {
 	case CompressZstd:
 		ch.compress = true
 	case CompressAdaptive:
-		ch.compress = w.p.link.decide(w.p.comp.workers())
+		ch.compress = w.p.link.decide()
 	}
+	ch.decided = ch.compress
 	if !ch.compress {
 		close(ch.done)
 	}
@@ -210,6 +217,7 @@ func (p *pipeline) send(w io.Writer) error {
 		p.release(ch)
 	}
 	if err == nil {
+		p.closeWindow()
 		p.prog.report(true)
 	}
 	p.stats.Compression = p.describe()
@@ -236,15 +244,38 @@ func (p *pipeline) sendChunk(w io.Writer, ch *chunk) error {
 	if err := p.c.limit.wait(p.ctx, len(payload)+5); err != nil {
 		return err
 	}
-	t0 := time.Now()
 	if err := writeFrame(w, typ, payload); err != nil {
 		return err
 	}
-	p.link.observeLink(len(payload)+5, time.Since(t0))
+	if p.comp.Mode == CompressAdaptive {
+		p.measure(ch, time.Now())
+	}
 	p.stats.WireBytes += int64(len(payload) + 5)
 	p.prog.add(len(ch.data))
 	p.stats.Compression = p.describe()
 	return nil
+}
+
+// measure adds a sent chunk to the current window, closing the window when
+// the mode changes or it is full.
+func (p *pipeline) measure(ch *chunk, now time.Time) {
+	if p.winN > 0 && (ch.decided != p.winMode || p.winN >= adaptiveWindow) {
+		p.closeWindow()
+	}
+	if p.winN == 0 {
+		p.winMode, p.winStart, p.winBytes = ch.decided, now, 0
+	} else {
+		p.winBytes += int64(len(ch.data))
+		p.winEnd = now
+	}
+	p.winN++
+}
+
+func (p *pipeline) closeWindow() {
+	if p.winN >= 2 {
+		p.link.observe(p.winMode, p.winBytes, p.winEnd.Sub(p.winStart))
+	}
+	p.winN = 0
 }
 
 func (p *pipeline) release(ch *chunk) {

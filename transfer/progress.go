@@ -90,7 +90,7 @@ func newLimiter(bytesPerSec int64) *limiter {
 	if bytesPerSec <= 0 {
 		return nil
 	}
-	b := max(float64(bytesPerSec)/10, 256<<10)
+	b := max(float64(bytesPerSec)/50, 64<<10) // 20 ms worth: smooth, so rates measure true
 	return &limiter{rate: float64(bytesPerSec), burst: b, tokens: b, last: time.Now()}
 }
 
