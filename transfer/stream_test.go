@@ -322,20 +322,20 @@ func TestAdaptiveDecision(t *testing.T) {
 // (BenchmarkStreamAdaptive shows that side).
 func TestAdaptiveCompressesOnSlowLink(t *testing.T) {
 	ts, client := pair(t, nil, func(c *ClientConfig) {
-		c.BandwidthLimit = 24 << 20
-		c.ChunkSize = 256 << 10
+		c.BandwidthLimit = 8 << 20
+		c.ChunkSize = 128 << 10
 		c.Compression = Compression{Mode: CompressAdaptive}
 	})
 	ts.srv.Handle("sink", func(ctx context.Context, h StreamHeader, r io.Reader) ([]byte, error) {
 		_, err := io.Copy(io.Discard, r)
 		return nil, err
 	})
-	_, st, err := client.SendStream(context.Background(), ts.addr, StreamHeader{Kind: "sink", ID: "x"}, bytes.NewReader(payload(16<<20)))
+	_, st, err := client.SendStream(context.Background(), ts.addr, StreamHeader{Kind: "sink", ID: "x"}, bytes.NewReader(payload(8<<20)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.ZstdChunks <= st.RawChunks || st.WireBytes > st.Bytes*4/5 {
-		t.Fatalf("adaptive on a 24 MiB/s link: %+v", st)
+		t.Fatalf("adaptive on an 8 MiB/s link: %+v", st)
 	}
 	t.Log(st.Compression)
 }
