@@ -1,0 +1,323 @@
+package archive
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func readBytes(t testing.TB, b []byte) (*Archive, error) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.TempDir = t.TempDir()
+	return Read(bytes.NewReader(b), cfg)
+}
+
+func TestSyntheticArchive(t *testing.T) {
+	raw := synthTar(t)
+	path := filepath.Join(t.TempDir(), "synth.tar")
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	open := func(t *testing.T) (*Archive, error) { return Open(path, DefaultConfig()) }
+	for name, get := range map[string]func(t *testing.T) (*Archive, error){
+		"open-in-place": open,
+		"stream-tar":    func(t *testing.T) (*Archive, error) { return readBytes(t, raw) },
+		"stream-gzip":   func(t *testing.T) (*Archive, error) { return readBytes(t, gzipOf(t, raw)) },
+		"stream-zstd":   func(t *testing.T) (*Archive, error) { return readBytes(t, zstdOf(t, raw)) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			a, err := get(t)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			checkSynthReport(t, a.Report())
+			checkSynthGrep(t, a)
+			if err := a.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if err := a.Close(); err != nil {
+				t.Fatalf("second Close: %v", err)
+			}
+		})
+	}
+}
+
+func checkSynthReport(t *testing.T, r *Report) {
+	t.Helper()
+	c := r.Container
+	if c.Name != "synth" || c.ID != "0123456789abcdef0123" || c.Image != "localhost/synth:latest" ||
+		c.ImageID != "feedfacecafe0000" || c.Engine != "Podman" || c.Runtime != "runc" || c.Hostname != "synthhost" {
+		t.Errorf("container = %+v", c)
+	}
+	if c.Created.IsZero() || r.Checkpoint.CheckpointedAt.IsZero() {
+		t.Errorf("times not set: created %v checkpointed %v", c.Created, r.Checkpoint.CheckpointedAt)
+	}
+	if len(c.Networks) != 1 || c.Networks[0].Addresses[0] != "10.88.0.5/16" || c.Networks[0].MAC != "aa:bb:cc:dd:ee:ff" {
+		t.Errorf("networks = %+v", c.Networks)
+	}
+	ck := r.Checkpoint
+	if ck.CRIUVersion != "4.2.1" || ck.Kernel != "6.18.0" || ck.ImageVersion != 2 || ck.PageSize != 4096 {
+		t.Errorf("checkpoint = %+v", ck)
+	}
+	if ck.Stats == nil || ck.Stats.FrozenTime.Milliseconds() != 2 || ck.Stats.PagesWritten != 262 {
+		t.Errorf("stats = %+v", ck.Stats)
+	}
+	if len(r.Processes) != 2 {
+		t.Fatalf("processes = %+v", r.Processes)
+	}
+	p := r.Processes[0]
+	if p.PID != 1 || p.Comm != "app" || !slices.Equal(p.Cmdline, synthArgv) || p.Exe != "/bin/app" || p.Cwd != "/srv" ||
+		p.MemoryDumped != 262*4096 || len(p.Threads) != 2 {
+		t.Errorf("process 1 = %+v", p)
+	}
+	wantFiles := []File{{0, "REG", "/dev/null"}, {1, "PIPE", "pipe:[777]"}, {3, "INETSK", "socket:[555]"}, {4, "INETSK", "socket:[556]"}}
+	if !slices.Equal(p.Files, wantFiles) {
+		t.Errorf("files = %+v, want %+v", p.Files, wantFiles)
+	}
+	wantSk := []Socket{
+		{FD: 3, Family: "IPv4", Type: "STREAM", Protocol: "TCP", State: "LISTEN", Local: "0.0.0.0:8080", Remote: "0.0.0.0:0"},
+		{FD: 4, Family: "IPv6", Type: "STREAM", Protocol: "TCP", State: "ESTABLISHED", Local: "[::1]:5000", Remote: "127.0.0.1:40000"},
+	}
+	if !slices.Equal(p.Sockets, wantSk) {
+		t.Errorf("sockets = %+v, want %+v", p.Sockets, wantSk)
+	}
+	names := map[string]Mapping{}
+	for _, m := range p.Mappings {
+		names[m.Name] = m
+	}
+	if m := names["/bin/app"]; m.Prot != "r-xp" || m.Size != 4096 || m.Dumped != 0 {
+		t.Errorf("text mapping = %+v", m)
+	}
+	if m := names["[heap]"]; m.Dumped != 260*4096 {
+		t.Errorf("heap mapping = %+v", m)
+	}
+	if _, ok := names["[stack]"]; !ok {
+		t.Errorf("no stack mapping in %+v", p.Mappings)
+	}
+	q := r.Processes[1]
+	if q.PID != 7 || q.PPID != 1 || !slices.Equal(q.Cmdline, []string{"sleeper"}) {
+		t.Errorf("process 7 = %+v", q)
+	}
+	if !slices.ContainsFunc(r.Warnings, func(s string) bool { return strings.Contains(s, "pid 7: command line") }) {
+		t.Errorf("no warning about pid 7's command line: %q", r.Warnings)
+	}
+	d := r.RootfsDiff
+	if len(d.Changed) != 2 || d.Changed[1] != (DiffEntry{Path: "data/hello.txt", Type: "file", Size: 6, Mode: "0644"}) ||
+		!slices.Equal(d.Deleted, []string{"/etc/motd"}) {
+		t.Errorf("rootfs diff = %+v", d)
+	}
+	if len(r.Volumes) != 1 || r.Volumes[0].Name != "cache" {
+		t.Errorf("volumes = %+v", r.Volumes)
+	}
+
+	var out bytes.Buffer
+	if err := Render(&out, r, AllSections); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"synth (0123456789ab)", "[1] /bin/app -listen :8080", "[7] sleeper", "[3] IPv4 TCP LISTEN 0.0.0.0:8080",
+		"ESTABLISHED [::1]:5000 -> 127.0.0.1:40000", "+ data/hello.txt", "- /etc/motd", "CRIU: 4.2.1", "[heap]",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("rendering lacks %q:\n%s", want, out.String())
+		}
+	}
+	if _, err := json.Marshal(r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkSynthGrep(t *testing.T, a *Archive) {
+	t.Helper()
+	ms, err := a.Grep(synthMarker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 1 || ms[0].PID != 1 || ms[0].Address != synthMarkAddr || ms[0].Text != synthMarker || !strings.Contains(ms[0].Context, synthMarker) {
+		t.Fatalf("Grep(%q) = %+v", synthMarker, ms)
+	}
+	ms, err = a.Grep(synthBigMark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 1 || ms[0].Address != synthBigAddr || ms[0].Mapping != "[heap]" {
+		t.Fatalf("Grep across the chunk edge = %+v", ms)
+	}
+	ms, err = a.GrepRegexp(regexp.MustCompile(`[A-Z]+-EDGE-[A-Z]+`))
+	if err != nil || len(ms) != 1 || ms[0].Text != synthBigMark {
+		t.Fatalf("GrepRegexp = %+v, %v", ms, err)
+	}
+	if ms, err := a.Grep("not in there"); err != nil || len(ms) != 0 {
+		t.Fatalf("Grep(absent) = %+v, %v", ms, err)
+	}
+	var out bytes.Buffer
+	RenderMatches(&out, ms)
+}
+
+func TestGrepMatchLimit(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxMatches = 2
+	a, err := Read(bytes.NewReader(synthTar(t)), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ms, err := a.GrepRegexp(regexp.MustCompile(`[A-Z]`))
+	if !errors.Is(err, ErrMatchLimit) || len(ms) != 2 {
+		t.Fatalf("got %d matches, %v; want 2, ErrMatchLimit", len(ms), err)
+	}
+}
+
+// TestBadArchives: every kind of damage gives an error that wraps a
+// sentinel and names the file involved.
+func TestBadArchives(t *testing.T) {
+	good := synthTar(t)
+	pstreeImg := image("PSTREE")
+	badMagic := append([]byte{}, image("MM")...)
+	oversized := image("PSTREE")
+	oversized = append(oversized, 0xff, 0xff, 0xff, 0x7f, 1, 2, 3)
+	for _, tc := range []struct {
+		name  string
+		data  []byte
+		want  error
+		where string
+	}{
+		{"empty input", nil, ErrNotCheckpoint, "checkpoint archive"},
+		{"not a tar", []byte(strings.Repeat("garbage!", 200)), ErrCorrupt, "checkpoint archive"},
+		{"truncated in a header", good[:700], ErrTruncated, ""},
+		{"truncated in pages", good[:len(good)/2], ErrTruncated, ""},
+		{"truncated gzip", func() []byte { z := gzipOf(t, good); return z[:len(z)/2] }(), ErrTruncated, ""},
+		{"corrupt zstd", func() []byte { z := zstdOf(t, good); z[len(z)/2] ^= 0xff; z[len(z)/2+1] ^= 0xff; return z }(), ErrCorrupt, ""},
+		{"xz", []byte{0xfd, '7', 'z', 'X', 'Z', 0, 1, 2}, ErrCorrupt, "xz"},
+		{"no config.dump", tarOf(t, withMember(t, "config.dump", nil)), ErrNotCheckpoint, "config.dump"},
+		{"no pstree", tarOf(t, withMember(t, "checkpoint/pstree.img", nil)), ErrNotCheckpoint, "pstree.img"},
+		{"config.dump not JSON", tarOf(t, withMember(t, "config.dump", []byte("{"))), ErrCorrupt, "config.dump"},
+		{"deleted.files not JSON", tarOf(t, withMember(t, "deleted.files", []byte("[1"))), ErrCorrupt, "deleted.files"},
+		{"empty pstree", tarOf(t, withMember(t, "checkpoint/pstree.img", pstreeImg)), ErrCorrupt, "pstree.img"},
+		{"pstree entry too long", tarOf(t, withMember(t, "checkpoint/pstree.img", oversized)), ErrCorrupt, "pstree.img"},
+		{"pstree cut", tarOf(t, withMember(t, "checkpoint/pstree.img", synthImage(t, "checkpoint/pstree.img")[:13])), ErrTruncated, "pstree.img"},
+		{"core is an mm", tarOf(t, withMember(t, "checkpoint/core-1.img", badMagic)), ErrCorrupt, "core-1.img"},
+		{"mm protobuf garbage", tarOf(t, withMember(t, "checkpoint/mm-1.img", image("MM", []byte{0xff, 0xff, 0xff}))), ErrCorrupt, "mm-1.img"},
+		{"pages short", tarOf(t, withMember(t, "checkpoint/pages-1.img", make([]byte, 4096))), ErrTruncated, "pages-1.img"},
+		{"pages missing", tarOf(t, withMember(t, "checkpoint/pages-1.img", nil)), ErrTruncated, "pages-1.img"},
+		{"pagemap one byte", tarOf(t, withMember(t, "checkpoint/pagemap-1.img", []byte{1})), ErrTruncated, "pagemap-1.img"},
+		{"files.img cut", tarOf(t, withMember(t, "checkpoint/files.img", func() []byte { b := synthImage(t, "checkpoint/files.img"); return b[:len(b)-3] }())), ErrTruncated, "files.img"},
+		{"rootfs diff not a tar", tarOf(t, withMember(t, "rootfs-diff.tar", []byte(strings.Repeat("x", 1024)))), ErrCorrupt, "rootfs-diff.tar"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := readBytes(t, tc.data)
+			if err == nil {
+				a.Close()
+				t.Fatal("no error")
+			}
+			if !errors.Is(err, tc.want) {
+				t.Errorf("error %q does not wrap %q", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.where) {
+				t.Errorf("error %q does not name %q", err, tc.where)
+			}
+		})
+	}
+}
+
+func synthImage(t testing.TB, name string) []byte {
+	for _, m := range synthMembers(t) {
+		if m.name == name {
+			return m.data
+		}
+	}
+	t.Fatalf("no member %s", name)
+	return nil
+}
+
+// TestOpenTruncatedFile: an uncompressed archive on disk whose pages run
+// past its end is caught before any read.
+func TestOpenTruncatedFile(t *testing.T) {
+	good := synthTar(t)
+	path := filepath.Join(t.TempDir(), "cut.tar")
+	if err := os.WriteFile(path, good[:len(good)-3000], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(path, DefaultConfig())
+	if err == nil {
+		a.Close()
+		t.Fatal("no error")
+	}
+	if !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("error %q: want ErrTruncated naming %s", err, path)
+	}
+}
+
+// FuzzRead feeds damaged archives to Read (and Grep). Its seeds are the
+// synthetic archive, compressed and not, and single CRIU images; the fuzzer
+// mutates them. As a normal test it runs the seeds.
+func FuzzRead(f *testing.F) {
+	small := synthSmall(f)
+	good := tarOf(f, small)
+	f.Add(good)
+	f.Add(gzipOf(f, good))
+	f.Add(zstdOf(f, good))
+	f.Add(good[:len(good)/3])
+	for i, m := range small {
+		if strings.HasSuffix(m.name, ".img") && !strings.Contains(m.name, "pages") {
+			// Each image with three stray bytes: a truncated entry.
+			ms := slices.Clone(small)
+			ms[i].data = append(m.data[:len(m.data):len(m.data)], 0, 0, 0)
+			f.Add(tarOf(f, ms))
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg := DefaultConfig()
+		cfg.TempDir = t.TempDir()
+		cfg.MaxFileSize = 1 << 20
+		cfg.MaxPagesSize = 1 << 20
+		a, err := Read(bytes.NewReader(data), cfg)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrNotCheckpoint) {
+				t.Fatalf("error wraps no sentinel: %v", err)
+			}
+			return
+		}
+		defer a.Close()
+		Render(&bytes.Buffer{}, a.Report(), AllSections)
+		a.Grep("SECRET")
+	})
+}
+
+// FuzzImage mutates one CRIU image at a time inside an otherwise good
+// archive, which reaches the image decoders far more often than FuzzRead.
+func FuzzImage(f *testing.F) {
+	for i, m := range synthSmall(f) {
+		if strings.HasSuffix(m.name, ".img") && !strings.Contains(m.name, "pages") || m.name == "stats-dump" {
+			f.Add(uint8(i), m.data)
+		}
+	}
+	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
+		ms := synthSmall(t)
+		i := int(which) % len(ms)
+		if ms[i].dir {
+			return
+		}
+		ms[i].data = data
+		cfg := DefaultConfig()
+		cfg.TempDir = t.TempDir()
+		a, err := Read(bytes.NewReader(tarOf(t, ms)), cfg)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrNotCheckpoint) {
+				t.Fatalf("error wraps no sentinel: %v", err)
+			}
+			return
+		}
+		defer a.Close()
+		Render(&bytes.Buffer{}, a.Report(), AllSections)
+		a.Grep("SECRET")
+	})
+}
