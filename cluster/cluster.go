@@ -133,6 +133,7 @@ type Cluster struct {
 	mu      sync.Mutex
 	meta    nodeMeta
 	members map[string]*memberEntry
+	acks    map[string]time.Time // last direct probe ack, by member
 
 	peerOnce sync.Once
 	peerHTTP *http.Client
@@ -165,7 +166,7 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{
 		cfg: cfg, logger: cfg.Logger.With("node", cfg.NodeName), tls: t, token: APIToken(cfg.Secret),
-		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{},
+		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
 	}
 	if c.hostKey, err = LoadOrCreateKey(filepath.Join(cfg.DataDir, HostKeyFile)); err != nil {
 		return nil, err
@@ -233,6 +234,7 @@ func (c *Cluster) Shutdown() error {
 	c.shutdownOnce.Do(func() {
 		var errs []error
 		if c.ml != nil {
+			c.setMeta(func(m *nodeMeta) { m.Leaving = true })
 			if err := c.ml.Leave(2 * time.Second); err != nil {
 				errs = append(errs, fmt.Errorf("leave: %w", err))
 			}
@@ -267,7 +269,7 @@ func (c *Cluster) startGossip() error {
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	mc.ProbeInterval, mc.ProbeTimeout = c.cfg.ProbeInterval, c.cfg.ProbeTimeout
 	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = max(c.cfg.SuspicionMult, 1), 2
-	mc.Delegate, mc.Events = &delegate{c}, &delegate{c}
+	mc.Delegate, mc.Events, mc.Ping = &delegate{c}, &delegate{c}, &delegate{c}
 	mc.Logger = memberlistLogger(c.logger)
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -342,7 +344,7 @@ func (c *Cluster) setMeta(f func(*nodeMeta)) {
 	changed := string(old) != string(c.meta.encode(metaLimit))
 	c.mu.Unlock()
 	if changed && c.ml != nil {
-		if err := c.ml.UpdateNode(5 * time.Second); err != nil {
+		if err := c.ml.UpdateNode(2 * time.Second); err != nil {
 			c.logger.Warn("gossip metadata update failed", "err", err)
 		}
 	}

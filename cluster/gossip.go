@@ -36,6 +36,9 @@ type nodeMeta struct {
 	ClientKey  []byte            `json:"ck,omitempty"`
 	Labels     map[string]string `json:"l,omitempty"`
 	Trunc      bool              `json:"tr,omitempty"`
+	// Leaving is set just before a graceful leave, so that peers can tell
+	// "left" from "dead": memberlist v0.5.4 does not update Node.State.
+	Leaving bool `json:"lv,omitempty"`
 }
 
 // encode returns the meta as JSON of at most limit bytes, dropping labels
@@ -122,6 +125,7 @@ type delegate struct{ c *Cluster }
 var (
 	_ memberlist.Delegate      = (*delegate)(nil)
 	_ memberlist.EventDelegate = (*delegate)(nil)
+	_ memberlist.PingDelegate  = (*delegate)(nil)
 )
 
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -139,10 +143,20 @@ func (d *delegate) NotifyJoin(n *memberlist.Node)   { d.c.observe(n, StatusAlive
 func (d *delegate) NotifyUpdate(n *memberlist.Node) { d.c.observe(n, StatusAlive, true) }
 func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	status := StatusDead
-	if n.State == memberlist.StateLeft {
+	var m nodeMeta
+	if json.Unmarshal(n.Meta, &m) == nil && m.Leaving {
 		status = StatusLeft
 	}
 	d.c.observe(n, status, false)
+}
+
+// AckPayload and NotifyPingComplete implement memberlist.PingDelegate: the
+// time of each member's last direct ack is how we report "suspect".
+func (d *delegate) AckPayload() []byte { return nil }
+func (d *delegate) NotifyPingComplete(n *memberlist.Node, rtt time.Duration, payload []byte) {
+	d.c.mu.Lock()
+	d.c.acks[n.Name] = time.Now()
+	d.c.mu.Unlock()
 }
 
 // observe records a memberlist event in the member table and wakes the
@@ -190,15 +204,31 @@ func (c *Cluster) poke() {
 	}
 }
 
-// suspects returns the names memberlist currently suspects.
+// suspects returns the alive members that have not acked a direct probe for
+// longer than a full probe round plus one interval: memberlist suspects
+// them, or will at its next probe. (memberlist v0.5.4 does not expose its
+// own suspect state: Node.State is never updated.)
 func (c *Cluster) suspects() map[string]bool {
-	out := map[string]bool{}
-	if c.ml == nil {
-		return out
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	alive := 0
+	for _, e := range c.members {
+		if e.status == StatusAlive {
+			alive++
+		}
 	}
-	for _, n := range c.ml.Members() {
-		if n.State == memberlist.StateSuspect {
-			out[n.Name] = true
+	window := time.Duration(alive+1)*c.cfg.ProbeInterval + c.cfg.ProbeTimeout
+	out := map[string]bool{}
+	for name, e := range c.members {
+		if e.status != StatusAlive || name == c.cfg.NodeName {
+			continue
+		}
+		last := e.since
+		if a := c.acks[name]; a.After(last) {
+			last = a
+		}
+		if time.Since(last) > window {
+			out[name] = true
 		}
 	}
 	return out

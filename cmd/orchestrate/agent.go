@@ -8,6 +8,7 @@ import (
 
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/config"
+	"github.com/edgemigrate/orchestrate/engine"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -36,18 +37,14 @@ which wins over the file.`,
 			defer stop()
 			cc := cfg.ClusterConfig()
 			cc.Secret, cc.Logger = secret, logger
+			var eng engine.Engine
 			if cfg.Engine.Type != "none" {
-				eng, err := newEngine(ctx, cfg, logger)
-				if err != nil {
+				if eng, err = newEngine(ctx, cfg, logger); err != nil {
 					return err
 				}
 				cc.Engine = eng
 			}
-			c, err := cluster.New(cc)
-			if err != nil {
-				return err
-			}
-			return c.Run(ctx)
+			return runAgent(ctx, cfg, cc, eng, logger)
 		},
 	}
 	cmd.Flags().StringVarP(&file, "config", "c", "", "YAML configuration file")

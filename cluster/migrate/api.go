@@ -1,0 +1,192 @@
+package migrate
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/engine"
+)
+
+// Leadership tells the API whether to serve a request here or forward it.
+type Leadership interface {
+	IsLeader() bool
+	LeaderClient() (*cluster.Client, error)
+}
+
+// Register adds the operator routes. Writes that need the leader
+// (migrate, drain) are forwarded to it from any agent.
+//
+//	POST /v1/migrate   MigrateRequest -> MigrationRecord (Planned; poll /v1/migrations/{id})
+//	POST /v1/drain     DrainRequest   -> DrainResult
+//	POST /v1/cordon    {"host"}       -> Host
+//	POST /v1/uncordon  {"host"}       -> Host
+func (co *Coordinator) Register(mux Mux, lead Leadership) {
+	mux.HandleFunc("POST /v1/migrate", forwarded(lead, func(w http.ResponseWriter, r *http.Request) {
+		var req MigrateRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Container == "" {
+			writeErr(w, fmt.Errorf("%w: want {\"container\": NAME, \"to\": HOST}", cluster.ErrInvalid))
+			return
+		}
+		rec, err := co.Migrate(r.Context(), req)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, rec)
+	}))
+	mux.HandleFunc("POST /v1/drain", forwarded(lead, func(w http.ResponseWriter, r *http.Request) {
+		var req DrainRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Host == "" {
+			writeErr(w, fmt.Errorf("%w: want {\"host\": NAME}", cluster.ErrInvalid))
+			return
+		}
+		res, err := co.Drain(r.Context(), req)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, res)
+	}))
+	mux.HandleFunc("POST /v1/cordon", co.cordon(true))
+	mux.HandleFunc("POST /v1/uncordon", co.cordon(false))
+}
+
+// HostRequest names a host.
+type HostRequest struct {
+	Host   string `json:"host"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func (co *Coordinator) cordon(on bool) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req HostRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Host == "" {
+			writeErr(w, fmt.Errorf("%w: want {\"host\": NAME}", cluster.ErrInvalid))
+			return
+		}
+		known := false
+		for _, m := range co.store.Members() {
+			known = known || m.Name == req.Host
+		}
+		if !known {
+			writeErr(w, fmt.Errorf("%w: no host %s in the cluster", cluster.ErrNotFound, req.Host))
+			return
+		}
+		req2 := cluster.SetHostRequest{Name: req.Host, Cordoned: &on, Reason: req.Reason, At: co.cfg.Now().UTC()}
+		if !on {
+			off := false
+			req2.Draining = &off
+		}
+		if err := co.store.SetHost(r.Context(), req2); err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, cluster.Host{Name: req.Host, Cordoned: on, Reason: req.Reason, UpdatedAt: req2.At})
+	}
+}
+
+// forwarded serves h on the leader and proxies the request to the leader
+// elsewhere.
+func forwarded(lead Leadership, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if lead.IsLeader() {
+			h(w, r)
+			return
+		}
+		cl, err := lead.LeaderClient()
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		var body json.RawMessage
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			writeErr(w, fmt.Errorf("%w: %v", cluster.ErrInvalid, err))
+			return
+		}
+		resp, err := cl.Raw(r.Context(), r.Method, r.URL.Path, body)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}
+}
+
+// Peers is how ClusterAgents reaches other agents (cluster.Cluster).
+type Peers interface {
+	PeerClient(name string) (*cluster.Client, error)
+}
+
+// ClusterAgents implements Agents over the cluster's authenticated API.
+type ClusterAgents struct{ Peers Peers }
+
+var _ Agents = ClusterAgents{}
+
+// Call implements Agents.
+func (a ClusterAgents) Call(ctx context.Context, host, path string, in, out any) error {
+	cl, err := a.Peers.PeerClient(host)
+	if err != nil {
+		return err
+	}
+	return cl.Do(ctx, http.MethodPost, path, in, out)
+}
+
+// Stream implements Agents.
+func (a ClusterAgents) Stream(ctx context.Context, host, path string, in any) (io.ReadCloser, error) {
+	cl, err := a.Peers.PeerClient(host)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cl.Raw(ctx, http.MethodPost, path, in)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// Containers implements Agents.
+func (a ClusterAgents) Containers(ctx context.Context, host string) ([]engine.Container, error) {
+	cl, err := a.Peers.PeerClient(host)
+	if err != nil {
+		return nil, err
+	}
+	var cs []engine.Container
+	return cs, cl.Do(ctx, http.MethodGet, "/v1/containers", nil, &cs)
+}
+
+// Wait polls the agent at cl until every migration in ids has ended, calling
+// each with the records on every poll (for progress). It returns the final
+// records.
+func Wait(ctx context.Context, cl *cluster.Client, ids []string, every time.Duration, each func([]cluster.MigrationRecord)) ([]cluster.MigrationRecord, error) {
+	for {
+		out := make([]cluster.MigrationRecord, 0, len(ids))
+		done := true
+		for _, id := range ids {
+			var m cluster.MigrationRecord
+			if err := cl.Do(ctx, http.MethodGet, "/v1/migrations/"+id, nil, &m); err != nil {
+				return nil, err
+			}
+			done = done && Terminal(m.Phase)
+			out = append(out, m)
+		}
+		if each != nil {
+			each(out)
+		}
+		if done {
+			return out, nil
+		}
+		select {
+		case <-ctx.Done():
+			return out, ctx.Err()
+		case <-time.After(every):
+		}
+	}
+}
