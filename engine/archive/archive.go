@@ -312,11 +312,8 @@ func (a *Archive) member(tr *tar.Reader, hdr *tar.Header, name string, cr *count
 		return a.pagesMember(tr, hdr, uint32(id), cr, src)
 	case dir == CheckpointDirectory:
 		rep.Checkpoint.CheckpointSize += hdr.Size
-		if !strings.HasSuffix(base, ".img") && base != DescriptorsFile {
-			return nil // e.g. tmpfs-dev-*.tar.gz.img is caught above; dump logs
-		}
-		if strings.Contains(base, ".tar") {
-			return nil
+		if !strings.HasSuffix(base, ".img") || strings.Contains(base, ".tar") {
+			return nil // descriptors.json, logs, tmpfs-dev-*.tar.gz.img
 		}
 	case name == RootFsDiffTar:
 		rep.RootfsDiff.Size = hdr.Size

@@ -119,7 +119,7 @@ func checkSynthReport(t *testing.T, r *Report) {
 	}
 
 	var out bytes.Buffer
-	if err := Render(&out, r, AllSections); err != nil {
+	if err := RenderWith(&out, r, AllSections); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
@@ -130,8 +130,16 @@ func checkSynthReport(t *testing.T, r *Report) {
 			t.Errorf("rendering lacks %q:\n%s", want, out.String())
 		}
 	}
-	if _, err := json.Marshal(r); err != nil {
+	js, err := json.Marshal(r)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if !bytes.Contains(js, []byte(`"start":"0x400000"`)) {
+		t.Errorf("JSON does not write addresses as hex strings: %s", js)
+	}
+	var back Report
+	if err := json.Unmarshal(js, &back); err != nil || back.Processes[0].Mappings[0].Start != r.Processes[0].Mappings[0].Start {
+		t.Errorf("JSON round trip: %v", err)
 	}
 }
 
@@ -141,14 +149,14 @@ func checkSynthGrep(t *testing.T, a *Archive) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms) != 1 || ms[0].PID != 1 || ms[0].Address != synthMarkAddr || ms[0].Text != synthMarker || !strings.Contains(ms[0].Context, synthMarker) {
+	if len(ms) != 1 || ms[0].PID != 1 || ms[0].Address != Addr(synthMarkAddr) || ms[0].Text != synthMarker || !strings.Contains(ms[0].Context, synthMarker) {
 		t.Fatalf("Grep(%q) = %+v", synthMarker, ms)
 	}
 	ms, err = a.Grep(synthBigMark)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms) != 1 || ms[0].Address != synthBigAddr || ms[0].Mapping != "[heap]" {
+	if len(ms) != 1 || ms[0].Address != Addr(synthBigAddr) || ms[0].Mapping != "[heap]" {
 		t.Fatalf("Grep across the chunk edge = %+v", ms)
 	}
 	ms, err = a.GrepRegexp(regexp.MustCompile(`[A-Z]+-EDGE-[A-Z]+`))
@@ -287,7 +295,7 @@ func FuzzRead(f *testing.F) {
 			return
 		}
 		defer a.Close()
-		Render(&bytes.Buffer{}, a.Report(), AllSections)
+		RenderWith(&bytes.Buffer{}, a.Report(), AllSections)
 		a.Grep("SECRET")
 	})
 }
@@ -317,7 +325,7 @@ func FuzzImage(f *testing.F) {
 			return
 		}
 		defer a.Close()
-		Render(&bytes.Buffer{}, a.Report(), AllSections)
+		RenderWith(&bytes.Buffer{}, a.Report(), AllSections)
 		a.Grep("SECRET")
 	})
 }

@@ -253,7 +253,7 @@ func (a *Archive) readArgv(m *procMem, start, end uint64) ([]string, error) {
 type Match struct {
 	PID     uint32 `json:"pid"`
 	Comm    string `json:"comm"`
-	Address uint64 `json:"address"`
+	Address Addr   `json:"address"`
 	Mapping string `json:"mapping,omitempty"` // the VMA's name, if it has one
 	Text    string `json:"text"`              // the match, non-printable bytes as '.'
 	Context string `json:"context"`           // the match with Config.GrepContext bytes around it
@@ -272,6 +272,9 @@ func (a *Archive) Grep(pattern string) ([]Match, error) {
 // crosses a chunk boundary is found when it is at most Config.GrepOverlap
 // bytes long; matches never span two separately dumped page runs.
 func (a *Archive) GrepRegexp(re *regexp.Regexp) ([]Match, error) {
+	if re == nil {
+		return nil, errors.New("grep: nil regular expression")
+	}
 	return a.grep(re, a.cfg.GrepOverlap)
 }
 
@@ -282,6 +285,7 @@ func (a *Archive) grep(re *regexp.Regexp, overlap int) ([]Match, error) {
 		return nil, errors.New("grep: archive is closed or was not read")
 	}
 	var out []Match
+	buf := make([]byte, 0, grepChunk+overlap)
 	for _, p := range a.report.Processes {
 		m := a.procs[p.PID]
 		if m == nil || m.pages == nil {
@@ -289,7 +293,6 @@ func (a *Archive) grep(re *regexp.Regexp, overlap int) ([]Match, error) {
 		}
 		for _, r := range m.runs {
 			size := r.end - r.vaddr
-			buf := make([]byte, 0, grepChunk+overlap)
 			for pos := uint64(0); pos < size; pos += grepChunk {
 				// Read the chunk plus an overlap into the next one; only
 				// matches starting inside the chunk count, so none is
@@ -331,8 +334,8 @@ func (a *Archive) match(m *procMem, comm string, addr uint64, buf []byte, loc []
 	if len(text) > 256 {
 		text = text[:256]
 	}
-	mt := Match{PID: m.pid, Comm: comm, Address: addr, Text: printable(text), Context: printable(context)}
-	i := slices.IndexFunc(m.mappings, func(v Mapping) bool { return v.Start <= addr && addr < v.End })
+	mt := Match{PID: m.pid, Comm: comm, Address: Addr(addr), Text: printable(text), Context: printable(context)}
+	i := slices.IndexFunc(m.mappings, func(v Mapping) bool { return uint64(v.Start) <= addr && addr < uint64(v.End) })
 	if i >= 0 {
 		mt.Mapping = m.mappings[i].Name
 	}

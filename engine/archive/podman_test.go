@@ -77,6 +77,9 @@ func TestPodmanCheckpoint(t *testing.T) {
 		return err == nil && strings.Contains(string(out), `"counter"`)
 	})
 
+	// A file deleted from the image, for deleted.files.
+	hostRun("podman", "exec", "w", "/bin/busybox", "rm", "/bin/ls")
+
 	dir := t.TempDir()
 	zst := filepath.Join(dir, "w.tar.zst")
 	plain := filepath.Join(dir, "w.tar")
@@ -152,7 +155,7 @@ func checkWorkload(t *testing.T, a *Archive, port int, marker string) {
 	t.Helper()
 	r := a.Report()
 	var out bytes.Buffer
-	if err := Render(&out, r, RenderOptions{Files: true, Sockets: true, Diff: true}); err != nil {
+	if err := Render(&out, r); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("rendered:\n%s", out.String())
@@ -179,6 +182,9 @@ func checkWorkload(t *testing.T, a *Archive, port int, marker string) {
 	}
 	if !slices.ContainsFunc(r.RootfsDiff.Changed, func(d DiffEntry) bool { return d.Path == "data/hello.txt" && d.Type == "file" }) {
 		t.Errorf("data/hello.txt not in the rootfs diff %+v", r.RootfsDiff)
+	}
+	if !slices.Contains(r.RootfsDiff.Deleted, "/bin/ls") {
+		t.Errorf("/bin/ls not in the deleted files %+v", r.RootfsDiff.Deleted)
 	}
 	want := "ORCHESTRATE-MARKER:" + marker
 	ms, err := a.Grep(want)

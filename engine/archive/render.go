@@ -18,8 +18,14 @@ type RenderOptions struct {
 // AllSections turns every optional section on.
 var AllSections = RenderOptions{Mappings: true, Files: true, Sockets: true, Diff: true}
 
-// Render writes r as a tree, in the manner of checkpointctl inspect.
-func Render(w io.Writer, r *Report, opts RenderOptions) error {
+// Render writes r as a tree, in the manner of checkpointctl inspect, with
+// every section but the memory mappings (tens of lines per process).
+func Render(w io.Writer, r *Report) error {
+	return RenderWith(w, r, RenderOptions{Files: true, Sockets: true, Diff: true})
+}
+
+// RenderWith writes r as a tree with the chosen sections.
+func RenderWith(w io.Writer, r *Report, opts RenderOptions) error {
 	c := r.Container
 	root := &node{text: fmt.Sprintf("%s (%s)", orDash(c.Name), shortID(c.ID))}
 	root.add("Image: %s", orDash(c.Image))
@@ -89,7 +95,7 @@ func Render(w io.Writer, r *Report, opts RenderOptions) error {
 		if opts.Mappings && len(p.Mappings) > 0 {
 			mn := n.add("Memory mappings")
 			for _, m := range p.Mappings {
-				mn.add("%012x-%012x %s %9s (dumped %s) %s", m.Start, m.End, m.Prot, size(int64(m.Size)), size(int64(m.Dumped)), m.Name)
+				mn.add("%012x-%012x %s %9s (dumped %s) %s", uint64(m.Start), uint64(m.End), m.Prot, size(int64(m.Size)), size(int64(m.Dumped)), m.Name)
 			}
 		}
 	}
@@ -129,7 +135,7 @@ func Render(w io.Writer, r *Report, opts RenderOptions) error {
 func RenderMatches(w io.Writer, ms []Match) error {
 	var b strings.Builder
 	for _, m := range ms {
-		fmt.Fprintf(&b, "pid %d (%s) 0x%012x %s: %q\n", m.PID, m.Comm, m.Address, orDash(m.Mapping), m.Context)
+		fmt.Fprintf(&b, "pid %d (%s) 0x%012x %s: %q\n", m.PID, m.Comm, uint64(m.Address), orDash(m.Mapping), m.Context)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

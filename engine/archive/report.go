@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -106,10 +107,33 @@ type Process struct {
 	Sockets      []Socket  `json:"sockets,omitempty"`
 }
 
+// Addr is a virtual address. It is written to JSON as a "0x..." string:
+// JSON numbers lose precision above 2^53 in most consumers (jq included).
+type Addr uint64
+
+func (a Addr) String() string { return fmt.Sprintf("0x%x", uint64(a)) }
+
+// MarshalJSON writes a as a hex string.
+func (a Addr) MarshalJSON() ([]byte, error) { return []byte(`"` + a.String() + `"`), nil }
+
+// UnmarshalJSON reads a hex string (or a plain number).
+func (a *Addr) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := strconv.ParseUint(strings.TrimPrefix(s, "0x"), 16, 64)
+	if !strings.HasPrefix(s, "0x") {
+		v, err = strconv.ParseUint(s, 10, 64)
+	}
+	if err != nil {
+		return fmt.Errorf("address %s: %w", b, err)
+	}
+	*a = Addr(v)
+	return nil
+}
+
 // Mapping is one virtual memory area.
 type Mapping struct {
-	Start  uint64 `json:"start"`
-	End    uint64 `json:"end"`
+	Start  Addr   `json:"start"`
+	End    Addr   `json:"end"`
 	Size   uint64 `json:"size"`
 	Dumped uint64 `json:"dumped"` // bytes of this area present in the pages
 	Prot   string `json:"prot"`   // "rw-p" as in /proc/PID/maps
@@ -441,12 +465,12 @@ func (a *Archive) buildProcess(p *Process, files map[uint32]*fdinfo.FileEntry, r
 				return fileErr(ck+mmName, corruptf("vma end 0x%x before start 0x%x", v.GetEnd(), v.GetStart()))
 			}
 			m := Mapping{
-				Start: v.GetStart(), End: v.GetEnd(), Size: v.GetEnd() - v.GetStart(),
+				Start: Addr(v.GetStart()), End: Addr(v.GetEnd()), Size: v.GetEnd() - v.GetStart(),
 				Prot: protString(v.GetProt(), v.GetFlags()),
 				Name: vmaName(v.GetStatus(), v.GetShmid(), v.GetPgoff(), files),
 			}
 			if mem != nil {
-				m.Dumped = mem.presentIn(m.Start, m.End)
+				m.Dumped = mem.presentIn(v.GetStart(), v.GetEnd())
 			}
 			p.Mappings = append(p.Mappings, m)
 		}
