@@ -3,6 +3,7 @@ package migrate
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -165,13 +166,21 @@ func (a ClusterAgents) Containers(ctx context.Context, host string) ([]engine.Co
 // Wait polls the agent at cl until every migration in ids has ended, calling
 // each with the records on every poll (for progress). It returns the final
 // records.
+//
+// The agent polled may be a follower whose replica lags the leader by a
+// moment, so a record not found yet is retried for a while.
 func Wait(ctx context.Context, cl *cluster.Client, ids []string, every time.Duration, each func([]cluster.MigrationRecord)) ([]cluster.MigrationRecord, error) {
+	lagUntil := time.Now().Add(10 * time.Second)
 	for {
 		out := make([]cluster.MigrationRecord, 0, len(ids))
 		done := true
 		for _, id := range ids {
 			var m cluster.MigrationRecord
-			if err := cl.Do(ctx, http.MethodGet, "/v1/migrations/"+id, nil, &m); err != nil {
+			err := cl.Do(ctx, http.MethodGet, "/v1/migrations/"+id, nil, &m)
+			if errors.Is(err, cluster.ErrNotFound) && time.Now().Before(lagUntil) {
+				m, err = cluster.MigrationRecord{ID: id, Phase: Planned}, nil
+			}
+			if err != nil {
 				return nil, err
 			}
 			done = done && Terminal(m.Phase)

@@ -1,4 +1,4 @@
-//go:build !podman
+//go:build !remote
 
 package main
 
@@ -14,6 +14,6 @@ import (
 // newEngine fails: this binary was built without the Podman bindings, which
 // need cgo-free build tags (see engine_podman.go).
 func newEngine(ctx context.Context, c config.Config, logger *slog.Logger) (engine.Engine, error) {
-	return nil, fmt.Errorf("%w: engine.type %q: this binary was built without Podman support; rebuild with -tags \"podman remote exclude_graphdriver_btrfs btrfs_noversion exclude_graphdriver_devicemapper containers_image_openpgp\"",
+	return nil, fmt.Errorf("%w: engine.type %q: this binary was built without Podman support; rebuild with -tags \"remote exclude_graphdriver_btrfs exclude_graphdriver_devicemapper containers_image_openpgp\" (make build)",
 		config.ErrInvalid, c.Engine.Type)
 }

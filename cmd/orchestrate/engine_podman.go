@@ -1,4 +1,4 @@
-//go:build podman
+//go:build remote
 
 package main
 

@@ -1,0 +1,321 @@
+package simhost
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// Binary builds bin/orchestrate once per test binary (static, with the
+// podman build tags) and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "orchestrate-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "orchestrate")
+		cmd := exec.Command("go", "build", "-tags", "remote,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper,containers_image_openpgp",
+			"-o", binPath, "./cmd/orchestrate")
+		cmd.Dir = Root()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// Cluster is several simulated hosts, each running an agent.
+type Cluster struct {
+	t      testing.TB
+	Bin    string
+	Secret string
+	Hosts  []*AgentHost
+}
+
+// AgentHost is a simulated host with an agent.
+type AgentHost struct {
+	*Host
+	c      *Cluster
+	Config string
+	Socket string // the agent's unix socket
+	cmd    *exec.Cmd
+	done   chan struct{}
+}
+
+// NewCluster starts n hosts with agents that form one cluster, and waits
+// until every agent sees every other alive and a leader is elected.
+func NewCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	Require(t)
+	c := &Cluster{t: t, Bin: Binary(t)}
+	dir := t.TempDir()
+	c.Secret = filepath.Join(dir, "cluster.key")
+	if out, err := exec.Command(c.Bin, "keygen", c.Secret).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	// Hosts are created in parallel: each takes about half a second.
+	hosts := make([]*Host, n)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []string
+	for i := range hosts {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Sprint(r))
+					mu.Unlock()
+				}
+			}()
+			hosts[i] = newHostNoFatal(t)
+		}(i)
+	}
+	wg.Wait()
+	for _, h := range hosts {
+		if h == nil {
+			t.Fatalf("creating hosts: %v", errs)
+		}
+		h.t = t
+	}
+	for _, h := range hosts {
+		ah := &AgentHost{Host: h, c: c, Socket: fmt.Sprintf("/run/osim/%s/agent.sock", h.Name)}
+		ah.Config = fmt.Sprintf("/run/osim/%s/agent.yaml", h.Name)
+		cfg := fmt.Sprintf(`node:
+  name: %[1]s
+  data_dir: /var/lib/osim/%[1]s/orchestrate
+cluster:
+  bind: %[2]s:7946
+  raft_bind: %[2]s:7947
+  join: ["%[3]s:7946"]
+  bootstrap_expect: %[4]d
+  secret_file: %[5]s
+api:
+  bind: %[2]s:7948
+  socket: %[6]s
+engine:
+  type: podman
+  socket: %[7]s
+transfer:
+  bind: %[2]s:7922
+log:
+  level: debug
+`, h.Name, h.IP, hosts[0].IP, min(n, 3), c.Secret, ah.Socket, h.Socket)
+		if err := os.WriteFile(ah.Config, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.Hosts = append(c.Hosts, ah)
+	}
+	for _, h := range c.Hosts {
+		h.StartAgent()
+	}
+	t.Cleanup(func() {
+		for _, h := range c.Hosts {
+			h.StopAgent(syscall.SIGTERM)
+		}
+		if t.Failed() {
+			for _, h := range c.Hosts {
+				b, _ := os.ReadFile(fmt.Sprintf("/run/osim/%s/agent.log", h.Name))
+				lines := strings.Split(string(b), "\n")
+				if len(lines) > 60 {
+					lines = lines[len(lines)-60:]
+				}
+				t.Logf("--- agent log of %s (last lines) ---\n%s", h.Name, strings.Join(lines, "\n"))
+			}
+		}
+	})
+	c.WaitFormed(60 * time.Second)
+	return c
+}
+
+// newHostNoFatal is New for use off the test goroutine: it panics instead
+// of calling t.Fatal.
+func newHostNoFatal(t testing.TB) *Host {
+	return New(&panicTB{TB: t})
+}
+
+type panicTB struct{ testing.TB }
+
+func (p *panicTB) Fatal(args ...any)                 { panic(fmt.Sprint(args...)) }
+func (p *panicTB) Fatalf(format string, args ...any) { panic(fmt.Sprintf(format, args...)) }
+
+// StartAgent starts (or restarts) the host's agent.
+func (h *AgentHost) StartAgent() {
+	h.c.t.Helper()
+	logf, err := os.OpenFile(fmt.Sprintf("/run/osim/%s/agent.log", h.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		h.c.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(script("simhost.sh"), "exec", h.Name, h.c.Bin, "agent", "--config", h.Config)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		h.c.t.Fatal(err)
+	}
+	_ = os.WriteFile(fmt.Sprintf("/run/osim/%s/agent.pid", h.Name), []byte(fmt.Sprint(cmd.Process.Pid)), 0o600)
+	h.cmd, h.done = cmd, make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(cmd, h.done)
+}
+
+// StopAgent signals the agent (SIGKILL simulates a crash) and waits for it.
+func (h *AgentHost) StopAgent(sig syscall.Signal) {
+	if h.cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-h.cmd.Process.Pid, sig)
+	select {
+	case <-h.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+		<-h.done
+	}
+	h.cmd = nil
+}
+
+// CLI runs the orchestrate CLI against this host's agent.
+func (h *AgentHost) CLI(args ...string) (stdout, stderr string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, h.c.Bin, append(args, "--agent", h.Socket)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+		e.WriteString(err.Error())
+	}
+	return o.String(), e.String(), code
+}
+
+// JSON runs the CLI with -o json and decodes its output into v.
+func (h *AgentHost) JSON(v any, args ...string) error {
+	out, errOut, code := h.CLI(append(args, "-o", "json")...)
+	if code != 0 {
+		return fmt.Errorf("orchestrate %s: exit %d: %s%s", strings.Join(args, " "), code, errOut, out)
+	}
+	return json.Unmarshal([]byte(out), v)
+}
+
+// MemberView is the part of `members -o json` the tests read.
+type MemberView struct {
+	Name   string `json:"name"`
+	Status string `json:"status"`
+	Role   string `json:"role"`
+}
+
+// WaitFormed waits until the first host sees every host alive and a leader.
+func (c *Cluster) WaitFormed(d time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	var last error
+	for time.Now().Before(deadline) {
+		last = c.formed()
+		if last == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	c.t.Fatalf("cluster did not form within %s: %v", d, last)
+}
+
+func (c *Cluster) formed() error {
+	for _, h := range c.Hosts {
+		var ms []MemberView
+		if err := h.JSON(&ms, "members"); err != nil {
+			return err
+		}
+		alive, leaders := 0, 0
+		for _, m := range ms {
+			if m.Status == "alive" {
+				alive++
+			}
+			if m.Role == "leader" {
+				leaders++
+			}
+		}
+		if alive != len(c.Hosts) || leaders != 1 {
+			return fmt.Errorf("%s sees %d alive of %d, %d leaders", h.Name, alive, len(c.Hosts), leaders)
+		}
+	}
+	return nil
+}
+
+// Leader returns the host whose agent leads.
+func (c *Cluster) Leader() *AgentHost {
+	c.t.Helper()
+	for _, h := range c.Hosts {
+		if h.cmd == nil {
+			continue
+		}
+		var ms []MemberView
+		if err := h.JSON(&ms, "members"); err != nil {
+			continue
+		}
+		for _, m := range ms {
+			if m.Role == "leader" {
+				for _, x := range c.Hosts {
+					if x.Name == m.Name {
+						return x
+					}
+				}
+			}
+		}
+	}
+	c.t.Fatal("no leader")
+	return nil
+}
+
+// Running reports whether a container named name runs on the host.
+func (h *Host) Running(name string) bool {
+	out, err := h.Run("podman", "ps", "--format", "{{.Names}}")
+	if err != nil {
+		return false
+	}
+	for _, n := range strings.Fields(out) {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Exists reports whether a container named name exists (in any state).
+func (h *Host) Exists(name string) bool {
+	out, err := h.Run("podman", "ps", "-a", "--format", "{{.Names}}")
+	if err != nil {
+		return false
+	}
+	for _, n := range strings.Fields(out) {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
