@@ -420,17 +420,23 @@ func kernelRelease() string {
 	return strings.TrimSpace(string(b))
 }
 
-// reapLoop forgets members that have been dead or gone for DeadRemoveAfter.
-// (The leader's reconciler removes them from raft on the same clock.)
+// reapLoop forgets members that have been dead or gone for DeadRemoveAfter,
+// once they are out of raft: the leader's reconciler removes them from raft
+// on the same clock, and needs the entry until then.
 func (c *Cluster) reapLoop(ctx context.Context) error {
 	for {
 		if err := sleepCtx(ctx, jitter(max(c.cfg.DeadRemoveAfter/4, time.Second))); err != nil {
 			return nil
 		}
+		inRaft := c.raftRoles()
 		c.mu.Lock()
 		for name, e := range c.members {
+			if _, ok := inRaft[name]; ok {
+				continue
+			}
 			if (e.status == StatusDead || e.status == StatusLeft) && time.Since(e.since) > c.cfg.DeadRemoveAfter {
 				delete(c.members, name)
+				delete(c.acks, name)
 			}
 		}
 		c.mu.Unlock()

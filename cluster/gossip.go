@@ -323,18 +323,14 @@ func (c *Cluster) HostKeyCallback() ssh.HostKeyCallback {
 	}
 }
 
-// Authorized reports which alive member gossips key as its SSH client key
-// (or host key).
+// Authorized reports which alive member gossips key as its SSH client key.
+// Host keys are not accepted as client keys.
 func (c *Cluster) Authorized(key ssh.PublicKey) (node string, ok bool) {
 	want := string(key.Marshal())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, e := range c.members {
-		if e.status != StatusAlive {
-			continue
-		}
-		if (e.clientKey != nil && string(e.clientKey.Marshal()) == want) ||
-			(e.hostKey != nil && string(e.hostKey.Marshal()) == want) {
+		if e.status == StatusAlive && e.clientKey != nil && string(e.clientKey.Marshal()) == want {
 			return e.name, true
 		}
 	}

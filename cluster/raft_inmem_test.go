@@ -174,6 +174,7 @@ func TestLeaderTermContext(t *testing.T) {
 		cfg.NodeName, cfg.DataDir, cfg.Secret = name, t.TempDir(), secret
 		cfg.BindAddr, cfg.RaftBindAddr, cfg.APIBindAddr = ip+":17946", ip+":17947", ip+":17948"
 		cfg.APISocket = ""
+		cfg.TransferAddr = ip + ":17922"
 		cfg.Join = []string{"127.0.91.1:17946"}
 		cfg.BootstrapExpect = 3
 		cfg.ProbeInterval, cfg.ProbeTimeout = 200*time.Millisecond, 100*time.Millisecond
@@ -198,7 +199,14 @@ func TestLeaderTermContext(t *testing.T) {
 	t.Cleanup(func() {
 		cancel()
 		for range cs {
-			<-errc
+			if err := <-errc; err != nil {
+				t.Errorf("run: %v", err)
+			}
+		}
+		for _, c := range cs {
+			if err := c.Shutdown(); err != nil { // again: idempotent
+				t.Errorf("second shutdown: %v", err)
+			}
 		}
 	})
 	var first term
@@ -225,6 +233,24 @@ func TestLeaderTermContext(t *testing.T) {
 		}
 		return n == 3
 	})
+	// The transfer layer's trust: gossiped SSH keys.
+	other := cs[0]
+	if other == leader {
+		other = cs[1]
+	}
+	hk, err := leader.HostKey(other.cfg.TransferAddr)
+	if err != nil || string(hk.Marshal()) != string(other.HostSigner().PublicKey().Marshal()) {
+		t.Fatalf("HostKey(%s) = %v, %v", other.cfg.TransferAddr, hk, err)
+	}
+	if err := leader.HostKeyCallback()(other.cfg.TransferAddr, nil, other.HostSigner().PublicKey()); err != nil {
+		t.Fatal(err)
+	}
+	if err := leader.HostKeyCallback()(other.cfg.TransferAddr, nil, other.ClientSigner().PublicKey()); err == nil {
+		t.Fatal("host key callback accepted the wrong key")
+	}
+	if name, ok := leader.Authorized(other.ClientSigner().PublicKey()); !ok || name != other.Name() {
+		t.Fatalf("Authorized(client key of %s) = %q, %v", other.Name(), name, ok)
+	}
 	if err := leader.raft.LeadershipTransfer().Error(); err != nil {
 		t.Fatal(err)
 	}

@@ -162,3 +162,20 @@ func TestFlagAndEnvNames(t *testing.T) {
 		}
 	}
 }
+
+// TestExampleFile keeps the documented example in step with the keys.
+func TestExampleFile(t *testing.T) {
+	b, err := os.ReadFile("orchestrate.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load("orchestrate.example.yaml", nil); err != nil {
+		t.Fatalf("example does not load: %v", err)
+	}
+	for _, k := range Keys() {
+		section, name, _ := strings.Cut(k, ".")
+		if !strings.Contains(string(b), "\n"+section+":") || !strings.Contains(string(b), " "+name+":") {
+			t.Errorf("example lacks %s", k)
+		}
+	}
+}

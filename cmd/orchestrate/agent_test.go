@@ -85,6 +85,7 @@ type agent struct {
 	cfgPath string
 	sock    string
 	logPath string
+	env     []string // extra environment, e.g. ORCHESTRATE_ overrides
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	err     error
@@ -167,6 +168,7 @@ func (a *agent) start() {
 	}
 	a.cmd = exec.Command(binary, "agent", "--config", a.cfgPath)
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
+	a.cmd.Env = append(os.Environ(), a.env...)
 	if err := a.cmd.Start(); err != nil {
 		logf.Close()
 		a.t.Fatal(err)
@@ -386,6 +388,9 @@ func TestThreeAgentsFailoverAndRejoin(t *testing.T) {
 	tc.startAll()
 	leader, took := tc.formed(3, 20*time.Second)
 	t.Logf("3 agents formed a cluster with leader %s in %s", leader, took)
+	if fi, err := os.Stat(tc.agents[0].sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("API socket mode: %v, %v", fi.Mode(), err)
+	}
 
 	// members -o json: the CLI contract.
 	out, errOut, code := runCLI(t, nil, "members", "-o", "json", "--agent", tc.agents[1].sock)
@@ -433,8 +438,6 @@ func TestThreeAgentsFailoverAndRejoin(t *testing.T) {
 
 	// Kill the leader: a new leader within 5 s, with the state intact.
 	old := tc.agent(leader)
-	pidRSS := vmRSS(old.cmd.Process.Pid)
-	t.Logf("idle agent RSS (VmRSS of %s): %s", old.name, pidRSS)
 	old.stop(syscall.SIGKILL)
 	killed := time.Now()
 	var newLeader string
@@ -479,8 +482,14 @@ func TestThreeAgentsFailoverAndRejoin(t *testing.T) {
 	}
 	victim.stop(syscall.SIGKILL)
 	killed = time.Now()
-	waitFor(t, 10*time.Second, "the killed follower marked dead everywhere", func() error { return tc.allSee(victim.name, cluster.StatusDead) })
-	t.Logf("MEASURE dead detection (follower %s): %s after SIGKILL", victim.name, time.Since(killed))
+	var suspected time.Duration
+	waitFor(t, 10*time.Second, "the killed follower marked dead everywhere", func() error {
+		if suspected == 0 && tc.allSee(victim.name, cluster.StatusSuspect) == nil {
+			suspected = time.Since(killed)
+		}
+		return tc.allSee(victim.name, cluster.StatusDead)
+	})
+	t.Logf("MEASURE dead detection (follower %s): %s after SIGKILL (all saw suspect after %s; 0 = not observed)", victim.name, time.Since(killed), suspected)
 	if err := tc.agent(leader).appendEvent("while-dead"); err != nil {
 		t.Fatal(err)
 	}
@@ -499,6 +508,10 @@ func TestThreeAgentsFailoverAndRejoin(t *testing.T) {
 		t.Errorf("rejoined %s has role %s", victim.name, r)
 	}
 
+	for _, a := range tc.agents {
+		t.Logf("MEASURE idle agent RSS %s: %s", a.name, vmRSS(a.cmd.Process.Pid))
+	}
+
 	// A graceful stop is seen as "left".
 	victim.stop(syscall.SIGTERM)
 	if victim.err != nil {
@@ -509,6 +522,9 @@ func TestThreeAgentsFailoverAndRejoin(t *testing.T) {
 
 func TestFiveAgentsOneLeader(t *testing.T) {
 	tc := newTestCluster(t, 5, 5, 5)
+	for _, a := range tc.agents { // env overrides the file
+		a.env = []string{"ORCHESTRATE_CLUSTER_DEAD_REMOVE_AFTER=2s"}
+	}
 	tc.startAll()
 	leader, took := tc.formed(5, 25*time.Second)
 	t.Logf("5 agents formed a cluster with leader %s in %s", leader, took)
@@ -529,6 +545,35 @@ func TestFiveAgentsOneLeader(t *testing.T) {
 	if err != nil || len(res.Errors) != 0 || len(res.Containers) != 0 {
 		t.Errorf("ps fan-out: %+v, %v", res, err)
 	}
+
+	// A voter that stays dead for dead_remove_after leaves raft and the
+	// member list, and a non-voter is promoted in its place.
+	var victim *agent
+	for _, m := range ms {
+		if m.Role == cluster.RoleVoter {
+			victim = tc.agent(m.Name)
+			break
+		}
+	}
+	victim.stop(syscall.SIGKILL)
+	took = waitFor(t, 15*time.Second, "the dead voter removed and a non-voter promoted", func() error {
+		ms, err := tc.agent(leader).members()
+		if err != nil {
+			return err
+		}
+		if _, ok := ms[victim.name]; ok {
+			return fmt.Errorf("%s still listed as %s/%s", victim.name, ms[victim.name].Status, ms[victim.name].Role)
+		}
+		roles := map[string]int{}
+		for _, m := range ms {
+			roles[m.Role]++
+		}
+		if roles[cluster.RoleLeader] != 1 || roles[cluster.RoleVoter] != 2 || roles[cluster.RoleNonvoter] != 1 {
+			return fmt.Errorf("roles %v", roles)
+		}
+		return nil
+	})
+	t.Logf("dead voter %s removed and replaced %s after SIGKILL", victim.name, took)
 }
 
 func TestWrongSecret(t *testing.T) {
