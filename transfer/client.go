@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -247,6 +248,8 @@ func (c *Client) dial(ctx context.Context, peer string) (*peerConn, error) {
 		raw.Close()
 		if err == nil {
 			err = ctx.Err()
+		} else if strings.Contains(err.Error(), "unable to authenticate") {
+			err = fmt.Errorf("%w: %v", ErrUnauthorized, err)
 		}
 		return nil, fmt.Errorf("ssh handshake with %s: %w", peer, err)
 	}
@@ -375,17 +378,8 @@ func (c *Client) stream(ctx context.Context, peer string, h StreamHeader, produc
 	if err := h.Validate(); err != nil {
 		return nil, st, err
 	}
-	pc, slot, err := c.conn(ctx, peer)
+	ch, reqs, slot, err := c.openStream(ctx, peer)
 	if err != nil {
-		return nil, st, err
-	}
-	ch, reqs, err := pc.ssh.OpenChannel(StreamChannelType, nil)
-	if err != nil {
-		var oce *ssh.OpenChannelError
-		if !errors.As(err, &oce) {
-			c.drop(peer, pc)
-			err = fmt.Errorf("%w: %v", ErrPeerClosed, err)
-		}
 		return nil, st, err
 	}
 	go ssh.DiscardRequests(reqs)
@@ -431,6 +425,30 @@ func (c *Client) stream(ctx context.Context, peer string, h StreamHeader, produc
 		return nil, st, c.sendErr(ctx, err)
 	}
 	return result, st, nil
+}
+
+// openStream opens a stream channel on the pooled connection. A pooled
+// connection that died since its last use is replaced once: nothing has
+// been sent yet, so that is always safe.
+func (c *Client) openStream(ctx context.Context, peer string) (ssh.Channel, <-chan *ssh.Request, *peerSlot, error) {
+	for attempt := 0; ; attempt++ {
+		pc, slot, err := c.conn(ctx, peer)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ch, reqs, err := pc.ssh.OpenChannel(StreamChannelType, nil)
+		if err == nil {
+			return ch, reqs, slot, nil
+		}
+		var oce *ssh.OpenChannelError
+		if errors.As(err, &oce) {
+			return nil, nil, nil, err
+		}
+		c.drop(peer, pc)
+		if attempt > 0 || ctx.Err() != nil {
+			return nil, nil, nil, fmt.Errorf("%w: %v", ErrPeerClosed, err)
+		}
+	}
 }
 
 // sendErr prefers ctx's error: a closed channel after cancel is the

@@ -463,10 +463,10 @@ func retryable(err error) bool {
 		return false
 	}
 	if errors.Is(err, ErrVerify) || errors.Is(err, ErrBadName) || errors.Is(err, ErrHostKeyMismatch) ||
-		errors.Is(err, ErrUnknownHost) || errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) || isNoSpace(err) {
+		errors.Is(err, ErrUnknownHost) || errors.Is(err, ErrUnauthorized) || errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) || isNoSpace(err) {
 		return false
 	}
-	if strings.Contains(err.Error(), "unable to authenticate") || strings.Contains(err.Error(), "read local") {
+	if strings.Contains(err.Error(), "read local") {
 		return false
 	}
 	return true

@@ -244,8 +244,8 @@ func TestUnauthorisedClientRefused(t *testing.T) {
 	hk.Set(ts.addr, ts.hostKey.PublicKey())
 	c := newTestClient(t, stranger, hk, func(c *ClientConfig) { c.Retries = 0 })
 	_, err := c.Upload(context.Background(), ts.addr, writeTemp(t, []byte("x")), "x")
-	if err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
-		t.Fatalf("err = %v, want an authentication failure", err)
+	if !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("err = %v, want ErrUnauthorized", err)
 	}
 	if _, err := os.Stat(filepath.Join(ts.spool, "x")); err == nil {
 		t.Fatal("unauthorised upload landed")

@@ -28,6 +28,9 @@ var (
 	// ErrHostKeyMismatch: the peer presented a key other than the one the
 	// cluster published for it.
 	ErrHostKeyMismatch = errors.New("host key mismatch")
+	// ErrUnauthorized: the peer refused our client key (the cluster has not
+	// yet published it to that peer, or it was revoked).
+	ErrUnauthorized = errors.New("client key not authorised by peer")
 	// ErrBadName: a remote name is empty, absolute, contains "..", or would
 	// otherwise leave the spool directory.
 	ErrBadName = errors.New("bad transfer name")

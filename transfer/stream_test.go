@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/engine/enginetest"
+	"golang.org/x/crypto/ssh"
 )
 
 // restoreHandler restores streams into eng, returning the new container ID.
@@ -322,20 +323,63 @@ func TestAdaptiveDecision(t *testing.T) {
 // (BenchmarkStreamAdaptive shows that side).
 func TestAdaptiveCompressesOnSlowLink(t *testing.T) {
 	ts, client := pair(t, nil, func(c *ClientConfig) {
-		c.BandwidthLimit = 8 << 20
-		c.ChunkSize = 128 << 10
+		c.BandwidthLimit = 4 << 20
+		c.ChunkSize = 64 << 10
 		c.Compression = Compression{Mode: CompressAdaptive}
 	})
 	ts.srv.Handle("sink", func(ctx context.Context, h StreamHeader, r io.Reader) ([]byte, error) {
 		_, err := io.Copy(io.Discard, r)
 		return nil, err
 	})
-	_, st, err := client.SendStream(context.Background(), ts.addr, StreamHeader{Kind: "sink", ID: "x"}, bytes.NewReader(payload(8<<20)))
+	_, st, err := client.SendStream(context.Background(), ts.addr, StreamHeader{Kind: "sink", ID: "x"}, bytes.NewReader(payload(4<<20)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.ZstdChunks <= st.RawChunks || st.WireBytes > st.Bytes*4/5 {
-		t.Fatalf("adaptive on an 8 MiB/s link: %+v", st)
+		t.Fatalf("adaptive on a 4 MiB/s link: %+v", st)
 	}
 	t.Log(st.Compression)
+}
+
+// A pooled connection that dies between uses is replaced transparently; one
+// that dies mid-stream gives ErrPeerClosed.
+func TestStreamPeerClosed(t *testing.T) {
+	ck := newSigner(t)
+	ts := startServer(t, []ssh.PublicKey{ck.PublicKey()}, nil)
+	px := newProxy(t, ts.addr)
+	hk := NewHostKeyMap()
+	hk.Set(px.addr(), ts.hostKey.PublicKey())
+	client := newTestClient(t, ck, hk, nil)
+	ts.srv.Handle("sink", func(ctx context.Context, h StreamHeader, r io.Reader) ([]byte, error) {
+		_, err := io.Copy(io.Discard, r)
+		return []byte("ok"), err
+	})
+	ctx := context.Background()
+	send := func(f func(io.Writer) error) error {
+		_, _, err := client.Stream(ctx, px.addr(), StreamHeader{Kind: "sink", ID: "c"}, f)
+		return err
+	}
+	small := func(w io.Writer) error { _, err := w.Write([]byte("hello")); return err }
+	if err := send(small); err != nil {
+		t.Fatal(err)
+	}
+	px.cut()
+	if err := send(small); err != nil {
+		t.Fatalf("after the pooled connection died: %v", err)
+	}
+	err := send(func(w io.Writer) error {
+		if _, err := w.Write(payload(2 << 20)); err != nil {
+			return err
+		}
+		px.cut()
+		for {
+			if _, err := w.Write(make([]byte, 64<<10)); err != nil {
+				return err
+			}
+		}
+	})
+	if !errors.Is(err, ErrPeerClosed) {
+		t.Fatalf("cut mid-stream: err = %v, want ErrPeerClosed", err)
+	}
+	t.Log(err)
 }
