@@ -29,8 +29,9 @@ type Authorizer interface {
 	Authorized(key ssh.PublicKey) bool
 }
 
-// KeySet is a concurrency-safe set of public keys. It implements both
-// Authorizer (any key in the set) and, through HostKeyMap, host-key lookup.
+// KeySet is a concurrency-safe set of public keys that implements
+// Authorizer: the cluster adds and removes peers' client keys as membership
+// changes, and the server consults it on every handshake.
 type KeySet struct {
 	mu   sync.RWMutex
 	keys map[string]ssh.PublicKey // by wire encoding
@@ -98,6 +99,22 @@ func (m *HostKeyMap) HostKey(addr string) (ssh.PublicKey, error) {
 	}
 	return k, nil
 }
+
+// HostKeyFunc adapts a function to HostKeys.
+type HostKeyFunc func(addr string) (ssh.PublicKey, error)
+
+var _ HostKeys = HostKeyFunc(nil)
+
+// HostKey implements HostKeys.
+func (f HostKeyFunc) HostKey(addr string) (ssh.PublicKey, error) { return f(addr) }
+
+// AuthorizerFunc adapts a function to Authorizer.
+type AuthorizerFunc func(key ssh.PublicKey) bool
+
+var _ Authorizer = AuthorizerFunc(nil)
+
+// Authorized implements Authorizer.
+func (f AuthorizerFunc) Authorized(key ssh.PublicKey) bool { return f(key) }
 
 // hostKeyCallback verifies the presented key against keys.HostKey(peer). It
 // keys on the address the caller asked for, not the resolved one, so that the
