@@ -17,8 +17,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Config tunes reading and searching. The zero value is not useful; start
-// from DefaultConfig.
+// Config tunes reading and searching. Zero fields take DefaultConfig's
+// values.
 type Config struct {
 	// TempDir is where memory pages of compressed archives (or archives read
 	// from a stream) are copied; "" means os.TempDir().
@@ -38,7 +38,8 @@ type Config struct {
 	// PageSize is used when it cannot be inferred from the images (it
 	// normally is: pagemap page counts against the pages file's size).
 	PageSize int
-	// GrepContext is how many bytes of context a Match shows on either side.
+	// GrepContext is how many bytes of context a Match shows on either
+	// side; negative means none.
 	GrepContext int
 	// GrepOverlap is how far a regular expression match may run across two
 	// read chunks of contiguous memory and still be found. Literal patterns
@@ -60,6 +61,34 @@ func DefaultConfig() Config {
 		GrepOverlap:    4096,
 		MaxMatches:     1000,
 	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	set := func(v *int64, def int64) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	seti := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	set(&c.MaxFileSize, d.MaxFileSize)
+	set(&c.MaxPagesSize, d.MaxPagesSize)
+	seti(&c.MaxDiffEntries, d.MaxDiffEntries)
+	seti(&c.MaxArgvBytes, d.MaxArgvBytes)
+	seti(&c.PageSize, d.PageSize)
+	seti(&c.GrepOverlap, d.GrepOverlap)
+	seti(&c.MaxMatches, d.MaxMatches)
+	switch {
+	case c.GrepContext == 0:
+		c.GrepContext = d.GrepContext
+	case c.GrepContext < 0:
+		c.GrepContext = 0
+	}
+	return c
 }
 
 // Archive is an opened checkpoint archive. Its Report is built when it is
@@ -98,7 +127,7 @@ func Open(path string, cfg Config) (*Archive, error) {
 	}
 	var head [6]byte
 	n, _ := f.ReadAt(head[:], 0)
-	if compressionOf(head[:n]) == "" {
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && compressionOf(head[:n]) == "" {
 		a, err := read(&seekingCounter{countingReader{r: f}, f}, f, "", cfg)
 		if err != nil {
 			f.Close()
@@ -213,9 +242,7 @@ func read(r interface {
 	counter() *countingReader
 }, src *os.File, comp string, cfg Config) (_ *Archive, err error) {
 	cr := r.counter()
-	if cfg.MaxFileSize <= 0 {
-		cfg = DefaultConfig()
-	}
+	cfg = cfg.withDefaults()
 	a := &Archive{
 		cfg:   cfg,
 		files: map[string]*member{},

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -168,6 +169,36 @@ func checkSynthGrep(t *testing.T, a *Archive) {
 	}
 	var out bytes.Buffer
 	RenderMatches(&out, ms)
+}
+
+// TestOpenFIFO: Open falls back to streaming for a path that is not a
+// regular file (a pipe cannot be read in place).
+func TestOpenFIFO(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	raw := synthTar(t)
+	done := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err == nil {
+			_, err = f.Write(raw)
+			f.Close()
+		}
+		done <- err
+	}()
+	a, err := Open(path, Config{TempDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if ms, err := a.Grep(synthMarker); err != nil || len(ms) != 1 {
+		t.Fatalf("Grep = %+v, %v", ms, err)
+	}
 }
 
 func TestGrepMatchLimit(t *testing.T) {

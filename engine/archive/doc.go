@@ -14,7 +14,7 @@
 //
 // Every malformed, truncated or oversized input ends in an error that names
 // the file involved and wraps ErrCorrupt or ErrTruncated; nothing in here
-// panics on bad input (FuzzParse checks that).
+// panics on bad input (FuzzRead and FuzzImage check that).
 package archive
 
 // The layout of a Podman checkpoint archive (podman container checkpoint
