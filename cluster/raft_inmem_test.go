@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/edgemigrate/orchestrate/engine/enginetest"
 )
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -167,6 +169,8 @@ func TestLeaderTermContext(t *testing.T) {
 	}
 	terms := make(chan term, 10)
 	var cs []*Cluster
+	fake := enginetest.NewFake()
+	web := fake.Run("web", "docker.io/library/nginx:1", 1<<10, nil)
 	for i := 1; i <= 3; i++ {
 		cfg := DefaultConfig()
 		name := fmt.Sprintf("t%d", i)
@@ -184,6 +188,9 @@ func TestLeaderTermContext(t *testing.T) {
 			terms <- term{name, ctx}
 			<-ctx.Done()
 			return nil
+		}
+		if i == 2 {
+			cfg.Engine, cfg.EngineType = fake, "fake"
 		}
 		c, err := New(cfg)
 		if err != nil {
@@ -233,6 +240,15 @@ func TestLeaderTermContext(t *testing.T) {
 		}
 		return n == 3
 	})
+	// ps fans out over the authenticated API to the agent with the engine.
+	for _, c := range cs {
+		res := c.PS(context.Background())
+		if len(res.Errors) != 0 || len(res.Containers) != 1 ||
+			res.Containers[0] != (PSEntry{Host: "t2", Name: "web", ID: web.ID, Image: web.Image, State: "running"}) {
+			t.Fatalf("PS from %s = %+v", c.Name(), res)
+		}
+	}
+
 	// The transfer layer's trust: gossiped SSH keys.
 	other := cs[0]
 	if other == leader {
