@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/transfer"
 )
 
 // Config configures one agent's view of the cluster. cmd fills it from the
@@ -168,10 +169,10 @@ func New(cfg Config) (*Cluster, error) {
 		cfg: cfg, logger: cfg.Logger.With("node", cfg.NodeName), tls: t, token: APIToken(cfg.Secret),
 		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
 	}
-	if c.hostKey, err = LoadOrCreateKey(filepath.Join(cfg.DataDir, HostKeyFile)); err != nil {
+	if c.hostKey, err = transfer.LoadOrCreateKey(filepath.Join(cfg.DataDir, HostKeyFile)); err != nil {
 		return nil, err
 	}
-	if c.clientKey, err = LoadOrCreateKey(filepath.Join(cfg.DataDir, ClientKeyFile)); err != nil {
+	if c.clientKey, err = transfer.LoadOrCreateKey(filepath.Join(cfg.DataDir, ClientKeyFile)); err != nil {
 		return nil, err
 	}
 	engineType := cfg.EngineType
