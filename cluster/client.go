@@ -21,9 +21,10 @@ const DefaultSocket = "/run/orchestrate/agent.sock"
 // Client talks to one agent's API: over its unix socket (no credentials),
 // or over https with the token and CA derived from the cluster secret.
 type Client struct {
-	base  string
-	hc    *http.Client
-	token string
+	base   string
+	socket string // unix socket path, when not https
+	hc     *http.Client
+	token  string
 }
 
 // NewClient returns a client for agent, which is a unix socket path or
@@ -47,7 +48,7 @@ func NewClient(agent string, secret []byte) (*Client, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", agent)
 	}}
-	return &Client{base: "http://agent", hc: &http.Client{Transport: tr}}, nil
+	return &Client{base: "http://agent", socket: agent, hc: &http.Client{Transport: tr}}, nil
 }
 
 // peerClient returns a client for a peer agent's API address (host:port).
@@ -89,6 +90,9 @@ func (cl *Client) do(ctx context.Context, method, path string, body io.Reader, h
 	}
 	resp, err := cl.hc.Do(req)
 	if err != nil {
+		if cl.socket != "" {
+			return fmt.Errorf("cannot reach the agent at %s (is `orchestrate agent` running? --agent picks another): %w", cl.socket, err)
+		}
 		return fmt.Errorf("%s %s: %w", method, cl.base+path, err)
 	}
 	defer resp.Body.Close()

@@ -381,6 +381,9 @@ type Status struct {
 
 // Status reports this agent's raft state.
 func (c *Cluster) Status() Status {
+	if c.raft == nil {
+		return Status{Node: c.cfg.NodeName, State: "not started"}
+	}
 	st := c.raft.Stats()
 	return Status{
 		Node: c.cfg.NodeName, Leader: c.Leader(), State: c.raft.State().String(),
@@ -432,6 +435,9 @@ func (c *Cluster) applyRaw(ctx context.Context, b []byte, forwarded bool) error 
 var errUnreachable = errors.New("leader unreachable")
 
 func (c *Cluster) tryApply(ctx context.Context, b []byte, forwarded bool) error {
+	if c.raft == nil {
+		return fmt.Errorf("agent not started: %w", ErrNoLeader)
+	}
 	if c.raft.State() == raft.Leader {
 		deadline, _ := ctx.Deadline()
 		f := c.raft.Apply(b, time.Until(deadline))
