@@ -14,11 +14,11 @@ export CGO_ENABLED := 0
 TAGS := remote,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper,containers_image_openpgp
 export GOFLAGS := -tags=$(TAGS)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X github.com/edgemigrate/orchestrate/cmd/orchestrate/cli.Version=$(VERSION)
+LDFLAGS := -s -w -X main.version=$(VERSION)
 GO_TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 8s
 # package:FuzzTarget pairs run briefly by `make test`.
-FUZZ := ./engine/podman:FuzzParseDumpStats
+FUZZ := ./engine/podman:FuzzParseDumpStats ./transfer:FuzzReadHeader ./transfer:FuzzCheckName ./transfer:FuzzVerifyReader ./engine/archive:FuzzImage ./engine/archive:FuzzRead
 
 .PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts
 
@@ -44,7 +44,7 @@ fuzz:
 	@for f in $(FUZZ); do \
 		pkg=$${f%%:*}; fn=$${f##*:}; \
 		echo "fuzz $$fn in $$pkg for $(FUZZTIME)"; \
-		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		go test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
 	done
 
 unit:

@@ -65,6 +65,8 @@ func TestE2EMigrateAndRefusals(t *testing.T) {
 	port := simhost.Port()
 	h1.RunWorkload(simhost.Workload{Name: "w1", MiB: 64, Port: port})
 	before, _ := h1.ProbeReset(port)
+	// h2 lacks the image: it is sent before the container freezes.
+	h2.MustRun("podman", "rmi", "-af")
 
 	out, errOut, code := h3.CLI("migrate", "w1", "--to", h2.Name)
 	if code != 0 {
@@ -73,6 +75,9 @@ func TestE2EMigrateAndRefusals(t *testing.T) {
 	t.Logf("migrate:\n%s%s", errOut, out)
 	after := continued(t, h2, port, before)
 	onlyOn(t, c, "w1", h2)
+	if out := h2.MustRun("podman", "images", "--format", "{{.Repository}}"); !strings.Contains(out, "orchestrate-workload") {
+		t.Fatalf("h2 has no workload image after the migration: %q", out)
+	}
 	rows := migrations(t, h1)
 	if len(rows) != 1 || rows[0].Phase != "Done" || rows[0].From != h1.Name || rows[0].To != h2.Name || rows[0].Bytes == 0 || rows[0].DowntimeMS <= 0 {
 		t.Fatalf("migrations: %+v", rows)

@@ -198,7 +198,7 @@ func (h *AgentHost) StopAgent(sig syscall.Signal) {
 
 // CLI runs the orchestrate CLI against this host's agent.
 func (h *AgentHost) CLI(args ...string) (stdout, stderr string, code int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, h.c.Bin, append(args, "--agent", h.Socket)...)
 	var o, e bytes.Buffer
