@@ -19,6 +19,8 @@
 #   simhost.sh exec NAME CMD...    run CMD inside NAME (its netns, its mounts, its Podman env)
 #   simhost.sh env NAME            print the environment a process in NAME needs
 #   simhost.sh list                the hosts that exist
+#   simhost.sh kill-podman NAME    SIGKILL the host's Podman service (failure tests)
+#   simhost.sh start-podman NAME   start it again
 #   simhost.sh shape NAME RATE     shape NAME's link to RATE (e.g. 100mbit) both ways; RATE=off removes it
 #
 # Only addresses in 10.99.0.0/24, only inside these namespaces. Nothing is routed
@@ -78,6 +80,33 @@ free_ip() {
   die "no free address in 10.99.0.0/24"
 }
 
+# start_podman NAME: the host's Podman service, owned by this script's host
+# (`down` stops it through its pid file).
+start_podman() {
+  local name=$1 d=$STATE/$1
+  rm -f "$d/podman.sock"
+  (
+    cd /
+    exec setsid nsenter --mount="$d/mnt" --net="/run/netns/osim-$name" \
+      env -i $(host_env "$name" | tr '\n' ' ') \
+      podman --log-level=warn system service --time=0 "unix://$d/podman.sock" \
+      </dev/null >>"$d/podman.log" 2>&1 9>&-
+  ) &
+  echo $! >"$d/podman.pid"
+  for _ in $(seq 1 100); do
+    [ -S "$d/podman.sock" ] && curl -sf --unix-socket "$d/podman.sock" http://d/v4.0.0/libpod/_ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  [ -S "$d/podman.sock" ] || { cat "$d/podman.log" >&2; die "podman service for $name did not start"; }
+}
+
+cmd_kill_podman() {
+  local d=$STATE/$1
+  [ -f "$d/podman.pid" ] || die "no podman service on $1"
+  kill -KILL "$(cat "$d/podman.pid")" 2>/dev/null || true
+  rm -f "$d/podman.pid"
+}
+
 cmd_up() {
   local name=$1 ip=${2:-} d=$STATE/$1 data=$DATA/$1
   valid_name "$name"
@@ -128,20 +157,7 @@ EOF
     mount --bind '$d/libpod' /run/libpod
   "
 
-  # The Podman service, owned by this script's host: `down` stops it.
-  (
-    cd /
-    exec setsid nsenter --mount="$d/mnt" --net="/run/netns/osim-$name" \
-      env -i $(host_env "$name" | tr '\n' ' ') \
-      podman --log-level=warn system service --time=0 "unix://$d/podman.sock" \
-      </dev/null >"$d/podman.log" 2>&1 9>&-
-  ) &
-  echo $! >"$d/podman.pid"
-  for _ in $(seq 1 100); do
-    [ -S "$d/podman.sock" ] && curl -sf --unix-socket "$d/podman.sock" http://d/v4.0.0/libpod/_ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  [ -S "$d/podman.sock" ] || { cat "$d/podman.log" >&2; die "podman service for $name did not start"; }
+  start_podman "$name"
   echo "socket=unix://$d/podman.sock"
   echo "ip=$ip"
 }
@@ -230,6 +246,8 @@ case "${1:-}" in
   exec) [ $# -ge 3 ] || die "usage: simhost.sh exec NAME CMD..."; n=$2; shift 2; cmd_exec "$n" "$@" ;;
   env) [ $# -eq 2 ] || die "usage: simhost.sh env NAME"; host_env "$2" ;;
   list) ls "$STATE" 2>/dev/null || true ;;
+  kill-podman) [ $# -eq 2 ] || die "usage: simhost.sh kill-podman NAME"; cmd_kill_podman "$2" ;;
+  start-podman) [ $# -eq 2 ] || die "usage: simhost.sh start-podman NAME"; start_podman "$2" ;;
   shape) [ $# -eq 3 ] || die "usage: simhost.sh shape NAME RATE|off"; cmd_shape "$2" "$3" ;;
   *) die "usage: simhost.sh up|down|down-all|exec|env|list|shape ..." ;;
 esac

@@ -373,7 +373,7 @@ func (co *Coordinator) record(ctx context.Context, l located, to string, extra m
 	extra["name"], extra["image"] = l.c.Name, l.c.ImageID
 	rec := cluster.MigrationRecord{
 		ID: newID(), Container: l.c.ID, From: l.host, To: to, Phase: Planned,
-		History: []cluster.PhaseChange{{Phase: Planned, At: now, Note: fmt.Sprintf("%s: %s -> %s", l.c.Name, l.host, to)}},
+		History:   []cluster.PhaseChange{{Phase: Planned, At: now, Note: fmt.Sprintf("%s: %s -> %s", l.c.Name, l.host, to)}},
 		StartedAt: now, Extra: extra,
 	}
 	if err := co.store.PutMigration(ctx, cluster.PutMigrationRequest{Record: rec, IfAbsent: true}); err != nil {
@@ -782,4 +782,3 @@ func short(id string) string {
 	}
 	return id
 }
-

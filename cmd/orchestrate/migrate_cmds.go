@@ -89,8 +89,8 @@ func (p *progress) update(recs []cluster.MigrationRecord) {
 		return
 	}
 	for _, m := range recs {
-		if p.seen[m.ID] == m.Phase {
-			continue
+		if m.From == "" || p.seen[m.ID] == m.Phase {
+			continue // not replicated here yet, or nothing new
 		}
 		p.seen[m.ID] = m.Phase
 		extra := ""
