@@ -56,7 +56,8 @@ e2e: setup clean-hosts
 
 bench: setup clean-hosts
 	@trap 'bash scripts/simhost.sh down-all' EXIT; \
-	ORCHESTRATE_BENCH=1 go test -count=1 -timeout 60m -run 'Bench' -v ./engine/podman/ | grep -v '^=== RUN\|^--- \|^PASS\|^ok'
+	set -o pipefail; ORCHESTRATE_BENCH=1 go test -p 1 -count=1 -timeout 80m -run 'Bench' -v ./engine/podman/ ./internal/e2e/ | grep -v '^=== RUN\|^--- \|^PASS\|^ok\|^        time='
+	@echo "transfer throughput:"; bash scripts/bench-transfer.sh
 
 demo: build setup clean-hosts
 	@bash scripts/demo.sh

@@ -1,0 +1,230 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgemigrate/orchestrate/internal/simhost"
+)
+
+// TestBenchMigration is `make bench`: the downtime the application itself
+// saw (its longest gap between ticks), orchestrate against the manual
+// pipeline a user would run (podman checkpoint --export --compress zstd,
+// scp, podman restore --import), on the same hosts in the same run, on the
+// plain veth link and on a link shaped to 100 Mbit/s. It prints a markdown
+// table with min / median over the repeats and asserts nothing about time.
+//
+// ORCHESTRATE_BENCH_SIZES (default "64,256") and ORCHESTRATE_BENCH_REPEATS
+// (default 3) tune it; ORCHESTRATE_BENCH_DRAIN=0 skips the drain rows.
+func TestBenchMigration(t *testing.T) {
+	if os.Getenv("ORCHESTRATE_BENCH") == "" {
+		t.Skip("set ORCHESTRATE_BENCH=1 (make bench)")
+	}
+	sizes := []int{64, 256}
+	if s := os.Getenv("ORCHESTRATE_BENCH_SIZES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	repeats := 3
+	if s := os.Getenv("ORCHESTRATE_BENCH_REPEATS"); s != "" {
+		repeats, _ = strconv.Atoi(s)
+	}
+	c := simhost.NewCluster(t, 3)
+	h1, h2 := c.Hosts[0], c.Hosts[1]
+	ssh := newSSHPair(t, h1, h2)
+	var rows []string
+	for _, link := range []string{"veth", "100mbit"} {
+		if link != "veth" {
+			for _, h := range []*simhost.AgentHost{h1, h2} {
+				if out, err := runScript("shape", h.Name, link); err != nil {
+					t.Fatal(out, err)
+				}
+			}
+		}
+		for _, mib := range sizes {
+			var manual, orch []time.Duration
+			for i := 0; i < repeats; i++ {
+				manual = append(manual, manualMove(t, ssh, h1, h2, mib, i))
+				orch = append(orch, orchestrateMove(t, h1, h2, mib, i))
+			}
+			rows = append(rows, row(fmt.Sprintf("%d MiB, %s", mib, link), manual, orch))
+		}
+		if os.Getenv("ORCHESTRATE_BENCH_DRAIN") != "0" {
+			var manual, orch []time.Duration
+			for i := 0; i < min(repeats, 2); i++ {
+				manual = append(manual, manualDrain(t, ssh, h1, h2, 8, 64, i))
+				orch = append(orch, orchestrateDrain(t, c, h1, 8, 64, i))
+			}
+			rows = append(rows, row(fmt.Sprintf("drain 8 x 64 MiB, %s (total time)", link), manual, orch))
+		}
+		for _, h := range []*simhost.AgentHost{h1, h2} {
+			_, _ = runScript("shape", h.Name, "off")
+		}
+	}
+	fmt.Printf("\nMigration downtime as the application saw it (its longest gap between ticks), min / median of %d:\n\n", repeats)
+	fmt.Println("| case | manual pipeline | orchestrate | ratio (median) |")
+	fmt.Println("|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
+}
+
+func row(name string, manual, orch []time.Duration) string {
+	return fmt.Sprintf("| %s | %s | %s | %.2f |", name, minMed(manual), minMed(orch), med(orch).Seconds()/med(manual).Seconds())
+}
+
+func med(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func minMed(d []time.Duration) string {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return fmt.Sprintf("%.2f / %.2f s", s[0].Seconds(), s[len(s)/2].Seconds())
+}
+
+// sshPair lets h1 scp to h2: an sshd in h2's namespace and a client key.
+type sshPair struct {
+	key    string
+	target string
+}
+
+func newSSHPair(t *testing.T, h1, h2 *simhost.AgentHost) sshPair {
+	t.Helper()
+	dir := fmt.Sprintf("/run/osim/%s/sshd", h2.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"host_key", "client_key"} {
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
+			t.Fatal(string(out), err)
+		}
+	}
+	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
+	_ = os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
+	conf := fmt.Sprintf("Port 22\nListenAddress %s\nHostKey %s/host_key\nAuthorizedKeysFile %s/authorized_keys\nPidFile %s/sshd.pid\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\nUsePAM no\n",
+		h2.IP, dir, dir, dir)
+	_ = os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o600)
+	if out, err := h2.Run("/usr/sbin/sshd", "-f", filepath.Join(dir, "sshd_config")); err != nil {
+		t.Fatal(out, err)
+	}
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(filepath.Join(dir, "sshd.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscallKill(pid)
+			}
+		}
+	})
+	return sshPair{key: filepath.Join(dir, "client_key"), target: h2.IP}
+}
+
+// manualMove runs the user's pipeline for one fresh workload and returns
+// the gap the workload saw.
+func manualMove(t *testing.T, s sshPair, h1, h2 *simhost.AgentHost, mib, i int) time.Duration {
+	t.Helper()
+	name := fmt.Sprintf("man%d-%d", mib, i)
+	port := simhost.Port()
+	h1.RunWorkload(simhost.Workload{Name: name, MiB: mib, Port: port})
+	waitSettled(t, h1, port)
+	manualPipeline(t, s, h1, h2, name)
+	rep := h2.WaitReport(port, 60*time.Second)
+	h2.MustRun("podman", "rm", "-f", "-t", "0", name)
+	return time.Duration(rep.MaxGapMS) * time.Millisecond
+}
+
+func manualPipeline(t *testing.T, s sshPair, h1, h2 *simhost.AgentHost, name string) {
+	t.Helper()
+	f := fmt.Sprintf("/var/lib/osim/%s/%s.tar.zst", h1.Name, name)
+	g := fmt.Sprintf("/var/lib/osim/%s/%s.tar.zst", h2.Name, name)
+	h1.MustRun("podman", "container", "checkpoint", "--export", f, "--compress", "zstd", name)
+	h1.MustRun("scp", "-q", "-i", s.key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", f, "root@"+s.target+":"+g)
+	h2.MustRun("podman", "container", "restore", "--import", g)
+	h1.MustRun("podman", "rm", "-f", "-t", "0", name)
+	_ = os.Remove(f)
+	_ = os.Remove(g)
+}
+
+func orchestrateMove(t *testing.T, h1, h2 *simhost.AgentHost, mib, i int) time.Duration {
+	t.Helper()
+	name := fmt.Sprintf("orc%d-%d", mib, i)
+	port := simhost.Port()
+	h1.RunWorkload(simhost.Workload{Name: name, MiB: mib, Port: port})
+	waitSettled(t, h1, port)
+	if out, errOut, code := h1.CLI("migrate", name, "--to", h2.Name); code != 0 {
+		t.Fatalf("migrate: %s%s", out, errOut)
+	}
+	rep := h2.WaitReport(port, 60*time.Second)
+	h2.MustRun("podman", "rm", "-f", "-t", "0", name)
+	return time.Duration(rep.MaxGapMS) * time.Millisecond
+}
+
+// waitSettled resets the workload's longest gap once it has run a moment,
+// so start-up does not count.
+func waitSettled(t *testing.T, h *simhost.AgentHost, port int) {
+	t.Helper()
+	time.Sleep(300 * time.Millisecond)
+	if _, err := h.ProbeReset(port); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startWorkloads(t *testing.T, h *simhost.AgentHost, prefix string, n, mib int) []int {
+	ports := make([]int, n)
+	for k := range ports {
+		ports[k] = simhost.Port()
+		h.RunWorkload(simhost.Workload{Name: fmt.Sprintf("%s%d", prefix, k), MiB: mib, Port: ports[k]})
+	}
+	return ports
+}
+
+// manualDrain moves n containers one after the other with the manual
+// pipeline and returns the total time.
+func manualDrain(t *testing.T, s sshPair, h1, h2 *simhost.AgentHost, n, mib, i int) time.Duration {
+	t.Helper()
+	prefix := fmt.Sprintf("md%d-", i)
+	startWorkloads(t, h1, prefix, n, mib)
+	start := time.Now()
+	for k := 0; k < n; k++ {
+		manualPipeline(t, s, h1, h2, fmt.Sprintf("%s%d", prefix, k))
+	}
+	d := time.Since(start)
+	h2.MustRun("podman", "rm", "-af", "-t", "0")
+	return d
+}
+
+func orchestrateDrain(t *testing.T, c *simhost.Cluster, h1 *simhost.AgentHost, n, mib, i int) time.Duration {
+	t.Helper()
+	prefix := fmt.Sprintf("od%d-", i)
+	startWorkloads(t, h1, prefix, n, mib)
+	start := time.Now()
+	if out, errOut, code := h1.CLI("drain", h1.Name, "--parallel", "4"); code != 0 {
+		t.Fatalf("drain: %s%s", out, errOut)
+	}
+	d := time.Since(start)
+	if _, _, code := h1.CLI("uncordon", h1.Name); code != 0 {
+		t.Fatal("uncordon")
+	}
+	var wg sync.WaitGroup
+	for _, h := range c.Hosts[1:] {
+		wg.Add(1)
+		go func(h *simhost.AgentHost) { defer wg.Done(); _, _ = h.Run("podman", "rm", "-af", "-t", "0") }(h)
+	}
+	wg.Wait()
+	return d
+}
