@@ -25,6 +25,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/policy"
+	"github.com/edgemigrate/orchestrate/policy/spot"
 )
 
 // ErrInvalid wraps every configuration error; cmd exits 2 on it.
@@ -70,6 +72,29 @@ type Config struct {
 		Level  string
 		Format string
 	}
+	Policy struct {
+		Spot struct {
+			Provider     string
+			Endpoint     string
+			PollInterval time.Duration
+		}
+		Reboot struct {
+			Enabled         bool
+			SentinelFile    string
+			SentinelCommand string
+			Command         string
+			Concurrency     int
+			Window          string
+		}
+		Rebalance struct {
+			Schedule  string
+			Threshold float64
+			MaxMoves  int
+		}
+		Forensics struct {
+			BeforeEvacuation bool
+		}
+	}
 }
 
 type kind int
@@ -81,6 +106,8 @@ const (
 	kDuration
 	kList
 	kMap
+	kBool
+	kFloat
 )
 
 type key struct {
@@ -119,6 +146,19 @@ var keys = func() []key {
 		{"transfer.bind", kAddr, "", "checkpoint transfer (SSH) address (default: cluster.bind's host, port 7922)", func(c *Config, v any) { c.Transfer.Bind = v.(string) }},
 		{"log.level", kString, "info", "debug, info, warn or error", func(c *Config, v any) { c.Log.Level = v.(string) }},
 		{"log.format", kString, "text", "text or json", func(c *Config, v any) { c.Log.Format = v.(string) }},
+		{"policy.spot.provider", kString, "none", "spot/maintenance notices: auto, aws, gcp, azure or none", func(c *Config, v any) { c.Policy.Spot.Provider = v.(string) }},
+		{"policy.spot.endpoint", kString, "", "metadata service base URL (default: the provider's)", func(c *Config, v any) { c.Policy.Spot.Endpoint = v.(string) }},
+		{"policy.spot.poll_interval", kDuration, 2 * time.Second, "metadata poll interval (10ms-2s)", func(c *Config, v any) { c.Policy.Spot.PollInterval = v.(time.Duration) }},
+		{"policy.reboot.enabled", kBool, false, "drain and reboot when a reboot is pending", func(c *Config, v any) { c.Policy.Reboot.Enabled = v.(bool) }},
+		{"policy.reboot.sentinel_file", kString, "/var/run/reboot-required", "a reboot is pending while this file exists", func(c *Config, v any) { c.Policy.Reboot.SentinelFile = v.(string) }},
+		{"policy.reboot.sentinel_command", kString, "", "command whose exit 0 means a reboot is pending", func(c *Config, v any) { c.Policy.Reboot.SentinelCommand = v.(string) }},
+		{"policy.reboot.command", kString, "systemctl reboot", "command that reboots the host", func(c *Config, v any) { c.Policy.Reboot.Command = v.(string) }},
+		{"policy.reboot.concurrency", kInt, 1, "hosts that may reboot at once", func(c *Config, v any) { c.Policy.Reboot.Concurrency = v.(int) }},
+		{"policy.reboot.window", kString, "", "when reboots may start, e.g. \"Mon-Fri 02:00-05:00 Europe/Berlin\"", func(c *Config, v any) { c.Policy.Reboot.Window = v.(string) }},
+		{"policy.rebalance.schedule", kString, "", "cron schedule of rebalancing (empty: off)", func(c *Config, v any) { c.Policy.Rebalance.Schedule = v.(string) }},
+		{"policy.rebalance.threshold", kFloat, 0.2, "memory spread (max-min used/capacity) that triggers moves", func(c *Config, v any) { c.Policy.Rebalance.Threshold = v.(float64) }},
+		{"policy.rebalance.max_moves", kInt, 3, "moves per rebalance at most", func(c *Config, v any) { c.Policy.Rebalance.MaxMoves = v.(int) }},
+		{"policy.forensics.before_evacuation", kBool, false, "keep a leave-running snapshot of each container before a spot evacuation", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuation = v.(bool) }},
 	}
 }()
 
@@ -148,6 +188,8 @@ func AddFlags(fs *pflag.FlagSet) {
 		switch k.kind {
 		case kInt:
 			fs.Int(name, k.def.(int), k.usage)
+		case kBool:
+			fs.Bool(name, k.def.(bool), k.usage)
 		case kList:
 			fs.StringSlice(name, nil, k.usage)
 		case kMap:
@@ -217,7 +259,10 @@ func checkKeys(file string, b []byte) error {
 	sections := map[string]bool{}
 	for _, k := range keys {
 		known[k.name] = true
-		sections[strings.Split(k.name, ".")[0]] = true
+		parts := strings.Split(k.name, ".")
+		for i := 1; i < len(parts); i++ {
+			sections[strings.Join(parts[:i], ".")] = true
+		}
 	}
 	var errs []error
 	var walk func(prefix string, m map[string]any)
@@ -227,7 +272,7 @@ func checkKeys(file string, b []byte) error {
 			if known[full] {
 				continue
 			}
-			if sub, ok := val.(map[string]any); ok && prefix == "" && sections[name] {
+			if sub, ok := val.(map[string]any); ok && sections[full] {
 				walk(full, sub)
 				continue
 			}
@@ -298,6 +343,28 @@ func convert(k key, raw any) (any, error) {
 			}
 		}
 		return nil, fmt.Errorf("%q is not a whole number", fmt.Sprint(raw))
+	case kBool:
+		switch b := raw.(type) {
+		case bool:
+			return b, nil
+		case string:
+			if p, err := strconv.ParseBool(strings.TrimSpace(b)); err == nil {
+				return p, nil
+			}
+		}
+		return nil, fmt.Errorf("%q is not a boolean (expected true or false)", fmt.Sprint(raw))
+	case kFloat:
+		switch f := raw.(type) {
+		case float64:
+			return f, nil
+		case int:
+			return float64(f), nil
+		case string:
+			if p, err := strconv.ParseFloat(strings.TrimSpace(f), 64); err == nil {
+				return p, nil
+			}
+		}
+		return nil, fmt.Errorf("%q is not a number", fmt.Sprint(raw))
 	case kDuration:
 		switch d := raw.(type) {
 		case time.Duration:
@@ -446,7 +513,38 @@ func (c Config) Validate() error {
 	default:
 		bad("log.format", "%q (expected text or json)", c.Log.Format)
 	}
+	// The policy packages name their keys without the "policy." prefix.
+	for _, err := range []error{c.SpotConfig().Validate(), c.RebootConfig().Validate(), c.RebalanceConfig().Validate()} {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w: policy.%v", ErrInvalid, err))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// SpotConfig returns the spot-notice watcher's config. The caller adds the
+// host name and logger.
+func (c Config) SpotConfig() spot.Config {
+	sc := spot.DefaultConfig()
+	sc.Provider, sc.Endpoint, sc.PollInterval = c.Policy.Spot.Provider, c.Policy.Spot.Endpoint, c.Policy.Spot.PollInterval
+	sc.Host = c.Node.Name
+	return sc
+}
+
+// RebootConfig returns the reboot policy's config.
+func (c Config) RebootConfig() policy.RebootConfig {
+	rc := policy.DefaultRebootConfig()
+	r := c.Policy.Reboot
+	rc.Enabled, rc.SentinelFile, rc.Concurrency, rc.Window = r.Enabled, r.SentinelFile, r.Concurrency, r.Window
+	rc.SentinelCommand, rc.Command = strings.Fields(r.SentinelCommand), strings.Fields(r.Command)
+	return rc
+}
+
+// RebalanceConfig returns the rebalance policy's config.
+func (c Config) RebalanceConfig() policy.RebalanceConfig {
+	rc := policy.DefaultRebalanceConfig()
+	rc.Schedule, rc.Threshold, rc.MaxMoves = c.Policy.Rebalance.Schedule, c.Policy.Rebalance.Threshold, c.Policy.Rebalance.MaxMoves
+	return rc
 }
 
 // Cluster returns the cluster package's config. The caller adds the

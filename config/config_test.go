@@ -173,8 +173,12 @@ func TestExampleFile(t *testing.T) {
 		t.Fatalf("example does not load: %v", err)
 	}
 	for _, k := range Keys() {
-		section, name, _ := strings.Cut(k, ".")
-		if !strings.Contains(string(b), "\n"+section+":") || !strings.Contains(string(b), " "+name+":") {
+		parts := strings.Split(k, ".")
+		ok := strings.Contains(string(b), "\n"+parts[0]+":")
+		for _, p := range parts[1:] {
+			ok = ok && strings.Contains(string(b), " "+p+":")
+		}
+		if !ok {
 			t.Errorf("example lacks %s", k)
 		}
 	}

@@ -118,7 +118,7 @@ func newSSHPair(t *testing.T, h1, h2 *simhost.AgentHost) sshPair {
 	}
 	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
 	_ = os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
-	conf := fmt.Sprintf("Port 22\nListenAddress %s\nHostKey %s/host_key\nAuthorizedKeysFile %s/authorized_keys\nPidFile %s/sshd.pid\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\nUsePAM no\n",
+	conf := fmt.Sprintf("Port 22\nListenAddress %s\nHostKey %s/host_key\nAuthorizedKeysFile %s/authorized_keys\nPidFile %s/sshd.pid\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\nUsePAM no\nSubsystem sftp internal-sftp\n",
 		h2.IP, dir, dir, dir)
 	_ = os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o600)
 	if out, err := h2.Run("/usr/sbin/sshd", "-f", filepath.Join(dir, "sshd_config")); err != nil {
