@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,6 +25,8 @@ const (
 	AcquireLockType     MessageType = 4
 	ReleaseLockType     MessageType = 5
 	AppendEventType     MessageType = 6
+	PutSnapshotType     MessageType = 7
+	DeleteSnapshotsType MessageType = 8
 )
 
 func (t MessageType) String() string {
@@ -40,6 +43,10 @@ func (t MessageType) String() string {
 		return "release-lock"
 	case AppendEventType:
 		return "append-event"
+	case PutSnapshotType:
+		return "put-snapshot"
+	case DeleteSnapshotsType:
+		return "delete-snapshots"
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
 }
@@ -89,6 +96,18 @@ type ReleaseLockRequest struct {
 // the log.
 type AppendEventRequest struct {
 	Event Event `json:"event"`
+}
+
+// PutSnapshotRequest records a forensic snapshot kept in the snapshot
+// store. A record with the same ID must not exist (ErrConflict).
+type PutSnapshotRequest struct {
+	Record SnapshotRecord `json:"record"`
+}
+
+// DeleteSnapshotsRequest forgets snapshot records (retention). IDs that are
+// not recorded are ignored, so a prune that is retried is harmless.
+type DeleteSnapshotsRequest struct {
+	IDs []string `json:"ids"`
 }
 
 // encodeCommand frames a command for the raft log.
@@ -147,6 +166,14 @@ func (f *fsm) Apply(l *raft.Log) any {
 		var req AppendEventRequest
 		mustDecode(t, body, &req)
 		return f.applyAppendEvent(l.Index, req)
+	case PutSnapshotType:
+		var req PutSnapshotRequest
+		mustDecode(t, body, &req)
+		return f.applyPutSnapshot(req)
+	case DeleteSnapshotsType:
+		var req DeleteSnapshotsRequest
+		mustDecode(t, body, &req)
+		return f.applyDeleteSnapshots(req)
 	}
 	panic(fmt.Sprintf("fsm: unknown message type %d at index %d", t, l.Index))
 }
@@ -248,6 +275,25 @@ func (f *fsm) applyAppendEvent(index uint64, req AppendEventRequest) error {
 	f.s.Events = append(f.s.Events, ev)
 	if n := len(f.s.Events); n > maxEvents {
 		f.s.Events = slices.Delete(f.s.Events, 0, n-maxEvents)
+	}
+	return nil
+}
+
+func (f *fsm) applyPutSnapshot(req PutSnapshotRequest) error {
+	rec := req.Record
+	if rec.ID == "" || rec.StoreHost == "" || rec.File == "" || rec.SHA256 == "" {
+		return fmt.Errorf("put snapshot %q: id, store host, file and sha256 are required: %w", rec.ID, ErrInvalid)
+	}
+	if _, ok := f.s.Snapshots[rec.ID]; ok {
+		return fmt.Errorf("put snapshot %s: already exists: %w", rec.ID, ErrConflict)
+	}
+	f.s.Snapshots[rec.ID] = rec
+	return nil
+}
+
+func (f *fsm) applyDeleteSnapshots(req DeleteSnapshotsRequest) error {
+	for _, id := range req.IDs {
+		delete(f.s.Snapshots, id)
 	}
 	return nil
 }
@@ -355,3 +401,41 @@ func (f *fsm) events(since uint64) []Event {
 	}
 	return out
 }
+
+// snapshots returns the snapshot records, oldest first (ties by ID).
+func (f *fsm) snapshots() []SnapshotRecord {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := slices.Collect(maps.Values(f.s.Snapshots))
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		return a.At.Before(b.At) || a.At.Equal(b.At) && a.ID < b.ID
+	})
+	return out
+}
+
+func (f *fsm) snapshot(id string) (SnapshotRecord, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s, ok := f.s.Snapshots[id]
+	if !ok {
+		return SnapshotRecord{}, fmt.Errorf("snapshot %s: %w", id, ErrNotFound)
+	}
+	return s, nil
+}
+
+// PutSnapshot records a stored forensic snapshot. The caller stamps At.
+func (c *Cluster) PutSnapshot(ctx context.Context, rec SnapshotRecord) error {
+	return c.apply(ctx, PutSnapshotType, PutSnapshotRequest{Record: rec})
+}
+
+// DeleteSnapshots forgets snapshot records; unknown IDs are ignored.
+func (c *Cluster) DeleteSnapshots(ctx context.Context, ids []string) error {
+	return c.apply(ctx, DeleteSnapshotsType, DeleteSnapshotsRequest{IDs: ids})
+}
+
+// Snapshots returns the snapshot records of the local replica, oldest first.
+func (c *Cluster) Snapshots() []SnapshotRecord { return c.fsm.snapshots() }
+
+// Snapshot returns one snapshot record (ErrNotFound).
+func (c *Cluster) Snapshot(id string) (SnapshotRecord, error) { return c.fsm.snapshot(id) }

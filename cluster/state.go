@@ -103,16 +103,37 @@ type Event struct {
 	Index   uint64            `json:"index"` // raft index, set by the FSM
 }
 
+// SnapshotRecord is one forensic snapshot in the cluster's snapshot store:
+// a checkpoint archive of Container, taken on Host, kept as File under the
+// snapshot directory of StoreHost. The store host's agent owns the file and
+// removes it together with the record.
+type SnapshotRecord struct {
+	ID           string        `json:"id"`
+	Container    string        `json:"container"` // container ID
+	Name         string        `json:"name,omitempty"`
+	Host         string        `json:"host"` // where the container ran
+	StoreHost    string        `json:"store_host"`
+	File         string        `json:"file"` // name within the store directory
+	At           time.Time     `json:"at"`
+	Size         int64         `json:"size"`
+	SHA256       string        `json:"sha256"`
+	Reason       string        `json:"reason,omitempty"`
+	LeaveRunning bool          `json:"leave_running"`
+	FrozenTime   time.Duration `json:"frozen_time,omitempty"` // CRIU's
+	WallTime     time.Duration `json:"wall_time,omitempty"`   // the engine's checkpoint call
+}
+
 // state is the FSM's data. It is not safe for concurrent use; fsm guards it.
 type state struct {
 	Hosts      map[string]Host            `json:"hosts"`
 	Migrations map[string]MigrationRecord `json:"migrations"`
 	Locks      map[string]Lock            `json:"locks"`
 	Events     []Event                    `json:"events"`
+	Snapshots  map[string]SnapshotRecord  `json:"snapshots,omitempty"`
 }
 
 func newState() *state {
-	return &state{Hosts: map[string]Host{}, Migrations: map[string]MigrationRecord{}, Locks: map[string]Lock{}}
+	return &state{Hosts: map[string]Host{}, Migrations: map[string]MigrationRecord{}, Locks: map[string]Lock{}, Snapshots: map[string]SnapshotRecord{}}
 }
 
 func (s *state) clone() *state {
@@ -124,6 +145,7 @@ func (s *state) clone() *state {
 	for k, l := range s.Locks {
 		c.Locks[k] = l.clone()
 	}
+	maps.Copy(c.Snapshots, s.Snapshots)
 	c.Events = make([]Event, len(s.Events))
 	for i, e := range s.Events {
 		e.Data = maps.Clone(e.Data)
@@ -147,6 +169,9 @@ func unmarshalState(b []byte) (*state, error) {
 	}
 	if s.Locks == nil {
 		s.Locks = map[string]Lock{}
+	}
+	if s.Snapshots == nil { // state written before snapshot records existed
+		s.Snapshots = map[string]SnapshotRecord{}
 	}
 	return s, nil
 }
