@@ -25,7 +25,7 @@ func TestFSMSnapshotRecords(t *testing.T) {
 		{"duplicate id conflicts", PutSnapshotType, PutSnapshotRequest{Record: snap("s1", t0)}, ErrConflict, []string{"s1", "s2"}},
 		{"missing sha256 is invalid", PutSnapshotType, PutSnapshotRequest{Record: SnapshotRecord{ID: "x", StoreHost: "h", File: "x.tar"}}, ErrInvalid, []string{"s1", "s2"}},
 		{"missing store host is invalid", PutSnapshotType, PutSnapshotRequest{Record: SnapshotRecord{ID: "x", File: "x.tar", SHA256: "ab"}}, ErrInvalid, []string{"s1", "s2"}},
-		{"put third", PutSnapshotType, PutSnapshotRequest{Record: snap("s3", t0.Add(2 * time.Second))}, nil, []string{"s1", "s2", "s3"}},
+		{"put third", PutSnapshotType, PutSnapshotRequest{Record: snap("s3", t0.Add(2*time.Second))}, nil, []string{"s1", "s2", "s3"}},
 		{"delete some, unknown ignored", DeleteSnapshotsType, DeleteSnapshotsRequest{IDs: []string{"s1", "nope", "s3"}}, nil, []string{"s2"}},
 		{"delete again is harmless", DeleteSnapshotsType, DeleteSnapshotsRequest{IDs: []string{"s1"}}, nil, []string{"s2"}},
 	}
