@@ -85,6 +85,7 @@ type Config struct {
 			Command         string
 			Concurrency     int
 			Window          string
+			CheckInterval   time.Duration
 		}
 		Rebalance struct {
 			Schedule  string
@@ -155,6 +156,7 @@ var keys = func() []key {
 		{"policy.reboot.command", kString, "systemctl reboot", "command that reboots the host", func(c *Config, v any) { c.Policy.Reboot.Command = v.(string) }},
 		{"policy.reboot.concurrency", kInt, 1, "hosts that may reboot at once", func(c *Config, v any) { c.Policy.Reboot.Concurrency = v.(int) }},
 		{"policy.reboot.window", kString, "", "when reboots may start, e.g. \"Mon-Fri 02:00-05:00 Europe/Berlin\"", func(c *Config, v any) { c.Policy.Reboot.Window = v.(string) }},
+		{"policy.reboot.check_interval", kDuration, time.Minute, "how often to check for a pending reboot", func(c *Config, v any) { c.Policy.Reboot.CheckInterval = v.(time.Duration) }},
 		{"policy.rebalance.schedule", kString, "", "cron schedule of rebalancing (empty: off)", func(c *Config, v any) { c.Policy.Rebalance.Schedule = v.(string) }},
 		{"policy.rebalance.threshold", kFloat, 0.2, "memory spread (max-min used/capacity) that triggers moves", func(c *Config, v any) { c.Policy.Rebalance.Threshold = v.(float64) }},
 		{"policy.rebalance.max_moves", kInt, 3, "moves per rebalance at most", func(c *Config, v any) { c.Policy.Rebalance.MaxMoves = v.(int) }},

@@ -359,3 +359,113 @@ func newMigrationsCmd() *cobra.Command {
 	f.add(cmd)
 	return cmd
 }
+
+// eventJSON is the `events -o json` shape.
+type eventJSON struct {
+	Time    time.Time `json:"time"`
+	Host    string    `json:"host"`
+	Kind    string    `json:"kind"`
+	ID      string    `json:"id"`
+	Action  string    `json:"action"`
+	Result  string    `json:"result"`
+	Message string    `json:"message,omitempty"`
+}
+
+func newEventsCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Show policy triggers and the actions taken (the replicated event log)",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := f.client()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			var evs []cluster.Event
+			if err := cl.Do(ctx, http.MethodGet, "/v1/events", nil, &evs); err != nil {
+				return err
+			}
+			rows := make([]eventJSON, 0, len(evs))
+			for _, e := range evs {
+				action, result := e.Data["action"], e.Data["result"]
+				if action == "" {
+					action = e.Message
+				}
+				rows = append(rows, eventJSON{Time: e.At, Host: e.Host, Kind: e.Kind, ID: e.ID, Action: action, Result: result, Message: e.Message})
+			}
+			out := cmd.OutOrStdout()
+			if f.output == "json" {
+				return printJSON(out, rows)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TIME\tHOST\tKIND\tID\tACTION\tRESULT")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("2006-01-02 15:04:05"), r.Host, r.Kind, shortID(r.ID), r.Action, r.Result)
+			}
+			return tw.Flush()
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func newRebalanceCmd() *cobra.Command {
+	var f clientFlags
+	var req migrate.RebalanceRequest
+	cmd := &cobra.Command{
+		Use:   "rebalance",
+		Short: "Move containers so hosts' memory use evens out (policy.rebalance.threshold, max_moves)",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := f.client()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			var res migrate.RebalanceResult
+			if err := cl.Do(ctx, http.MethodPost, "/v1/rebalance", req, &res); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if f.output == "json" && req.DryRun {
+				return printJSON(out, res)
+			}
+			var ids []string
+			if f.output != "json" {
+				fmt.Fprintf(out, "memory spread %.2f -> %.2f planned, %d move(s)\n", res.SpreadBefore, res.SpreadAfter, len(res.Moves))
+				for _, m := range res.Moves {
+					fmt.Fprintf(out, "  %s -> %s %s\n", m.Name, m.To, m.Skipped)
+				}
+			}
+			for _, m := range res.Moves {
+				if m.Migration != "" {
+					ids = append(ids, m.Migration)
+				}
+			}
+			if req.DryRun || len(ids) == 0 {
+				return nil
+			}
+			recs, err := migrate.Wait(ctx, cl, ids, 250*time.Millisecond, nil)
+			if err != nil {
+				return err
+			}
+			if f.output == "json" {
+				rows := make([]migrationJSON, 0, len(recs))
+				for _, m := range recs {
+					rows = append(rows, toJSON(m))
+				}
+				if err := printJSON(out, rows); err != nil {
+					return err
+				}
+				return drainErr(recs, nil)
+			}
+			return printResults(out, recs, nil)
+		},
+	}
+	cmd.Flags().BoolVar(&req.DryRun, "dry-run", false, "show the plan, move nothing")
+	f.add(cmd)
+	return cmd
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"path/filepath"
 
@@ -9,9 +10,12 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/cluster/forensics"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
 	"github.com/edgemigrate/orchestrate/config"
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/policy"
+	"github.com/edgemigrate/orchestrate/policy/spot"
 	"github.com/edgemigrate/orchestrate/transfer"
 )
 
@@ -35,12 +39,32 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		return err
 	}
 	mcfg := migrate.DefaultConfig()
-	mcfg.Logger = logger.With("part", "migrate")
+	mcfg.Logger, mcfg.Rebalance = logger.With("part", "migrate"), cfg.RebalanceConfig()
 	co = migrate.NewCoordinator(mcfg, c, migrate.ClusterAgents{Peers: c})
 	co.Register(c, c)
+	forensics.NewService(c).Register(c)
+	co.RegisterPolicy(c, c)
+
+	pa := &migrate.PolicyAgent{Host: cfg.Node.Name, Store: c, Lead: c, Log: logger.With("part", "policy"),
+		Reboot: cfg.RebootConfig(), CheckInterval: cfg.Policy.Reboot.CheckInterval}
+	pa.Checker = policy.NewRebootChecker(pa.Reboot)
+	if cfg.Policy.Spot.Provider != spot.None {
+		sc := cfg.SpotConfig()
+		sc.Logger = logger.With("part", "spot")
+		src, err := spot.Open(ctx, sc)
+		switch {
+		case errors.Is(err, spot.ErrNoProvider):
+			logger.Info("no cloud metadata service answered; spot notices are off", "provider", sc.Provider)
+		case err != nil:
+			return err
+		default:
+			pa.Spot = src
+		}
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Run(gctx) })
+	g.Go(func() error { return pa.Run(gctx) })
 	if eng != nil {
 		scfg := transfer.DefaultServerConfig()
 		scfg.Addr, scfg.HostKey, scfg.Authorizer = cfg.Transfer.Bind, c.HostSigner(), clusterAuthorizer{c}
@@ -58,6 +82,8 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		defer client.Close()
 		migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate")).Register(c, srv)
+		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics")}
+		forensics.NewAgent(fcfg, eng, client, c).Register(c, srv)
 		g.Go(func() error { return srv.Run(gctx) })
 	}
 	return g.Wait()

@@ -2,9 +2,13 @@ package simhost
 
 import (
 	"bytes"
+	"net"
+	"runtime"
+
 	"context"
 	"encoding/json"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,16 +61,22 @@ type Cluster struct {
 // AgentHost is a simulated host with an agent.
 type AgentHost struct {
 	*Host
-	c      *Cluster
-	Config string
-	Socket string // the agent's unix socket
-	cmd    *exec.Cmd
-	done   chan struct{}
+	c       *Cluster
+	Config  string
+	Socket  string // the agent's unix socket
+	cmd     *exec.Cmd
+	done    chan struct{}
+	started time.Time
 }
 
 // NewCluster starts n hosts with agents that form one cluster, and waits
 // until every agent sees every other alive and a leader is elected.
-func NewCluster(t testing.TB, n int) *Cluster {
+func NewCluster(t testing.TB, n int) *Cluster { return NewClusterWith(t, n, nil) }
+
+// NewClusterWith is NewCluster with extra YAML for host i's agent config
+// (e.g. a policy: section); extra runs once the hosts exist, before the
+// agents start.
+func NewClusterWith(t testing.TB, n int, extra func(i int, h *Host) string) *Cluster {
 	t.Helper()
 	Require(t)
 	c := &Cluster{t: t, Bin: Binary(t)}
@@ -101,7 +111,7 @@ func NewCluster(t testing.TB, n int) *Cluster {
 		}
 		h.t = t
 	}
-	for _, h := range hosts {
+	for i, h := range hosts {
 		ah := &AgentHost{Host: h, c: c, Socket: fmt.Sprintf("/run/osim/%s/agent.sock", h.Name)}
 		ah.Config = fmt.Sprintf("/run/osim/%s/agent.yaml", h.Name)
 		cfg := fmt.Sprintf(`node:
@@ -124,6 +134,9 @@ transfer:
 log:
   level: debug
 `, h.Name, h.IP, hosts[0].IP, min(n, 3), c.Secret, ah.Socket, h.Socket)
+		if extra != nil {
+			cfg += extra(i, h)
+		}
 		if err := os.WriteFile(ah.Config, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -178,8 +191,12 @@ func (h *AgentHost) StartAgent() {
 	}
 	_ = os.WriteFile(fmt.Sprintf("/run/osim/%s/agent.pid", h.Name), []byte(fmt.Sprint(cmd.Process.Pid)), 0o600)
 	h.cmd, h.done = cmd, make(chan struct{})
+	h.started = time.Now()
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(cmd, h.done)
 }
+
+// Exited is closed when the agent process started last has exited.
+func (h *AgentHost) Exited() <-chan struct{} { return h.done }
 
 // StopAgent signals the agent (SIGKILL simulates a crash) and waits for it.
 func (h *AgentHost) StopAgent(sig syscall.Signal) {
@@ -194,6 +211,44 @@ func (h *AgentHost) StopAgent(sig syscall.Signal) {
 		<-h.done
 	}
 	h.cmd = nil
+}
+
+// ListenInNetns listens on addr inside the host's network namespace (for
+// fakes that the host's agent must reach, such as a metadata service).
+func (h *Host) ListenInNetns(addr string) (net.Listener, error) {
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open("/run/netns/osim-" + h.Name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		l, lerr := net.Listen("tcp", addr)
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{l, lerr}
+	}()
+	r := <-ch
+	return r.l, r.err
 }
 
 // CLI runs the orchestrate CLI against this host's agent.
