@@ -300,4 +300,3 @@ func (co *Coordinator) RegisterPolicy(mux Mux, lead Leadership) {
 		writeJSON(w, res)
 	}))
 }
-
