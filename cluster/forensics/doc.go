@@ -1,0 +1,35 @@
+// Package forensics owns forensic snapshots: checkpoints of a running
+// container taken without stopping it (leave-running: a brief freeze), for
+// an operator to look inside later with engine/archive.
+//
+// Data flows in two ways. A snapshot for the operator's own disk
+// (`orchestrate checkpoint --output FILE`) is streamed from the engine on the
+// container's host through that host's agent API, through the agent the CLI
+// talks to, to the CLI; the archive is never written on any agent's disk. A
+// snapshot for the cluster's snapshot store (`--store`, or the evacuation
+// policy hook through Snapshotter) is streamed by the container's host over
+// the transfer layer (stream kind "snapshot") to the store host, whose agent
+// writes <data_dir>/snapshots/<id>.tar.partial while hashing it, renames it
+// once the transfer layer verified size and sha256, and then records it in
+// the replicated state (cluster.PutSnapshot) with the stats the container's
+// host measured. The store host's agent is the only writer of its files and
+// their records: it prunes both together by retention (count and age), and
+// removes files it holds no record for once they are old enough that no
+// record can still be in flight.
+//
+// Routes (registered on the cluster API, so they carry its auth):
+//
+//	POST /v1/checkpoint                 CheckpointRequest; answers the archive
+//	                                    (Store false) or a SnapshotRecord (Store true)
+//	GET  /v1/snapshots                  []cluster.SnapshotRecord, oldest first
+//	GET  /v1/snapshots/{id}             one record
+//	GET  /v1/snapshots/{id}/archive     the stored archive, from its store host
+//	POST /v1/agent/forensics/checkpoint the container's host: archive stream
+//	POST /v1/agent/forensics/snapshot   the container's host: checkpoint into the store
+//	POST /v1/agent/forensics/commit     the store host: record a received file, prune
+//	GET  /v1/agent/forensics/file/{id}  the store host: a stored file
+//
+// A streamed archive's outcome comes in HTTP trailers after the body:
+// TrailerResult (a CheckpointResult as JSON) on success, TrailerError
+// otherwise; a stream without either was cut and must be discarded.
+package forensics

@@ -1,0 +1,284 @@
+package forensics
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/edgemigrate/orchestrate/cluster"
+)
+
+// ErrIncomplete: a streamed archive ended without its outcome, or with a
+// failure; what was received must be discarded.
+var ErrIncomplete = errors.New("checkpoint stream incomplete")
+
+// CheckpointRequest is POST /v1/checkpoint.
+type CheckpointRequest struct {
+	Container string `json:"container"`
+	// Host is where the container runs; empty asks every alive host.
+	Host         string `json:"host,omitempty"`
+	LeaveRunning bool   `json:"leave_running"`
+	// Store keeps the archive in the snapshot store (StoreHost, default the
+	// container's host) and answers its record; otherwise the archive is
+	// the answer.
+	Store     bool       `json:"store,omitempty"`
+	StoreHost string     `json:"store_host,omitempty"`
+	Reason    string     `json:"reason,omitempty"`
+	Retention *Retention `json:"retention,omitempty"`
+}
+
+// Service serves the operator routes on any agent: it finds the container's
+// host or the snapshot's store host and relays to that host's agent.
+type Service struct {
+	c Cluster
+}
+
+// NewService returns the operator side.
+func NewService(c Cluster) *Service { return &Service{c: c} }
+
+// Register adds the operator routes.
+func (s *Service) Register(mux Mux) {
+	mux.HandleFunc("POST /v1/checkpoint", s.checkpoint)
+	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		recs := s.c.Snapshots()
+		if recs == nil {
+			recs = []cluster.SnapshotRecord{}
+		}
+		cluster.WriteJSON(w, http.StatusOK, recs)
+	})
+	mux.HandleFunc("GET /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
+		rec, err := s.c.Snapshot(r.PathValue("id"))
+		if err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		cluster.WriteJSON(w, http.StatusOK, rec)
+	})
+	mux.HandleFunc("GET /v1/snapshots/{id}/archive", s.archive)
+}
+
+// locate finds the host running the container ref (a name, an ID or an
+// ID prefix of at least 12 characters).
+func (s *Service) locate(ctx context.Context, ref string) (string, error) {
+	res := s.c.PS(ctx)
+	var hosts []string
+	for _, e := range res.Containers {
+		if e.Name == ref || e.ID == ref || len(ref) >= 12 && strings.HasPrefix(e.ID, ref) {
+			if e.State == "running" {
+				hosts = append(hosts, e.Host)
+			}
+		}
+	}
+	switch len(hosts) {
+	case 0:
+		msg := fmt.Sprintf("container %s is not running on any alive host", ref)
+		if len(res.Errors) > 0 {
+			msg += fmt.Sprintf(" (%d hosts did not answer)", len(res.Errors))
+		}
+		return "", fmt.Errorf("%w: %s", cluster.ErrNotFound, msg)
+	case 1:
+		return hosts[0], nil
+	}
+	return "", fmt.Errorf("%w: %q runs on %d hosts (%s): pick one with --host", cluster.ErrInvalid, ref, len(hosts), strings.Join(hosts, ", "))
+}
+
+func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
+	var req CheckpointRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Container == "" {
+		cluster.WriteError(w, fmt.Errorf("%w: want {\"container\": NAME}", cluster.ErrInvalid))
+		return
+	}
+	ctx := r.Context()
+	host := req.Host
+	if host == "" {
+		var err error
+		if host, err = s.locate(ctx, req.Container); err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+	}
+	cl, err := s.c.PeerClient(host)
+	if err != nil {
+		cluster.WriteError(w, err)
+		return
+	}
+	hreq := HostCheckpointRequest{Container: req.Container, LeaveRunning: req.LeaveRunning, StoreHost: req.StoreHost, Reason: req.Reason, Retention: req.Retention}
+	if req.Store {
+		var rec cluster.SnapshotRecord
+		if err := cl.Do(ctx, http.MethodPost, "/v1/agent/forensics/snapshot", hreq, &rec); err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		cluster.WriteJSON(w, http.StatusOK, rec)
+		return
+	}
+	resp, err := cl.Raw(ctx, http.MethodPost, "/v1/agent/forensics/checkpoint", hreq)
+	if err != nil {
+		cluster.WriteError(w, err)
+		return
+	}
+	relay(w, resp)
+}
+
+// archive relays a stored archive from its store host.
+func (s *Service) archive(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.c.Snapshot(r.PathValue("id"))
+	if err != nil {
+		cluster.WriteError(w, err)
+		return
+	}
+	cl, err := s.c.PeerClient(rec.StoreHost)
+	if err != nil {
+		cluster.WriteError(w, fmt.Errorf("snapshot %s on %s: %w", rec.ID, rec.StoreHost, err))
+		return
+	}
+	resp, err := cl.Raw(r.Context(), http.MethodGet, "/v1/agent/forensics/file/"+rec.ID, nil)
+	if err != nil {
+		cluster.WriteError(w, err)
+		return
+	}
+	relay(w, resp)
+}
+
+// relay copies a streamed answer, its length and its trailers.
+func relay(w http.ResponseWriter, resp *http.Response) {
+	defer resp.Body.Close()
+	for _, k := range []string{"Content-Type", "Content-Length"} {
+		if v := resp.Header.Get(k); v != "" {
+			w.Header().Set(k, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, err := io.Copy(w, resp.Body)
+	if err != nil {
+		// Without a result trailer the client discards what it got.
+		w.Header().Set(http.TrailerPrefix+TrailerError, "relay: "+err.Error())
+		return
+	}
+	for k, vs := range resp.Trailer {
+		for _, v := range vs {
+			w.Header().Add(http.TrailerPrefix+k, v)
+		}
+	}
+}
+
+// StreamCheckpoint asks the agent at cl for a checkpoint archive and
+// writes it to w. It returns nil error only when the whole archive arrived
+// and the host reported success; its size and sha256 are then checked
+// against what the host sent.
+func StreamCheckpoint(ctx context.Context, cl *cluster.Client, req CheckpointRequest, w io.Writer) (CheckpointResult, error) {
+	var res CheckpointResult
+	req.Store = false
+	resp, err := cl.Raw(ctx, http.MethodPost, "/v1/checkpoint", req)
+	if err != nil {
+		return res, err
+	}
+	defer resp.Body.Close()
+	sum := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, sum), resp.Body)
+	if err != nil {
+		return res, fmt.Errorf("%w: %s after %d bytes: %v", ErrIncomplete, req.Container, n, err)
+	}
+	if msg := resp.Trailer.Get(TrailerError); msg != "" {
+		return res, fmt.Errorf("%w: %s", ErrIncomplete, msg)
+	}
+	raw := resp.Trailer.Get(TrailerResult)
+	if raw == "" {
+		return res, fmt.Errorf("%w: %s: the stream ended without a result after %d bytes", ErrIncomplete, req.Container, n)
+	}
+	if err := json.Unmarshal([]byte(raw), &res); err != nil {
+		return res, fmt.Errorf("%w: result %q: %v", ErrIncomplete, raw, err)
+	}
+	if got := hex.EncodeToString(sum.Sum(nil)); n != res.Size || got != res.SHA256 {
+		return res, fmt.Errorf("%w: received %d bytes sha256 %s, host sent %d bytes sha256 %s", ErrIncomplete, n, got, res.Size, res.SHA256)
+	}
+	return res, nil
+}
+
+// StoreCheckpoint asks the agent at cl for a snapshot into the store.
+func StoreCheckpoint(ctx context.Context, cl *cluster.Client, req CheckpointRequest) (cluster.SnapshotRecord, error) {
+	var rec cluster.SnapshotRecord
+	req.Store = true
+	return rec, cl.Do(ctx, http.MethodPost, "/v1/checkpoint", req, &rec)
+}
+
+// Snapshots lists the snapshot records through the agent at cl.
+func Snapshots(ctx context.Context, cl *cluster.Client) ([]cluster.SnapshotRecord, error) {
+	var recs []cluster.SnapshotRecord
+	return recs, cl.Do(ctx, http.MethodGet, "/v1/snapshots", nil, &recs)
+}
+
+// FetchSnapshot writes the stored archive of snapshot id to w, through the
+// agent at cl, and checks it against the record's size and sha256.
+func FetchSnapshot(ctx context.Context, cl *cluster.Client, id string, w io.Writer) (cluster.SnapshotRecord, error) {
+	var rec cluster.SnapshotRecord
+	if err := cl.Do(ctx, http.MethodGet, "/v1/snapshots/"+id, nil, &rec); err != nil {
+		return rec, err
+	}
+	resp, err := cl.Raw(ctx, http.MethodGet, "/v1/snapshots/"+id+"/archive", nil)
+	if err != nil {
+		return rec, err
+	}
+	defer resp.Body.Close()
+	sum := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, sum), resp.Body)
+	if err != nil {
+		return rec, fmt.Errorf("fetch snapshot %s from %s: %w", id, rec.StoreHost, err)
+	}
+	if got := hex.EncodeToString(sum.Sum(nil)); n != rec.Size || got != rec.SHA256 {
+		return rec, fmt.Errorf("fetch snapshot %s from %s: got %d bytes sha256 %s, recorded %d bytes sha256 %s",
+			id, rec.StoreHost, n, got, rec.Size, rec.SHA256)
+	}
+	return rec, nil
+}
+
+// Snapshotter takes leave-running snapshots into the store on behalf of
+// the cluster's own policies. The migration coordinator calls Snapshot
+// before a spot evacuation moves a container, when
+// policy.forensics.before_evacuation is set:
+//
+//	if cfg.Forensics != nil {
+//		if err := cfg.Forensics.Snapshot(ctx, from, containerID, "spot evacuation"); err != nil {
+//			log.Warn("forensic snapshot before evacuation", "err", err) // and move it anyway
+//		}
+//	}
+//
+// Snapshot blocks for the checkpoint and transfer (a brief freeze on the
+// container's host, then the archive's transfer time) and leaves the
+// container running on its host; on error nothing is stored or recorded.
+// The caller decides whether a failed snapshot holds the evacuation back
+// (it should not: the host is going away).
+type Snapshotter struct {
+	C Cluster
+	// StoreHost keeps the snapshots; empty means the container's own host,
+	// which a spot evacuation will lose: set it to a stable host.
+	StoreHost string
+	// Retention overrides the store host's default when non-nil.
+	Retention *Retention
+}
+
+// Snapshot stores a leave-running snapshot of container on host.
+func (s *Snapshotter) Snapshot(ctx context.Context, host, container, reason string) error {
+	_, err := s.Take(ctx, host, container, reason)
+	return err
+}
+
+// Take is Snapshot that returns the record.
+func (s *Snapshotter) Take(ctx context.Context, host, container, reason string) (cluster.SnapshotRecord, error) {
+	var rec cluster.SnapshotRecord
+	cl, err := s.C.PeerClient(host)
+	if err != nil {
+		return rec, err
+	}
+	req := HostCheckpointRequest{Container: container, LeaveRunning: true, StoreHost: s.StoreHost, Reason: reason, Retention: s.Retention}
+	if err := cl.Do(ctx, http.MethodPost, "/v1/agent/forensics/snapshot", req, &rec); err != nil {
+		return rec, fmt.Errorf("forensic snapshot of %s on %s: %w", container, host, err)
+	}
+	return rec, nil
+}
