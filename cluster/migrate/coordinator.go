@@ -80,6 +80,8 @@ type Coordinator struct {
 	// Snapshots, when set before Run, keeps forensic snapshots before
 	// evacuations.
 	Snapshots Snapshotter
+	// Metrics, when set before Run, counts migrations and triggers.
+	Metrics *Metrics
 
 	mu      sync.Mutex
 	termCtx context.Context // nil when not leading
@@ -116,6 +118,7 @@ func NewCoordinator(cfg Config, store Store, agents Agents) *Coordinator {
 // its migrations' goroutines before returning.
 func (co *Coordinator) Run(ctx context.Context) error {
 	wg := &sync.WaitGroup{}
+	co.Metrics.term()
 	co.mu.Lock()
 	co.termCtx, co.wg = ctx, wg
 	co.mu.Unlock()
@@ -572,6 +575,9 @@ func (d *driver) step(ev Event) error {
 	}
 	if n.Phase != d.m.Phase {
 		d.log.Info("phase", "phase", n.Phase, "note", ev.Note)
+		if Terminal(n.Phase) {
+			d.co.Metrics.finished(n)
+		}
 	}
 	d.m = n
 	return nil

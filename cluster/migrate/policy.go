@@ -61,6 +61,7 @@ func (co *Coordinator) HandleTrigger(ctx context.Context, t policy.Trigger) (Tri
 	if err != nil {
 		return TriggerResult{}, fmt.Errorf("record trigger %s: %w", t.ID, err)
 	}
+	co.Metrics.trigger(t.Kind)
 	switch t.Kind {
 	case policy.KindSpotTerminate, policy.KindSpotStop, policy.KindSpotHibernate, policy.KindMaintenance, policy.KindRebalanceRecommendation:
 	default:

@@ -67,6 +67,11 @@ func TestE2EMigrateAndRefusals(t *testing.T) {
 	before, _ := h1.ProbeReset(port)
 	// h2 lacks the image: it is sent before the container freezes.
 	h2.MustRun("podman", "rmi", "-af")
+	leader := c.Leader()
+	m0, err := leader.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	out, errOut, code := h3.CLI("migrate", "w1", "--to", h2.Name)
 	if code != 0 {
@@ -83,6 +88,19 @@ func TestE2EMigrateAndRefusals(t *testing.T) {
 		t.Fatalf("migrations: %+v", rows)
 	}
 	t.Logf("recorded downtime %d ms; the workload saw a gap of %d ms", rows[0].DowntimeMS, after.MaxGapMS)
+	// The leader's /metrics moved with it.
+	m1, err := leader.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{`orchestrate_migrations_total{result="done"}`, "orchestrate_migration_bytes_total", "orchestrate_migration_downtime_seconds_count"} {
+		if simhost.MetricValue(m1, name) <= simhost.MetricValue(m0, name) {
+			t.Errorf("%s did not rise: %v -> %v", name, simhost.MetricValue(m0, name), simhost.MetricValue(m1, name))
+		}
+	}
+	if simhost.MetricValue(m1, `orchestrate_members{status="alive"}`) != 3 {
+		t.Errorf("members alive: %v", simhost.MetricValue(m1, `orchestrate_members{status="alive"}`))
+	}
 
 	// Refusals: each is a clear error, exit 1, and changes nothing.
 	if _, _, code := h1.CLI("cordon", h3.Name); code != 0 {

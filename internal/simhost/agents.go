@@ -2,7 +2,9 @@ package simhost
 
 import (
 	"bytes"
+	"io"
 	"net"
+	"net/http"
 	"runtime"
 
 	"context"
@@ -373,4 +375,36 @@ func (h *Host) Exists(name string) bool {
 		}
 	}
 	return false
+}
+
+// Metrics scrapes the agent's /metrics over its unix socket.
+func (h *AgentHost) Metrics() (string, error) {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", h.Socket)
+	}}}
+	resp, err := hc.Get("http://agent/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET /metrics: %s: %s", resp.Status, b)
+	}
+	return string(b), err
+}
+
+// MetricValue returns the value of the sample whose line starts with name
+// (including labels, e.g. `orchestrate_migrations_total{result="done"}`),
+// or 0 when absent.
+func MetricValue(text, name string) float64 {
+	for _, l := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(l, name+" "); ok {
+			var v float64
+			fmt.Sscan(rest, &v)
+			return v
+		}
+	}
+	return 0
 }
