@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/cluster/forensics"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
 	"github.com/edgemigrate/orchestrate/config"
 	"github.com/edgemigrate/orchestrate/engine"
@@ -44,6 +45,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	mcfg.Logger, mcfg.Rebalance = logger.With("part", "migrate"), cfg.RebalanceConfig()
 	co = migrate.NewCoordinator(mcfg, c, migrate.ClusterAgents{Peers: c})
 	co.Register(c, c)
+	forensics.NewService(c).Register(c)
 	co.RegisterPolicy(c, c)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -88,6 +90,8 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		defer client.Close()
 		migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate")).Register(c, srv)
+		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics")}
+		forensics.NewAgent(fcfg, eng, client, c).Register(c, srv)
 		g.Go(func() error { return srv.Run(gctx) })
 	}
 	return g.Wait()
