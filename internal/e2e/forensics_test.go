@@ -236,3 +236,69 @@ func jsonOf(t *testing.T, s string, v any) {
 		t.Fatalf("%v: %q", err, s)
 	}
 }
+
+// TestBenchForensicFreeze is part of `make bench`: how long a leave-running
+// snapshot (`orchestrate checkpoint --leave-running --output FILE`) freezes
+// the workload, at 64 and 256 MiB: CRIU's frozen time, the wall time of the
+// engine's checkpoint call, and the longest gap between the workload's own
+// ticks (what the application saw). It prints min / median of 3.
+func TestBenchForensicFreeze(t *testing.T) {
+	if os.Getenv("ORCHESTRATE_BENCH") == "" {
+		t.Skip("set ORCHESTRATE_BENCH=1 (make bench)")
+	}
+	c := simhost.NewCluster(t, 2)
+	h1 := c.Hosts[0]
+	dir := t.TempDir()
+	type sample struct{ frozen, wall, gap time.Duration }
+	var rows []string
+	for _, mib := range []int{64, 256} {
+		port := simhost.Port()
+		name := fmt.Sprintf("fz%d", mib)
+		h1.RunWorkload(simhost.Workload{Name: name, MiB: mib, Port: port})
+		var ss []sample
+		for i := 0; i < 3; i++ {
+			if _, err := h1.ProbeReset(port); err != nil {
+				t.Fatal(err)
+			}
+			file := filepath.Join(dir, fmt.Sprintf("%s-%d.tar", name, i))
+			out, errOut, code := h1.CLI("checkpoint", name, "--leave-running", "--output", file, "--json")
+			if code != 0 {
+				t.Fatalf("checkpoint: exit %d\n%s%s", code, out, errOut)
+			}
+			var res struct {
+				Stats struct {
+					Duration   time.Duration `json:"duration"`
+					FrozenTime time.Duration `json:"frozen_time"`
+				} `json:"stats"`
+			}
+			jsonOf(t, out, &res)
+			time.Sleep(50 * time.Millisecond) // a tick after the thaw, so the gap is measured
+			rep, err := h1.Probe(port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ss = append(ss, sample{res.Stats.FrozenTime, res.Stats.Duration, time.Duration(rep.MaxGapMS) * time.Millisecond})
+			_ = os.Remove(file)
+		}
+		h1.MustRun("podman", "rm", "-f", "-t", "0", name)
+		pick := func(f func(sample) time.Duration) string {
+			var d []time.Duration
+			for _, s := range ss {
+				d = append(d, f(s))
+			}
+			slices.Sort(d)
+			return fmt.Sprintf("%s / %s", d[0].Round(time.Millisecond), d[len(d)/2].Round(time.Millisecond))
+		}
+		rows = append(rows, fmt.Sprintf("| %d MiB | %s | %s | %s |", mib,
+			pick(func(s sample) time.Duration { return s.frozen }),
+			pick(func(s sample) time.Duration { return s.gap }),
+			pick(func(s sample) time.Duration { return s.wall })))
+	}
+	fmt.Println("\nLeave-running forensic snapshot, min / median of 3:")
+	fmt.Println()
+	fmt.Println("| workload | CRIU frozen time | longest gap the workload saw | checkpoint wall time |")
+	fmt.Println("|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
+}
