@@ -20,7 +20,10 @@ FUZZTIME ?= 8s
 # package:FuzzTarget pairs run briefly by `make test`.
 FUZZ := ./engine/podman:FuzzParseDumpStats ./transfer:FuzzReadHeader ./transfer:FuzzCheckName ./transfer:FuzzVerifyReader ./engine/archive:FuzzImage ./engine/archive:FuzzRead
 
-.PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+.PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts install
 
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/orchestrate ./cmd/orchestrate
@@ -30,6 +33,7 @@ build:
 # zstd and busybox, and builds the workload image. Idempotent and cached.
 setup:
 	bash scripts/install-host.sh
+	bash scripts/install-test-tools.sh
 	bash scripts/build-workload-image.sh >/dev/null
 
 clean-hosts:
@@ -61,6 +65,20 @@ bench: setup clean-hosts
 
 demo: build setup clean-hosts
 	@bash scripts/demo.sh
+
+# install: the binary, the systemd unit, /etc/orchestrate with an example
+# config (an existing config is never overwritten), shell completion.
+install: build
+	install -D -m 0755 bin/orchestrate $(DESTDIR)$(PREFIX)/bin/orchestrate
+	install -D -m 0644 scripts/systemd/orchestrate.service $(DESTDIR)/etc/systemd/system/orchestrate.service
+	install -d -m 0755 $(DESTDIR)/etc/orchestrate
+	install -m 0644 docs/config.example.yaml $(DESTDIR)/etc/orchestrate/orchestrate.example.yaml
+	@[ -e $(DESTDIR)/etc/orchestrate/orchestrate.yaml ] || install -m 0600 docs/config.example.yaml $(DESTDIR)/etc/orchestrate/orchestrate.yaml
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/orchestrate/README.md
+	install -d $(DESTDIR)/usr/share/bash-completion/completions
+	bin/orchestrate completion bash > $(DESTDIR)/usr/share/bash-completion/completions/orchestrate
+	@echo "installed; next: orchestrate keygen /etc/orchestrate/cluster.key (once, then copy it to every host),"
+	@echo "edit /etc/orchestrate/orchestrate.yaml, then: systemctl enable --now podman.socket orchestrate"
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -165,11 +165,11 @@ func TestFlagAndEnvNames(t *testing.T) {
 
 // TestExampleFile keeps the documented example in step with the keys.
 func TestExampleFile(t *testing.T) {
-	b, err := os.ReadFile("orchestrate.example.yaml")
+	b, err := os.ReadFile("../docs/config.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Load("orchestrate.example.yaml", nil); err != nil {
+	if _, err := Load("../docs/config.example.yaml", nil); err != nil {
 		t.Fatalf("example does not load: %v", err)
 	}
 	for _, k := range Keys() {

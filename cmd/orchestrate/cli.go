@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -190,6 +192,32 @@ raft. keygen never overwrites an existing file.`,
 	}
 }
 
+// checkEngineSocket pings the engine service, so that a config pointing at
+// a socket nobody serves is caught before the agent starts.
+func checkEngineSocket(ctx context.Context, typ, uri string) error {
+	if typ == "none" {
+		return nil
+	}
+	path, ok := strings.CutPrefix(uri, "unix://")
+	if !ok {
+		return fmt.Errorf("%w: engine.socket: %q (expected unix:///path/to/socket)", config.ErrInvalid, uri)
+	}
+	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://engine/_ping", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: engine.socket: %s: the %s service does not answer (%v); is it running? (podman: systemctl enable --now podman.socket)", config.ErrInvalid, uri, typ, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%w: engine.socket: %s: ping answered %s", config.ErrInvalid, uri, resp.Status)
+	}
+	return nil
+}
+
 func newConfigCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Configuration tools"}
 	cmd.AddCommand(&cobra.Command{
@@ -206,6 +234,9 @@ func newConfigCmd() *cobra.Command {
 				return err
 			}
 			if _, err := cluster.LoadSecret(c.Cluster.SecretFile); err != nil {
+				return err
+			}
+			if err := checkEngineSocket(cmd.Context(), c.Engine.Type, c.Engine.Socket); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "configuration ok: node %s, gossip %s, raft %s, api %s\n", c.Node.Name, c.Cluster.Bind, c.Cluster.RaftBind, c.API.Bind)

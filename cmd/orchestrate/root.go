@@ -20,7 +20,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newAgentCmd(), newMembersCmd(), newPSCmd(), newKeygenCmd(), newConfigCmd(), newVersionCmd())
-	root.AddCommand(newMigrateCmd(), newDrainCmd(), newCordonCmd(true), newCordonCmd(false), newMigrationsCmd(), newEventsCmd(), newRebalanceCmd())
+	root.AddCommand(newMigrateCmd(), newDrainCmd(), newCordonCmd(true), newCordonCmd(false), newMigrationsCmd(), newEventsCmd(), newRebalanceCmd(), newStatusCmd())
 	root.AddCommand(newCheckpointCmd(), newSnapshotsCmd(), newInspectCmd())
 	return root
 }
