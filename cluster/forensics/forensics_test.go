@@ -373,10 +373,13 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 		t.Fatalf("fetch of a pruned snapshot: %v", err)
 	}
 
-	// The policy hook.
-	s := &Snapshotter{C: (*hostView)(w.hosts["h2"]), StoreHost: "h2"}
-	if err := s.Snapshot(ctx, "h1", web.ID, "spot evacuation"); err != nil {
-		t.Fatal(err)
+	// The policy hook, called on h1 (the leader, say) for a container on h1
+	// itself: the snapshot goes elsewhere (h2), not onto the host being
+	// evacuated.
+	s := &Snapshotter{C: (*hostView)(w.hosts["h1"])}
+	rec, err := s.Take(ctx, "h1", web.ID, "spot evacuation")
+	if err != nil || rec.StoreHost != "h2" || !rec.LeaveRunning || rec.Reason != "spot evacuation" {
+		t.Fatalf("hook snapshot %+v, %v", rec, err)
 	}
 	if n := len(ls(t, w.hosts["h2"].agent.st.dir)); n != 3 {
 		t.Fatalf("%d files after the hook's snapshot (default retention keeps 10)", n)

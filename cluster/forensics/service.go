@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
 	"strings"
 
 	"github.com/edgemigrate/orchestrate/cluster"
@@ -256,8 +257,10 @@ func FetchSnapshot(ctx context.Context, cl *cluster.Client, id string, w io.Writ
 // (it should not: the host is going away).
 type Snapshotter struct {
 	C Cluster
-	// StoreHost keeps the snapshots; empty means the container's own host,
-	// which a spot evacuation will lose: set it to a stable host.
+	// StoreHost keeps the snapshots. Empty means this agent (for the
+	// coordinator: the leader), or, when this agent is the container's own
+	// host, the first other alive host by name: a snapshot kept on the host
+	// being evacuated would go with it.
 	StoreHost string
 	// Retention overrides the store host's default when non-nil.
 	Retention *Retention
@@ -269,6 +272,26 @@ func (s *Snapshotter) Snapshot(ctx context.Context, host, container, reason stri
 	return err
 }
 
+func (s *Snapshotter) storeHost(host string) string {
+	if s.StoreHost != "" {
+		return s.StoreHost
+	}
+	if self := s.C.Name(); self != host {
+		return self
+	}
+	var others []string
+	for _, m := range s.C.Members() {
+		if m.Name != host && m.Status == cluster.StatusAlive && m.TransferAddr != "" {
+			others = append(others, m.Name)
+		}
+	}
+	sort.Strings(others)
+	if len(others) > 0 {
+		return others[0]
+	}
+	return host
+}
+
 // Take is Snapshot that returns the record.
 func (s *Snapshotter) Take(ctx context.Context, host, container, reason string) (cluster.SnapshotRecord, error) {
 	var rec cluster.SnapshotRecord
@@ -276,7 +299,7 @@ func (s *Snapshotter) Take(ctx context.Context, host, container, reason string) 
 	if err != nil {
 		return rec, err
 	}
-	req := HostCheckpointRequest{Container: container, LeaveRunning: true, StoreHost: s.StoreHost, Reason: reason, Retention: s.Retention}
+	req := HostCheckpointRequest{Container: container, LeaveRunning: true, StoreHost: s.storeHost(host), Reason: reason, Retention: s.Retention}
 	if err := cl.Do(ctx, http.MethodPost, "/v1/agent/forensics/snapshot", req, &rec); err != nil {
 		return rec, fmt.Errorf("forensic snapshot of %s on %s: %w", container, host, err)
 	}

@@ -46,6 +46,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	co = migrate.NewCoordinator(mcfg, c, migrate.ClusterAgents{Peers: c})
 	co.Register(c, c)
 	forensics.NewService(c).Register(c)
+	if cfg.Policy.Forensics.BeforeEvacuation {
+		co.Snapshots = &forensics.Snapshotter{C: c}
+	}
 	co.RegisterPolicy(c, c)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
