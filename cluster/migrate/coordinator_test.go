@@ -1,0 +1,412 @@
+package migrate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/engine/enginetest"
+	"github.com/edgemigrate/orchestrate/transfer"
+)
+
+// fakeStore is an in-memory replicated state with the FSM's rules for
+// migration records (IfPhase, IfAbsent) and events (dedup).
+type fakeStore struct {
+	mu      sync.Mutex
+	members []cluster.Member
+	recs    map[string]cluster.MigrationRecord
+	hosts   map[string]cluster.Host
+	events  map[string]cluster.Event
+}
+
+func (s *fakeStore) Members() []cluster.Member {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]cluster.Member(nil), s.members...)
+}
+
+func (s *fakeStore) Migrations() []cluster.MigrationRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []cluster.MigrationRecord
+	for _, r := range s.recs {
+		out = append(out, r)
+	}
+	return out
+}
+
+func (s *fakeStore) Migration(id string) (cluster.MigrationRecord, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.recs[id]
+	if !ok {
+		return r, cluster.ErrNotFound
+	}
+	return r, nil
+}
+
+func (s *fakeStore) PutMigration(ctx context.Context, req cluster.PutMigrationRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur, ok := s.recs[req.Record.ID]
+	if req.IfAbsent && ok {
+		return cluster.ErrConflict
+	}
+	if req.IfPhase != "" && (!ok || cur.Phase != req.IfPhase) {
+		return cluster.ErrConflict
+	}
+	s.recs[req.Record.ID] = req.Record
+	return nil
+}
+
+func (s *fakeStore) Hosts() []cluster.Host {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []cluster.Host
+	for _, h := range s.hosts {
+		out = append(out, h)
+	}
+	return out
+}
+
+func (s *fakeStore) SetHost(ctx context.Context, req cluster.SetHostRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.hosts[req.Name]
+	h.Name = req.Name
+	if req.Cordoned != nil {
+		h.Cordoned = *req.Cordoned
+	}
+	if req.Draining != nil {
+		h.Draining = *req.Draining
+	}
+	s.hosts[req.Name] = h
+	return nil
+}
+
+func (s *fakeStore) AppendEvent(ctx context.Context, ev cluster.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.events[ev.ID]; ok {
+		return cluster.ErrDuplicate
+	}
+	s.events[ev.ID] = ev
+	return nil
+}
+
+// fakeHost is one host: a fake engine, the real agent steps, its routes and
+// stream handlers.
+type fakeHost struct {
+	name    string
+	eng     *enginetest.Fake
+	mux     *http.ServeMux
+	streams map[string]transfer.Handler
+	down    bool // answers nothing
+}
+
+func (h *fakeHost) Handle(kind string, fn transfer.Handler) { h.streams[kind] = fn }
+
+// world wires hosts together: agent calls go to the hosts' muxes, streams
+// go through a pipe into the target's handler.
+type world struct {
+	mu    sync.Mutex
+	hosts map[string]*fakeHost
+	store *fakeStore
+}
+
+func (w *world) host(name string) (*fakeHost, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	h, ok := w.hosts[name]
+	if !ok || h.down {
+		return nil, fmt.Errorf("dial %s: connection refused", name)
+	}
+	return h, nil
+}
+
+func (w *world) do(ctx context.Context, host, method, path string, in any) (*httptest.ResponseRecorder, error) {
+	h, err := w.host(host)
+	if err != nil {
+		return nil, err
+	}
+	var body io.Reader = http.NoBody
+	if in != nil {
+		b, _ := json.Marshal(in)
+		body = bytes.NewReader(b)
+	}
+	req := httptest.NewRequest(method, path, body).WithContext(ctx)
+	rec := httptest.NewRecorder()
+	h.mux.ServeHTTP(rec, req)
+	if rec.Code >= 300 {
+		return nil, fmt.Errorf("%s %s on %s: %s", method, path, host, rec.Body.String())
+	}
+	return rec, nil
+}
+
+func (w *world) Call(ctx context.Context, host, path string, in, out any) error {
+	rec, err := w.do(ctx, host, http.MethodPost, path, in)
+	if err != nil || out == nil {
+		return err
+	}
+	return json.NewDecoder(rec.Body).Decode(out)
+}
+
+func (w *world) Stream(ctx context.Context, host, path string, in any) (io.ReadCloser, error) {
+	rec, err := w.do(ctx, host, http.MethodPost, path, in)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(rec.Body), nil
+}
+
+func (w *world) Containers(ctx context.Context, host string) ([]engine.Container, error) {
+	h, err := w.host(host)
+	if err != nil {
+		return nil, err
+	}
+	return h.eng.List(ctx)
+}
+
+// streamer is the source's transfer client: it pipes produce into the
+// target's handler, as the SSH stream does (without the network).
+type streamer struct{ w *world }
+
+func (s streamer) Stream(ctx context.Context, peer string, hdr transfer.StreamHeader, produce func(io.Writer) error) ([]byte, transfer.StreamStats, error) {
+	h, err := s.w.host(peer)
+	if err != nil {
+		return nil, transfer.StreamStats{}, err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(produce(pw)) }()
+	res, err := h.streams[hdr.Kind](ctx, hdr, pr)
+	pr.CloseWithError(io.ErrUnexpectedEOF)
+	return res, transfer.StreamStats{Compression: "none"}, err
+}
+
+func newWorld(t *testing.T, names ...string) *world {
+	w := &world{hosts: map[string]*fakeHost{}, store: &fakeStore{recs: map[string]cluster.MigrationRecord{},
+		hosts: map[string]cluster.Host{}, events: map[string]cluster.Event{}}}
+	for _, n := range names {
+		h := &fakeHost{name: n, eng: enginetest.NewFake(), mux: http.NewServeMux(), streams: map[string]transfer.Handler{}}
+		NewAgent(n, h.eng, streamer{w}, nil).Register(h.mux, h)
+		w.hosts[n] = h
+		w.store.members = append(w.store.members, cluster.Member{Name: n, Status: cluster.StatusAlive, Engine: "fake",
+			CRIUVersion: "4.2.1", MemoryTotal: 8 << 30, TransferAddr: n})
+	}
+	return w
+}
+
+// leader runs a coordinator term until the test ends (or stop is called).
+func (w *world) leader(t *testing.T) (*Coordinator, func()) {
+	cfg := DefaultConfig()
+	cfg.StepTimeout, cfg.MigrationTimeout = 5*time.Second, 20*time.Second
+	co := NewCoordinator(cfg, w.store, w)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = co.Run(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !co.leading() {
+		if time.Now().After(deadline) {
+			t.Fatal("coordinator did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return co, stop
+}
+
+func (w *world) waitEnd(t *testing.T, id string) cluster.MigrationRecord {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r, err := w.store.Migration(id)
+		if err == nil && Terminal(r.Phase) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("migration %s did not end: %+v", id, r)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// runningOn checks the invariant for one container: running on exactly
+// want, and existing nowhere else.
+func (w *world) runningOn(t *testing.T, name, want string) {
+	t.Helper()
+	for n, h := range w.hosts {
+		c, err := h.eng.Inspect(context.Background(), name)
+		switch {
+		case n == want && (err != nil || !c.Running):
+			t.Errorf("%s does not run on %s (%v)", name, n, err)
+		case n != want && err == nil:
+			t.Errorf("%s exists on %s too (running=%v)", name, n, c.Running)
+		}
+	}
+}
+
+func TestCoordinatorHappyPath(t *testing.T) {
+	w := newWorld(t, "h1", "h2")
+	c := w.hosts["h1"].eng.Run("web", "img:1", 1<<20, nil)
+	mem, _ := w.hosts["h1"].eng.Memory(c.ID)
+	co, _ := w.leader(t)
+	rec, err := co.Migrate(context.Background(), MigrateRequest{Container: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.To != "h2" {
+		t.Fatalf("placed on %s", rec.To)
+	}
+	end := w.waitEnd(t, rec.ID)
+	if end.Phase != Done {
+		t.Fatalf("%+v", end)
+	}
+	w.runningOn(t, "web", "h2")
+	got, _ := w.hosts["h2"].eng.Memory(c.ID)
+	if !bytes.Equal(got, mem) {
+		t.Fatal("memory changed on the way")
+	}
+	// The image was missing on h2 and went first.
+	if len(end.History) < 2 || end.History[1].Note != "image sent to h2" {
+		t.Errorf("history %+v lacks the image step", end.History)
+	}
+}
+
+func TestCoordinatorRollbacks(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(w *world)
+		cause string
+	}{
+		{"checkpoint fails", func(w *world) {
+			w.hosts["h1"].eng.FailCheckpoint = func(string) error { return fmt.Errorf("%w: injected", engine.ErrCRIU) }
+		}, "criu failed"},
+		{"restore fails", func(w *world) {
+			w.hosts["h2"].eng.FailRestore = func(engine.Container) error { return errors.New("injected restore failure") }
+		}, "injected restore failure"},
+		{"restore runs but the target is gone at confirmation", func(w *world) {
+			w.hosts["h2"].eng.FailRestore = func(engine.Container) error {
+				w.mu.Lock()
+				w.hosts["h2"].down = true // answers nothing from now on
+				w.mu.Unlock()
+				go func() { // and comes back, so the rollback can clean it
+					time.Sleep(300 * time.Millisecond)
+					w.mu.Lock()
+					w.hosts["h2"].down = false
+					w.mu.Unlock()
+				}()
+				return nil
+			}
+		}, "confirm on h2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, "h1", "h2")
+			w.hosts["h1"].eng.Run("db", "img:1", 1<<20, nil)
+			tc.setup(w)
+			co, _ := w.leader(t)
+			rec, err := co.Migrate(context.Background(), MigrateRequest{Container: "db", To: "h2"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			end := w.waitEnd(t, rec.ID)
+			if end.Phase != RolledBack || !bytes.Contains([]byte(end.Error), []byte(tc.cause)) {
+				t.Fatalf("ended %s with %q, want RolledBack with %q", end.Phase, end.Error, tc.cause)
+			}
+			w.runningOn(t, "db", "h1")
+		})
+	}
+}
+
+// A new leader finds records a dead leader left mid-flight and settles
+// them by asking the target: running there rolls forward, else back.
+func TestCoordinatorTakesOver(t *testing.T) {
+	ctx := context.Background()
+	for _, restored := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restored=%v", restored), func(t *testing.T) {
+			w := newWorld(t, "h1", "h2")
+			c := w.hosts["h1"].eng.Run("app", "img:1", 1<<20, nil)
+			w.hosts["h2"].eng.AddImage("img:1")
+			var archive bytes.Buffer
+			if _, err := w.hosts["h1"].eng.Checkpoint(ctx, c.ID, &archive, engine.CheckpointOptions{Keep: true}); err != nil {
+				t.Fatal(err)
+			}
+			if restored {
+				if _, _, err := w.hosts["h2"].eng.Restore(ctx, &archive, engine.RestoreOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rec := cluster.MigrationRecord{ID: "m1", Container: c.ID, From: "h1", To: "h2", Phase: Transferring,
+				StartedAt: time.Now(), Extra: map[string]any{"name": "app"}}
+			w.store.recs[rec.ID] = rec
+			w.leader(t)
+			end := w.waitEnd(t, "m1")
+			want, where := RolledBack, "h1"
+			if restored {
+				want, where = Done, "h2"
+			}
+			if end.Phase != want {
+				t.Fatalf("ended %s (%s), want %s", end.Phase, end.Error, want)
+			}
+			w.runningOn(t, "app", where)
+		})
+	}
+}
+
+func TestCoordinatorDrainAndRefusals(t *testing.T) {
+	w := newWorld(t, "h1", "h2", "h3")
+	for i := 0; i < 4; i++ {
+		w.hosts["h1"].eng.Run(fmt.Sprintf("c%d", i), "img:1", 1<<20, nil)
+	}
+	w.hosts["h1"].eng.Run("pinned", "img:1", 1<<20, map[string]string{"orchestrate.migrate": "false"})
+	co, _ := w.leader(t)
+	ctx := context.Background()
+	if err := w.store.SetHost(ctx, cluster.SetHostRequest{Name: "h3", Cordoned: ptr(true)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := co.Migrate(ctx, MigrateRequest{Container: "c0", To: "h3"}); !errors.Is(err, cluster.ErrCordoned) {
+		t.Fatalf("to a cordoned host: %v", err)
+	}
+	if _, err := co.Migrate(ctx, MigrateRequest{Container: "nope"}); !errors.Is(err, cluster.ErrNotFound) {
+		t.Fatalf("unknown container: %v", err)
+	}
+	res, err := co.Drain(ctx, DrainRequest{Host: "h1", Parallel: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := 0
+	for _, m := range res.Moves {
+		switch {
+		case m.Name == "pinned":
+			if m.Skipped == "" {
+				t.Fatal("pinned was not skipped")
+			}
+		case m.To != "h2":
+			t.Fatalf("%s planned to %s; h3 is cordoned", m.Name, m.To)
+		default:
+			if end := w.waitEnd(t, m.Migration); end.Phase != Done {
+				t.Fatalf("%+v", end)
+			}
+			moved++
+		}
+	}
+	if moved != 4 {
+		t.Fatalf("moved %d of 4", moved)
+	}
+	if h := w.store.hosts["h1"]; !h.Cordoned {
+		t.Fatal("h1 not cordoned")
+	}
+	w.runningOn(t, "pinned", "h1")
+}
+
+func ptr[T any](v T) *T { return &v }
