@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -300,5 +301,61 @@ func TestBenchForensicFreeze(t *testing.T) {
 	fmt.Println("|---|---|---|---|")
 	for _, r := range rows {
 		fmt.Println(r)
+	}
+}
+
+// TestE2EForensicsBeforeEvacuation: with policy.forensics.before_evacuation,
+// a spot notice keeps a leave-running snapshot of the container, on a host
+// other than the one going away, before the container moves.
+func TestE2EForensicsBeforeEvacuation(t *testing.T) {
+	aws := &fakeAWS{}
+	aws.notice.Store("")
+	c := simhost.NewClusterWith(t, 2, func(i int, h *simhost.Host) string {
+		const forensics = "policy:\n  forensics:\n    before_evacuation: true\n"
+		if i != 0 {
+			return forensics
+		}
+		ln, err := h.ListenInNetns(h.IP + ":8169")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewUnstartedServer(aws)
+		srv.Listener = ln
+		srv.Start()
+		t.Cleanup(srv.Close)
+		return forensics + fmt.Sprintf("  spot:\n    provider: aws\n    endpoint: http://%s:8169\n    poll_interval: 500ms\n", h.IP)
+	})
+	h1, h2 := c.Hosts[0], c.Hosts[1]
+	port := simhost.Port()
+	marker := fmt.Sprintf("evac-%d", port)
+	h1.RunWorkload(simhost.Workload{Name: "ev1", MiB: 16, Port: port, Args: []string{"-marker", marker}})
+	before, _ := h1.Probe(port)
+	deadline := time.Now().Add(30 * time.Second).UTC().Truncate(time.Second)
+	aws.notice.Store(fmt.Sprintf(`{"action":"terminate","time":%q}`, deadline.Format(time.RFC3339)))
+	for !h2.Running("ev1") {
+		if time.Now().After(deadline) {
+			t.Fatal("ev1 did not move before the deadline")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	continued(t, h2, port, before)
+
+	var recs []snapshotRow
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		recs = nil
+		if err := h2.JSON(&recs, "snapshots"); err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) > 0 || time.Now().After(end) {
+			break
+		}
+	}
+	if len(recs) != 1 || recs[0].Name != "ev1" || recs[0].Host != h1.Name || recs[0].StoreHost != h2.Name ||
+		!recs[0].LeaveRunning || !strings.Contains(recs[0].Reason, "evacuation") {
+		t.Fatalf("snapshots after the evacuation: %+v", recs)
+	}
+	out, errOut, code := h2.CLI("inspect", recs[0].ID, "--grep", marker)
+	if code != 0 || !strings.Contains(out, "ORCHESTRATE-MARKER:"+marker) {
+		t.Fatalf("inspect %s: exit %d\n%s%s", recs[0].ID, code, out, errOut)
 	}
 }
