@@ -2,18 +2,22 @@ package migrate
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/transfer"
+	"github.com/edgemigrate/orchestrate/transfer/delta"
 )
 
 // Engine is what the agent-side steps need from the local engine.
@@ -58,6 +62,8 @@ type Agent struct {
 	eng    Engine
 	sender Streamer
 	log    *slog.Logger
+	pc     PrecopyConfig
+	bases  *baseStore // pre-copied archives, when this host is a target
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex // by container ID
@@ -68,7 +74,17 @@ func NewAgent(host string, eng Engine, sender Streamer, log *slog.Logger) *Agent
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Agent{host: host, eng: eng, sender: sender, log: log.With("host", host), locks: map[string]*sync.Mutex{}}
+	a := &Agent{host: host, eng: eng, sender: sender, log: log.With("host", host), locks: map[string]*sync.Mutex{}}
+	a.SetPrecopy(DefaultPrecopyConfig())
+	return a
+}
+
+// SetPrecopy replaces the pre-copy configuration; call before Register.
+func (a *Agent) SetPrecopy(cfg PrecopyConfig) {
+	if cfg.Dir == "" {
+		cfg.Dir = filepath.Join(os.TempDir(), "orchestrate-precopy", a.host)
+	}
+	a.pc, a.bases = cfg, newBaseStore(cfg.Dir)
 }
 
 // lock takes the per-container lock, resolving names to IDs first so that
@@ -93,6 +109,11 @@ func (a *Agent) lock(ctx context.Context, ref string) func() {
 func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindRestore, a.handleRestore)
 	streams.Handle(KindImage, a.handleImage)
+	// Bases of an earlier run of this agent are never used: clear them.
+	a.bases.clear()
+	streams.Handle(KindPrecopy, a.handlePrecopy)
+	streams.Handle(KindPrecopyProbe, a.handleProbe)
+	streams.Handle(KindDeltaRestore, a.handleDeltaRestore)
 	mux.HandleFunc("POST /v1/agent/migrate-out", a.migrateOut)
 	mux.HandleFunc("POST /v1/agent/push-image", a.pushImage)
 	mux.HandleFunc("POST /v1/agent/resume", a.containerStep(a.resume))
@@ -108,6 +129,8 @@ type OutRequest struct {
 	Container  string `json:"container"`
 	TargetHost string `json:"target_host"`
 	TargetAddr string `json:"target_addr"` // transfer address
+	// Deadline, when set (a drain's), bounds pre-copy.
+	Deadline time.Time `json:"deadline,omitzero"`
 }
 
 // Progress is one line of the migrate-out answer (NDJSON).
@@ -120,6 +143,9 @@ type Progress struct {
 	Restore     *engine.Stats     `json:"restore,omitempty"`
 	Container   *engine.Container `json:"container,omitempty"`
 	Err         string            `json:"error,omitempty"`
+	// Precopy says which method ran, with pre-copy's rounds (on
+	// progPrecopy and the final line).
+	Precopy *PrecopyReport `json:"precopy,omitempty"`
 }
 
 // Progress kinds beyond the machine's events: the target restored (the
@@ -171,21 +197,43 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 		emit(Progress{Kind: EvFailed, Err: err.Error()})
 		return
 	}
+	// Pre-copy while the container runs; base is nil for a full transfer.
+	base, pre := a.precopyOut(ctx, c, req, emit, log)
 	hdr := transfer.StreamHeader{Kind: KindRestore, ID: req.Migration, Meta: map[string]string{"container": c.ID, "name": c.Name}}
+	if base != nil {
+		hdr.Kind, hdr.Meta["base"] = KindDeltaRestore, hex.EncodeToString(sumOf(base))
+	}
 	var ckpt engine.Stats
+	var denc *delta.Encoder
 	result, st, err := a.sender.Stream(ctx, req.TargetAddr, hdr, func(w io.Writer) error {
 		emit(Progress{Kind: EvFrozen})
-		cw := &progressWriter{w: w, first: func() { emit(Progress{Kind: EvStreaming}) }}
+		out := w
+		if base != nil {
+			var err error
+			if denc, err = delta.NewEncoder(w, base); err != nil {
+				return err
+			}
+			out = denc
+		}
+		cw := &progressWriter{w: out, first: func() { emit(Progress{Kind: EvStreaming}) }}
 		var err error
 		ckpt, err = a.eng.Checkpoint(ctx, c.ID, cw, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
+		if denc != nil {
+			if err != nil {
+				denc.CloseWithError(err)
+			} else {
+				err = denc.Close()
+			}
+		}
 		if err == nil {
 			emit(Progress{Kind: EvReceived, Bytes: cw.n, Checkpoint: &ckpt})
 		}
 		return err
 	})
+	pre.final(ckpt, st, denc)
 	if err != nil {
 		log.Warn("migrate out failed", "err", err)
-		emit(Progress{Kind: EvFailed, Err: fmt.Sprintf("send %s to %s: %v", c.Name, req.TargetHost, err)})
+		emit(Progress{Kind: EvFailed, Err: fmt.Sprintf("send %s to %s: %v", c.Name, req.TargetHost, err), Precopy: pre})
 		return
 	}
 	var res restoreResult
@@ -194,7 +242,7 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log.Info("migrated out", "bytes", st.Bytes, "wire", st.WireBytes, "compression", st.Compression, "duration", st.Duration)
-	emit(Progress{Kind: progRestored, Bytes: st.Bytes, Compression: st.Compression, Checkpoint: &ckpt, Restore: &res.Stats, Container: &res.Container})
+	emit(Progress{Kind: progRestored, Bytes: st.Bytes, Compression: st.Compression, Checkpoint: &ckpt, Restore: &res.Stats, Container: &res.Container, Precopy: pre})
 }
 
 // progressWriter counts bytes and reports the first one.
@@ -218,6 +266,12 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 // the stream's context ends after the data arrived: a restore is finished
 // or failed, never left half-done, and the leader then finds out which.
 func (a *Agent) handleRestore(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	return a.restoreFrom(ctx, h, r)
+}
+
+// restoreFrom restores the archive r yields (a plain stream or one rebuilt
+// from a delta).
+func (a *Agent) restoreFrom(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
 	id := h.Meta["container"]
 	if id == "" {
 		return nil, errors.New("restore stream without a container")
@@ -347,6 +401,9 @@ func (a *Agent) remove(ctx context.Context, req ContainerRequest) (ContainerStat
 // abort cleans the target after a failed migration: any copy of the
 // container here goes, running or not (the source's copy is the one kept).
 func (a *Agent) abort(ctx context.Context, req ContainerRequest) (ContainerState, error) {
+	if req.Migration != "" {
+		a.bases.drop(req.Migration)
+	}
 	st, err := a.state(ctx, req.Container)
 	if err != nil || !st.Exists {
 		return st, err

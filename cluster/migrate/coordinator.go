@@ -627,7 +627,7 @@ func (d *driver) run() {
 	sctx, cancel := context.WithTimeout(d.ctx, d.co.cfg.MigrationTimeout)
 	defer cancel()
 	body, err := d.co.agents.Stream(sctx, d.m.From, "/v1/agent/migrate-out",
-		OutRequest{Migration: d.m.ID, Container: d.m.Container, TargetHost: d.m.To, TargetAddr: target.TransferAddr})
+		OutRequest{Migration: d.m.ID, Container: d.m.Container, TargetHost: d.m.To, TargetAddr: target.TransferAddr, Deadline: deadlineOf(d.m.Extra)})
 	if err != nil {
 		d.reconcileOr(fmt.Sprintf("migrate-out on %s: %v", d.m.From, err))
 		return
@@ -646,8 +646,11 @@ func (d *driver) run() {
 		case EvFrozen, EvStreaming, EvReceived:
 			// Times come from the source; they are stamped before Apply.
 			_ = d.step(Event{Kind: p.Kind, At: p.At, Bytes: p.Bytes, Checkpoint: p.Checkpoint})
+		case progPrecopy:
+			d.m.Extra = p.Precopy.record(d.m.Extra) // stored with the next step
 		case progRestored:
 			restored = true
+			d.m.Extra = p.Precopy.record(d.m.Extra)
 			d.m.Bytes, d.m.Compression = p.Bytes, p.Compression
 			if p.Checkpoint != nil {
 				d.m.Checkpoint = *p.Checkpoint
@@ -657,6 +660,7 @@ func (d *driver) run() {
 			}
 		case EvFailed:
 			failure = p.Err
+			d.m.Extra = p.Precopy.record(d.m.Extra)
 		}
 	}
 	if d.ctx.Err() != nil {

@@ -1,0 +1,548 @@
+package migrate
+
+// Content pre-copy: live migration on slow links without the kernel's
+// dirty-page tracking.
+//
+// The source takes leave-running checkpoints (each a brief freeze; the
+// container runs on) and streams each to the target as a chunk delta
+// (transfer/delta) against the archive the target already holds: the first
+// round sends everything, later rounds mostly references. The target
+// rebuilds every round's archive exactly (sha256 end to end) and keeps the
+// latest as its base, on disk, keyed by migration ID. Rounds go on while the
+// delta keeps shrinking, up to MaxRounds, and stop early when the delta
+// would cross in less than SmallDelta or the deadline nears. Then the real
+// freeze: the final checkpoint is encoded against the base as it is
+// produced and streamed into the target's delta-restore handler, which
+// rebuilds it on the fly and feeds it to the engine's Restore. Only the
+// final round's bytes cross while the container is frozen.
+//
+// When it pays: the source first times a small probe stream to the target.
+// A link faster than FastLink, or an archive that would cross in less than
+// MinTransfer, streams directly as before. The container label
+// orchestrate.precopy=on|off overrides the judgement.
+//
+// Failure: any pre-copy round that fails leaves the container running; the
+// source then falls back to a full transfer (the target's last complete base
+// is kept, so a failed later round still allows a delta). Right before the
+// final freeze the source asks the target whether it still holds the base
+// (a restarted agent clears its bases); if not, the final round is a full
+// transfer. The migration record says which method ran and why.
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/transfer"
+	"github.com/edgemigrate/orchestrate/transfer/delta"
+)
+
+// Stream kinds of content pre-copy.
+const (
+	// KindPrecopy: one leave-running round, a delta the target rebuilds and
+	// keeps as its base for the migration (header ID).
+	KindPrecopy = "precopy"
+	// KindPrecopyProbe: a throw-away stream that times the link; the answer
+	// says whether the target holds the base named in Meta["base"].
+	KindPrecopyProbe = "precopy-probe"
+	// KindDeltaRestore: the final round, a delta the target rebuilds into
+	// its engine's Restore as it arrives.
+	KindDeltaRestore = "delta-restore"
+)
+
+// LabelPrecopy on a container forces the method: "on" or "off" ("auto",
+// the default, judges by the link).
+const LabelPrecopy = "orchestrate.precopy"
+
+// Methods recorded in MigrationRecord.Extra["method"].
+const (
+	MethodDirect = "direct"
+	// MethodContent: pre-copy by content (chunk deltas), no kernel help.
+	MethodContent = "precopy-content"
+)
+
+// progPrecopy is a progress line of the source after each pre-copy round
+// (the leader keeps the report in the record; no phase change).
+const progPrecopy EventKind = "precopy"
+
+// PrecopyConfig tunes the source's judgement and its rounds.
+type PrecopyConfig struct {
+	// FastLink: at or above this rate (bytes/s) stream directly; the dump
+	// itself is then the bottleneck and pre-copy cannot shorten it.
+	FastLink float64
+	// MinTransfer: pre-copy only when the archive would take at least this
+	// long to cross.
+	MinTransfer time.Duration
+	// MaxRounds bounds the leave-running rounds (each freezes briefly).
+	MaxRounds int
+	// Shrink: another round only while a round's delta is at most this
+	// fraction of the one before.
+	Shrink float64
+	// SmallDelta: stop when the last delta crossed in less than this.
+	SmallDelta time.Duration
+	// Budget bounds the pre-copy phase; a deadline in the request (drain)
+	// shortens it.
+	Budget time.Duration
+	// ProbeBytes is the size of the link probe.
+	ProbeBytes int
+	// Dir is where a target keeps its bases; empty: a directory under
+	// os.TempDir() named after the host.
+	Dir string
+}
+
+// DefaultPrecopyConfig returns the defaults.
+func DefaultPrecopyConfig() PrecopyConfig {
+	return PrecopyConfig{
+		FastLink: 50e6, MinTransfer: 1500 * time.Millisecond, MaxRounds: 5, Shrink: 0.7,
+		SmallDelta: 300 * time.Millisecond, Budget: 3 * time.Minute, ProbeBytes: 2 << 20,
+	}
+}
+
+// PrecopyReport is what the source did, for the migration record.
+type PrecopyReport struct {
+	Method string `json:"method"`
+	Reason string `json:"reason,omitempty"`
+	// EnginePreCopy: the engine reports kernel dirty tracking (soft-dirty).
+	// No engine driver offers its own pre-dump step yet, so it is reported
+	// and content pre-copy runs regardless.
+	EnginePreCopy bool            `json:"engine_precopy"`
+	LinkBps       float64         `json:"link_bytes_per_s,omitempty"`
+	Rounds        []PrecopyRound  `json:"rounds,omitempty"`
+	Final         *PrecopyRound   `json:"final,omitempty"`
+	BytesSaved    int64           `json:"bytes_saved,omitempty"` // final archive minus final delta
+	WireBytes     int64           `json:"wire_bytes,omitempty"`  // all rounds and the final, as sent
+	Fallback      string          `json:"fallback,omitempty"`    // why a full transfer ended it
+	ExtraFreezes  []time.Duration `json:"extra_freezes,omitempty"`
+}
+
+// PrecopyRound is one round's numbers.
+type PrecopyRound struct {
+	Round        int           `json:"round"`
+	ArchiveBytes int64         `json:"archive_bytes"`
+	LiteralBytes int64         `json:"literal_bytes"`
+	DeltaBytes   int64         `json:"delta_bytes"`
+	WireBytes    int64         `json:"wire_bytes"`
+	Frozen       time.Duration `json:"frozen"`     // CRIU's frozen time
+	Checkpoint   time.Duration `json:"checkpoint"` // the engine call
+	Duration     time.Duration `json:"duration"`   // the whole round
+}
+
+// precopyAck is the target's answer to a round.
+type precopyAck struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+type probeAnswer struct {
+	Has bool `json:"has"`
+}
+
+// precopyOut runs the pre-copy phase while the container runs. It returns
+// the index of the base the target holds, or nil when the final round must
+// be a full transfer; the report says which and why. It never stops the
+// container: every error here ends in a fallback.
+func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutRequest, emit func(Progress), log *slog.Logger) (*delta.Index, *PrecopyReport) {
+	cfg := a.pc
+	rep := &PrecopyReport{Method: MethodDirect}
+	if fr, ok := a.eng.(engine.FeatureReporter); ok {
+		if f, err := fr.Features(ctx); err == nil {
+			rep.EnginePreCopy = f.PreCopy
+		}
+	}
+	mode := strings.ToLower(c.Labels[LabelPrecopy])
+	if mode == "off" || mode == "false" {
+		rep.Reason = LabelPrecopy + "=off"
+		return nil, rep
+	}
+	rate, _, err := a.probe(ctx, req, "", cfg.ProbeBytes)
+	if err != nil {
+		rep.Reason = "link probe failed: " + err.Error()
+		return nil, rep
+	}
+	rep.LinkBps = rate
+	size := a.memoryOf(ctx, c.ID)
+	if mode != "on" && mode != "true" {
+		if rate >= cfg.FastLink {
+			rep.Reason = fmt.Sprintf("link %.0f Mbit/s is fast: direct streaming", rate*8/1e6)
+			return nil, rep
+		}
+		if size > 0 && seconds(float64(size)/rate) < cfg.MinTransfer {
+			rep.Reason = fmt.Sprintf("%d MiB cross in %s: direct streaming", size>>20, seconds(float64(size)/rate).Round(time.Millisecond))
+			return nil, rep
+		}
+	}
+	deadline := time.Now().Add(cfg.Budget)
+	if !req.Deadline.IsZero() && req.Deadline.Before(deadline) {
+		deadline = req.Deadline
+	}
+	if size > 0 && time.Now().Add(2*seconds(float64(size)/rate)).After(deadline) {
+		rep.Reason = "the deadline leaves no time for pre-copy"
+		return nil, rep
+	}
+	rep.Method = MethodContent
+	rep.Reason = fmt.Sprintf("link %.0f Mbit/s", rate*8/1e6)
+	var base *delta.Index
+	var prev int64
+	for round := 1; round <= cfg.MaxRounds; round++ {
+		if round > 1 {
+			est := seconds(float64(prev) / rate)
+			if est < cfg.SmallDelta {
+				rep.Reason += fmt.Sprintf("; stopped after round %d: the delta crosses in %s", round-1, est.Round(time.Millisecond))
+				break
+			}
+			if time.Now().Add(3 * est).After(deadline) {
+				rep.Reason += fmt.Sprintf("; stopped after round %d: the deadline nears", round-1)
+				break
+			}
+		}
+		next, rr, err := a.precopyRound(ctx, c, req, base, round)
+		if err != nil {
+			log.Warn("pre-copy round failed", "round", round, "err", err)
+			rep.Fallback = fmt.Sprintf("round %d: %v", round, err)
+			if base == nil || ctx.Err() != nil {
+				return nil, rep
+			}
+			break // the target keeps the last complete base; the probe checks
+		}
+		log.Info(fmt.Sprintf("pre-copy round %d sent", round), "archive", rr.ArchiveBytes, "literal", rr.LiteralBytes,
+			"wire", rr.WireBytes, "frozen", rr.Frozen, "took", rr.Duration)
+		rep.Rounds = append(rep.Rounds, rr)
+		rep.WireBytes += rr.WireBytes
+		rep.ExtraFreezes = append(rep.ExtraFreezes, rr.Frozen)
+		emit(Progress{Kind: progPrecopy, Precopy: rep.clone()})
+		base = next
+		// The full first round, on a link slow enough to pre-copy, is bound
+		// by the link: it measures it better than the probe did. (Later
+		// rounds are bound by the dump.)
+		if round == 1 && rr.WireBytes >= 8<<20 && rr.Duration > 0 {
+			rate = float64(rr.WireBytes) / rr.Duration.Seconds()
+			rep.LinkBps = rate
+		}
+		if round > 1 && float64(rr.WireBytes) > cfg.Shrink*float64(prev) {
+			rep.Reason += fmt.Sprintf("; stopped after round %d: the delta stopped shrinking", round)
+			break
+		}
+		prev = rr.WireBytes
+	}
+	// The target must still hold the base right before the freeze (a
+	// restarted agent has lost it). Its agent may be restarting: retry.
+	var has bool
+	for attempt := 0; ; attempt++ {
+		_, has, err = a.probe(ctx, req, hex.EncodeToString(sumOf(base)), 1)
+		if err == nil || attempt >= 8 || ctx.Err() != nil {
+			break
+		}
+		if !sleepCtx(ctx, backoff(attempt)) {
+			break
+		}
+	}
+	if err != nil || !has {
+		if err == nil {
+			err = errors.New("the target no longer holds the pre-copied archive")
+		}
+		rep.Fallback = err.Error()
+		return nil, rep
+	}
+	return base, rep
+}
+
+func (r *PrecopyReport) clone() *PrecopyReport {
+	c := *r
+	c.Rounds = append([]PrecopyRound(nil), r.Rounds...)
+	c.ExtraFreezes = append([]time.Duration(nil), r.ExtraFreezes...)
+	return &c
+}
+
+func sumOf(ix *delta.Index) []byte {
+	if ix == nil {
+		return nil
+	}
+	s := ix.Sum()
+	return s[:]
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// memoryOf is the container's memory use when the engine reports it (List
+// does for Podman), else 0.
+func (a *Agent) memoryOf(ctx context.Context, id string) int64 {
+	cs, err := a.eng.List(ctx)
+	if err != nil {
+		return 0
+	}
+	for _, c := range cs {
+		if c.ID == id {
+			return c.MemoryBytes
+		}
+	}
+	return 0
+}
+
+// probe streams n random bytes to the target and returns the rate it saw
+// and whether the target holds base (hex sha256) for this migration.
+func (a *Agent) probe(ctx context.Context, req OutRequest, base string, n int) (float64, bool, error) {
+	hdr := transfer.StreamHeader{Kind: KindPrecopyProbe, ID: req.Migration, Meta: map[string]string{"base": base}}
+	res, st, err := a.sender.Stream(ctx, req.TargetAddr, hdr, func(w io.Writer) error {
+		buf := make([]byte, 64<<10)
+		for left := n; left > 0; left -= len(buf) {
+			b := buf[:min(len(buf), left)]
+			_, _ = rand.Read(b)
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	var ans probeAnswer
+	if err := json.Unmarshal(res, &ans); err != nil {
+		return 0, false, fmt.Errorf("probe answer %q: %w", res, err)
+	}
+	d := max(st.Duration, time.Millisecond)
+	return float64(max(st.WireBytes, int64(n))) / d.Seconds(), ans.Has, nil
+}
+
+// precopyRound takes a leave-running checkpoint and streams it as a delta
+// against base (nil: everything). It returns the new archive's index.
+func (a *Agent) precopyRound(ctx context.Context, c engine.Container, req OutRequest, base *delta.Index, round int) (*delta.Index, PrecopyRound, error) {
+	start := time.Now()
+	rr := PrecopyRound{Round: round}
+	hdr := transfer.StreamHeader{Kind: KindPrecopy, ID: req.Migration, Meta: map[string]string{
+		"container": c.ID, "round": strconv.Itoa(round), "base": hex.EncodeToString(sumOf(base)),
+	}}
+	var enc *delta.Encoder
+	var ckpt engine.Stats
+	res, st, err := a.sender.Stream(ctx, req.TargetAddr, hdr, func(w io.Writer) error {
+		var err error
+		enc, err = delta.NewEncoder(w, base)
+		if err != nil {
+			return err
+		}
+		ckpt, err = a.eng.Checkpoint(ctx, c.ID, enc, engine.CheckpointOptions{LeaveRunning: true, TCPEstablished: true})
+		if err != nil {
+			enc.CloseWithError(err)
+			return err
+		}
+		return enc.Close()
+	})
+	if err != nil {
+		return nil, rr, err
+	}
+	var ack precopyAck
+	if err := json.Unmarshal(res, &ack); err != nil {
+		return nil, rr, fmt.Errorf("target answered %q: %w", res, err)
+	}
+	ix := enc.Index()
+	if ack.Size != ix.Size() || ack.SHA256 != hex.EncodeToString(sumOf(ix)) {
+		return nil, rr, fmt.Errorf("target rebuilt %d bytes sha256 %.16s, sent %d bytes sha256 %.16s", ack.Size, ack.SHA256, ix.Size(), hex.EncodeToString(sumOf(ix)))
+	}
+	es := enc.Stats()
+	rr.ArchiveBytes, rr.LiteralBytes, rr.DeltaBytes, rr.WireBytes = es.Bytes, es.LiteralBytes, es.DeltaBytes, st.WireBytes
+	rr.Frozen, rr.Checkpoint, rr.Duration = ckpt.FrozenTime, ckpt.Duration, time.Since(start)
+	return ix, rr, nil
+}
+
+// Target side.
+
+// baseStore keeps, per migration, the last archive the source pre-copied.
+// Files live in dir; a new process starts with none (clear), because a
+// source never trusts a base it did not see acknowledged in this run.
+type baseStore struct {
+	dir string
+	mu  sync.Mutex
+	m   map[string]storedBase
+}
+
+type storedBase struct {
+	path string
+	size int64
+	sum  [32]byte
+}
+
+var validID = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// errNoBase: the target holds no (or another) base for the migration.
+var errNoBase = fmt.Errorf("%w: no pre-copied archive for this migration here", delta.ErrBase)
+
+func newBaseStore(dir string) *baseStore { return &baseStore{dir: dir, m: map[string]storedBase{}} }
+
+func (s *baseStore) clear() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_ = os.RemoveAll(s.dir)
+	s.m = map[string]storedBase{}
+}
+
+// open returns the base named by sumHex ("" : none) and a func to close it.
+func (s *baseStore) open(id, sumHex string) (*delta.Base, func(), error) {
+	if sumHex == "" {
+		return nil, func() {}, nil
+	}
+	s.mu.Lock()
+	b, ok := s.m[id]
+	s.mu.Unlock()
+	if !ok || hex.EncodeToString(b.sum[:]) != sumHex {
+		return nil, nil, fmt.Errorf("migration %s: base %.16s: %w", id, sumHex, errNoBase)
+	}
+	f, err := os.Open(b.path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("migration %s: %w: %v", id, errNoBase, err)
+	}
+	return &delta.Base{R: f, Size: b.size, Sum: b.sum}, func() { f.Close() }, nil
+}
+
+func (s *baseStore) has(id, sumHex string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.m[id]
+	return ok && sumHex != "" && hex.EncodeToString(b.sum[:]) == sumHex
+}
+
+// receive rebuilds a round from r into a new file and makes it id's base.
+func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBase, error) {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return storedBase{}, err
+	}
+	f, err := os.CreateTemp(s.dir, id+".*.partial")
+	if err != nil {
+		return storedBase{}, err
+	}
+	h := sha256.New()
+	n, err := delta.Decode(io.MultiWriter(f, h), r, base)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return storedBase{}, err
+	}
+	nb := storedBase{path: filepath.Join(s.dir, id+".base"), size: n}
+	copy(nb.sum[:], h.Sum(nil))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Replacing the file under a reader of the old one is fine: the reader
+	// keeps its open file.
+	if err := os.Rename(f.Name(), nb.path); err != nil {
+		os.Remove(f.Name())
+		return storedBase{}, err
+	}
+	s.m[id] = nb
+	return nb, nil
+}
+
+func (s *baseStore) drop(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b, ok := s.m[id]; ok {
+		os.Remove(b.path)
+		delete(s.m, id)
+	}
+}
+
+func (a *Agent) handlePrecopy(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if !validID.MatchString(h.ID) {
+		return nil, fmt.Errorf("pre-copy stream with a bad migration ID %q", h.ID)
+	}
+	base, done, err := a.bases.open(h.ID, h.Meta["base"])
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	nb, err := a.bases.receive(h.ID, r, base)
+	if err != nil {
+		return nil, fmt.Errorf("pre-copy round %s of %s on %s: %w", h.Meta["round"], h.ID, a.host, err)
+	}
+	a.log.Info("pre-copy round received", "migration", h.ID, "round", h.Meta["round"], "bytes", nb.size)
+	return json.Marshal(precopyAck{Size: nb.size, SHA256: hex.EncodeToString(nb.sum[:])})
+}
+
+func (a *Agent) handleProbe(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return nil, err
+	}
+	return json.Marshal(probeAnswer{Has: a.bases.has(h.ID, h.Meta["base"])})
+}
+
+// handleDeltaRestore is the final round: the archive is rebuilt from the
+// base and the delta as it arrives and fed to the restore. The base goes
+// afterwards, whatever the outcome.
+func (a *Agent) handleDeltaRestore(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	base, done, err := a.bases.open(h.ID, h.Meta["base"])
+	if err != nil {
+		return nil, fmt.Errorf("restore %s on %s: %w", h.Meta["name"], a.host, err)
+	}
+	defer a.bases.drop(h.ID)
+	defer done()
+	rd := delta.NewReader(r, base)
+	defer rd.Close()
+	return a.restoreFrom(ctx, h, rd)
+}
+
+// MethodFallback: pre-copy ran, but the final round was a full transfer
+// (the target lost its base, or a round failed before any base existed).
+const MethodFallback = "full-after-precopy"
+
+// final adds the last round, the one the container was frozen for.
+func (r *PrecopyReport) final(ckpt engine.Stats, st transfer.StreamStats, enc *delta.Encoder) {
+	f := PrecopyRound{Round: len(r.Rounds) + 1, ArchiveBytes: ckpt.Bytes, DeltaBytes: st.Bytes, LiteralBytes: st.Bytes,
+		WireBytes: st.WireBytes, Frozen: ckpt.FrozenTime, Checkpoint: ckpt.Duration, Duration: st.Duration}
+	if enc != nil {
+		es := enc.Stats()
+		f.ArchiveBytes, f.LiteralBytes, f.DeltaBytes = es.Bytes, es.LiteralBytes, es.DeltaBytes
+		r.BytesSaved = max(0, es.Bytes-es.DeltaBytes)
+	} else if r.Method == MethodContent {
+		r.Method = MethodFallback
+	}
+	r.WireBytes += st.WireBytes
+	r.Final = &f
+}
+
+// record puts the report into a migration record's Extra (a copy).
+func (r *PrecopyReport) record(extra map[string]any) map[string]any {
+	out := make(map[string]any, len(extra)+4)
+	for k, v := range extra {
+		out[k] = v
+	}
+	if r == nil {
+		return out
+	}
+	out["method"] = r.Method
+	out["precopy"] = r
+	if r.BytesSaved > 0 {
+		out["bytes_saved"] = r.BytesSaved
+	}
+	if len(r.ExtraFreezes) > 0 {
+		ms := make([]int64, len(r.ExtraFreezes))
+		for i, d := range r.ExtraFreezes {
+			ms[i] = d.Milliseconds()
+		}
+		out["extra_freezes_ms"] = ms
+	}
+	return out
+}
+
+// deadlineOf reads a drain's deadline from a record's Extra.
+func deadlineOf(extra map[string]any) time.Time {
+	if s, ok := extra["deadline"].(string); ok {
+		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+			return t
+		}
+	}
+	return time.Time{}
+}
