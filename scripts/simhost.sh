@@ -22,6 +22,8 @@
 #   simhost.sh kill-podman NAME    SIGKILL the host's Podman service (failure tests)
 #   simhost.sh start-podman NAME   start it again
 #   simhost.sh shape NAME RATE     shape NAME's link to RATE (e.g. 100mbit) both ways; RATE=off removes it
+#   simhost.sh start-docker NAME   start a private dockerd in NAME (--experimental, no iptables, no
+#                                  bridge; CRIU from /usr/local/sbin first on its PATH); prints docker=unix://...
 #
 # Only addresses in 10.99.0.0/24, only inside these namespaces. Nothing is routed
 # anywhere else: the namespaces have no default route.
@@ -107,6 +109,36 @@ cmd_kill_podman() {
   rm -f "$d/podman.pid"
 }
 
+# start_docker NAME: a private dockerd (and the containerd it starts) for the
+# host: its own data root, exec root, socket, cgroup parent and config file, so
+# that it shares nothing with the machine's Docker or other hosts' daemons. It
+# never touches the firewall or the host's network (no bridge, no iptables).
+start_docker() {
+  local name=$1 d=$STATE/$1 data=$DATA/$1
+  [ -e "$d/mnt" ] || die "no host $name"
+  command -v dockerd >/dev/null || die "dockerd missing: run scripts/install-docker.sh"
+  mkdir -p "$data/docker" "$d/dx" "$d/tmp"
+  [ -f "$d/daemon.json" ] || echo '{}' >"$d/daemon.json"
+  rm -f "$d/docker.sock"
+  (
+    cd /
+    exec setsid nsenter --mount="$d/mnt" --net="/run/netns/osim-$name" \
+      env -i $(host_env "$name" | tr '\n' ' ') \
+      dockerd --config-file "$d/daemon.json" --data-root "$data/docker" --exec-root "$d/dx" \
+      --pidfile "$d/dx/dockerd.pid" -H "unix://$d/docker.sock" --experimental \
+      --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none \
+      --cgroup-parent "/osim-$name" --exec-opt native.cgroupdriver=cgroupfs --log-level=warn \
+      </dev/null >>"$d/docker.log" 2>&1 9>&-
+  ) &
+  echo $! >"$d/docker.pid"
+  for _ in $(seq 1 200); do
+    [ -S "$d/docker.sock" ] && curl -sf --unix-socket "$d/docker.sock" http://d/_ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf --unix-socket "$d/docker.sock" http://d/_ping >/dev/null 2>&1 || { tail -20 "$d/docker.log" >&2; die "dockerd for $name did not start"; }
+  echo "docker=unix://$d/docker.sock"
+}
+
 cmd_up() {
   local name=$1 ip=${2:-} d=$STATE/$1 data=$DATA/$1
   valid_name "$name"
@@ -184,6 +216,11 @@ cmd_down() {
   if [ -S "$d/podman.sock" ] && [ -e "$d/mnt" ] && [ -e "/run/netns/osim-$name" ]; then
     (cmd_exec "$name" timeout 30 podman rm -af -t 0 >/dev/null 2>&1) || true
   fi
+  # The same for a private dockerd: its containers may live in network
+  # namespaces of their own, where the sweep below would not find them.
+  if [ -S "$d/docker.sock" ] && [ -e "$d/mnt" ]; then
+    (cmd_exec "$name" sh -c "ids=\$(timeout 10 /usr/bin/docker -H unix://$d/docker.sock ps -aq); [ -z \"\$ids\" ] || timeout 30 /usr/bin/docker -H unix://$d/docker.sock rm -f \$ids" >/dev/null 2>&1) || true
+  fi
   for f in "$d"/*.pid; do
     [ -f "$f" ] || continue
     pid=$(cat "$f")
@@ -206,6 +243,10 @@ cmd_down() {
     rm_retry "${DATA:?}/$name"
   fi
   rm_retry "${STATE:?}/$name"
+  # The cgroups a private dockerd made under its --cgroup-parent.
+  for cg in /sys/fs/cgroup/*/"osim-$name"; do
+    [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
 }
 
 cmd_down_all() {
@@ -248,6 +289,7 @@ case "${1:-}" in
   list) ls "$STATE" 2>/dev/null || true ;;
   kill-podman) [ $# -eq 2 ] || die "usage: simhost.sh kill-podman NAME"; cmd_kill_podman "$2" ;;
   start-podman) [ $# -eq 2 ] || die "usage: simhost.sh start-podman NAME"; start_podman "$2" ;;
+  start-docker) [ $# -eq 2 ] || die "usage: simhost.sh start-docker NAME"; start_docker "$2" ;;
   shape) [ $# -eq 3 ] || die "usage: simhost.sh shape NAME RATE|off"; cmd_shape "$2" "$3" ;;
   *) die "usage: simhost.sh up|down|down-all|exec|env|list|shape ..." ;;
 esac

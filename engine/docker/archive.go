@@ -1,0 +1,387 @@
+package docker
+
+import (
+	"archive/tar"
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/docker/docker/api/types/filters"
+)
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func writeJSON(tw *tar.Writer, name string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: int64(len(b)), ModTime: time.Now(), Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+		return err
+	}
+	_, err = tw.Write(b)
+	return err
+}
+
+func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
+
+const xattrPrefix = "SCHILY.xattr."
+
+// addTree writes the tree at dir under prefix: regular files, directories,
+// symbolic links, hard links as copies, devices (overlay whiteouts are 0:0
+// character devices) and FIFOs, with owners, modes, times and (withXattrs)
+// extended attributes, which carry overlay's opaque-directory marks. It
+// returns the number of entries written. A missing dir writes nothing.
+func addTree(tw *tar.Writer, dir, prefix string, withXattrs bool) (int, error) {
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	n := 0
+	buf := make([]byte, 1<<20)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		if rel == "." {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		var link string
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		if fi.Mode()&fs.ModeSocket != 0 {
+			return nil // sockets are recreated by their owners
+		}
+		hdr, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return err
+		}
+		hdr.Name = prefix + "/" + filepath.ToSlash(rel)
+		if fi.IsDir() {
+			hdr.Name += "/"
+		}
+		hdr.Uname, hdr.Gname = "", ""
+		hdr.Format = tar.FormatPAX
+		if withXattrs {
+			if xs := xattrs(p); len(xs) > 0 {
+				hdr.PAXRecords = map[string]string{}
+				for k, v := range xs {
+					hdr.PAXRecords[xattrPrefix+k] = v
+				}
+			}
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		n++
+		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			_, err = io.CopyBuffer(tw, io.LimitReader(f, hdr.Size), buf)
+			f.Close()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return n, err
+}
+
+func xattrs(p string) map[string]string {
+	sz, err := unix.Llistxattr(p, nil)
+	if err != nil || sz <= 0 {
+		return nil
+	}
+	names := make([]byte, sz)
+	sz, err = unix.Llistxattr(p, names)
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, name := range strings.Split(string(names[:sz]), "\x00") {
+		if name == "" {
+			continue
+		}
+		vsz, err := unix.Lgetxattr(p, name, nil)
+		if err != nil || vsz < 0 {
+			continue
+		}
+		v := make([]byte, vsz)
+		vsz, err = unix.Lgetxattr(p, name, v)
+		if err != nil {
+			continue
+		}
+		out[name] = string(v[:vsz])
+	}
+	return out
+}
+
+// safeJoin joins rel under base, refusing paths that leave base, either
+// lexically or through a symbolic link among the parents.
+func safeJoin(base, rel string) (string, error) {
+	rel = strings.TrimSuffix(rel, "/")
+	clean := filepath.Clean("/" + rel)
+	if clean != "/"+rel || strings.Contains(rel, "\\") {
+		return "", fmt.Errorf("path %q escapes or is not clean", rel)
+	}
+	p := filepath.Join(base, clean)
+	for d := filepath.Dir(p); len(d) > len(base); d = filepath.Dir(d) {
+		fi, err := os.Lstat(d)
+		if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			return "", fmt.Errorf("path %q goes through a symbolic link", rel)
+		}
+	}
+	return p, nil
+}
+
+// extract creates one entry under base.
+func extract(base, rel string, hdr *tar.Header, r io.Reader) error {
+	if rel == "" || rel == "/" {
+		return os.MkdirAll(base, 0o700)
+	}
+	p, err := safeJoin(base, rel)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	mode := os.FileMode(hdr.Mode).Perm()
+	if hdr.Mode&0o4000 != 0 {
+		mode |= os.ModeSetuid
+	}
+	if hdr.Mode&0o2000 != 0 {
+		mode |= os.ModeSetgid
+	}
+	if hdr.Mode&0o1000 != 0 {
+		mode |= os.ModeSticky
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return err
+		}
+	case tar.TypeReg:
+		_ = removeIfNotDir(p)
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(f, r)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	case tar.TypeSymlink:
+		_ = os.RemoveAll(p)
+		if err := os.Symlink(hdr.Linkname, p); err != nil {
+			return err
+		}
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		_ = os.RemoveAll(p)
+		m := uint32(unix.S_IFCHR)
+		if hdr.Typeflag == tar.TypeBlock {
+			m = unix.S_IFBLK
+		} else if hdr.Typeflag == tar.TypeFifo {
+			m = unix.S_IFIFO
+		}
+		if err := unix.Mknod(p, m|uint32(hdr.Mode&0o7777), int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
+	}
+	if err := os.Lchown(p, hdr.Uid, hdr.Gid); err != nil {
+		return err
+	}
+	for k, v := range hdr.PAXRecords {
+		if name, ok := strings.CutPrefix(k, xattrPrefix); ok {
+			if err := unix.Lsetxattr(p, name, []byte(v), 0); err != nil {
+				return fmt.Errorf("xattr %s: %w", name, err)
+			}
+		}
+	}
+	if hdr.Typeflag != tar.TypeSymlink {
+		if err := os.Chmod(p, mode); err != nil {
+			return err
+		}
+		if hdr.Typeflag != tar.TypeDir {
+			_ = os.Chtimes(p, hdr.AccessTime, hdr.ModTime)
+		}
+	}
+	return nil
+}
+
+func removeIfNotDir(p string) error {
+	fi, err := os.Lstat(p)
+	if err != nil || fi.IsDir() {
+		return err
+	}
+	return os.Remove(p)
+}
+
+// emptyDir removes everything inside dir.
+func emptyDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, en := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, en.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func volumeFilter(name string) filters.Args { return filters.NewArgs(filters.Arg("volume", name)) }
+
+// loadedImage reads the JSON message stream of an image load and returns
+// the loaded image's name (or ID).
+func loadedImage(r io.Reader) (string, error) {
+	var name string
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var msg struct {
+			Stream string `json:"stream"`
+			Error  string `json:"error"`
+		}
+		if json.Unmarshal(sc.Bytes(), &msg) != nil {
+			continue
+		}
+		if msg.Error != "" {
+			return "", errors.New(msg.Error)
+		}
+		s := strings.TrimSpace(msg.Stream)
+		if v, ok := strings.CutPrefix(s, "Loaded image: "); ok && name == "" {
+			name = v
+		} else if v, ok := strings.CutPrefix(s, "Loaded image ID: "); ok && name == "" {
+			name = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	if name == "" {
+		return "", errors.New("the daemon loaded nothing")
+	}
+	return name, nil
+}
+
+type dumpStats struct {
+	frozen, memdump, memwrite time.Duration
+	pagesWritten              uint64
+}
+
+// CRIU image magics (criu/include/magic.h).
+const (
+	imgServiceMagic = 0x55105940
+	statsMagic      = 0x57093306
+)
+
+// parseDumpStats decodes CRIU's stats-dump image (as engine/podman does):
+// two magics, a length, and a StatsEntry whose field 1 is the
+// DumpStatsEntry, times in µs.
+func parseDumpStats(b []byte) (*dumpStats, error) {
+	if len(b) < 12 || binary.LittleEndian.Uint32(b) != imgServiceMagic || binary.LittleEndian.Uint32(b[4:]) != statsMagic {
+		return nil, errors.New("stats-dump: bad magic")
+	}
+	size := int(binary.LittleEndian.Uint32(b[8:]))
+	msg := b[12:]
+	if size > len(msg) {
+		return nil, errors.New("stats-dump: truncated")
+	}
+	msg = msg[:size]
+	var dump []byte
+	for len(msg) > 0 && dump == nil {
+		num, typ, n := protowire.ConsumeTag(msg)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		msg = msg[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(msg)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			dump = v
+			break
+		}
+		n = protowire.ConsumeFieldValue(num, typ, msg)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		msg = msg[n:]
+	}
+	if dump == nil {
+		return nil, errors.New("stats-dump: no dump statistics")
+	}
+	st := &dumpStats{}
+	for len(dump) > 0 {
+		num, typ, n := protowire.ConsumeTag(dump)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		dump = dump[n:]
+		if typ != protowire.VarintType {
+			n = protowire.ConsumeFieldValue(num, typ, dump)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			dump = dump[n:]
+			continue
+		}
+		v, n := protowire.ConsumeVarint(dump)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		dump = dump[n:]
+		switch num {
+		case 2:
+			st.frozen = time.Duration(v) * time.Microsecond
+		case 3:
+			st.memdump = time.Duration(v) * time.Microsecond
+		case 4:
+			st.memwrite = time.Duration(v) * time.Microsecond
+		case 7:
+			st.pagesWritten = v
+		}
+	}
+	return st, nil
+}

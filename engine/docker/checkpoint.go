@@ -1,0 +1,586 @@
+package docker
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/volume"
+
+	"github.com/edgemigrate/orchestrate/engine"
+)
+
+// Archive layout (see the package comment).
+const (
+	entryManifest = "orchestrate-docker.json"
+	entryTrailer  = "orchestrate-docker.end"
+	dirCheckpoint = "checkpoint"
+	dirRootfs     = "rootfs"
+	dirVolumes    = "volumes"
+	manifestV1    = 1
+	// checkpointPrefix names the checkpoints this engine makes, so Resume
+	// finds its own among any others.
+	checkpointPrefix = "orc-"
+)
+
+// manifest is the archive's first entry.
+type manifest struct {
+	Format     int                    `json:"format"`
+	ID         string                 `json:"id"`        // identity (LabelID or the Docker ID)
+	DockerID   string                 `json:"docker_id"` // the source's Docker ID
+	Name       string                 `json:"name"`
+	Image      string                 `json:"image"`    // the name it was created from
+	ImageID    string                 `json:"image_id"` // the target must hold exactly this
+	Checkpoint string                 `json:"checkpoint"`
+	Config     *container.Config      `json:"config"`
+	HostConfig *container.HostConfig  `json:"host_config"`
+	Mounts     []types.MountPoint     `json:"mounts"`
+	Volumes    []manifestVolume       `json:"volumes,omitempty"`
+	Memory     int64                  `json:"memory_bytes,omitempty"`
+	Extra      map[string]interface{} `json:"extra,omitempty"`
+}
+
+type manifestVolume struct {
+	Name        string            `json:"name"`
+	Driver      string            `json:"driver"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Destination string            `json:"destination"`
+}
+
+type trailer struct {
+	Entries int `json:"entries"`
+}
+
+// step logs how long one step of a checkpoint or restore took: the
+// breakdown that shows where a Docker migration's time goes.
+func (e *Engine) step(op, ctr, name string, start time.Time) time.Time {
+	now := time.Now()
+	e.log.Info("docker step", "op", op, "container", ctr, "step", name, "ms", now.Sub(start).Milliseconds())
+	return now
+}
+
+// preflight refuses, before anything freezes, what Docker's checkpoint
+// cannot carry.
+func (e *Engine) preflight(ctx context.Context, cj types.ContainerJSON, opts engine.CheckpointOptions) ([]manifestVolume, error) {
+	if _, err := e.checkDaemon(ctx); err != nil {
+		return nil, err
+	}
+	if cj.GraphDriver.Name != "overlay2" || cj.GraphDriver.Data["UpperDir"] == "" {
+		return nil, fmt.Errorf("%w: storage driver %q: only overlay2's writable layer can be carried", ErrUnsupported, cj.GraphDriver.Name)
+	}
+	switch nm := cj.HostConfig.NetworkMode; {
+	case nm.IsHost(), nm.IsNone():
+	default:
+		return nil, fmt.Errorf("%w: network mode %q: only host or no networking can be restored elsewhere (a new network namespace would not have the container's addresses)", ErrUnsupported, nm)
+	}
+	if n, err := establishedTCP(cj.State.Pid); err != nil {
+		return nil, fmt.Errorf("look for TCP connections: %w", err)
+	} else if n > 0 {
+		return nil, fmt.Errorf("%w: it holds %d established TCP connection(s), and Docker has no tcp-established checkpoint", ErrUnsupported, n)
+	}
+	var vols []manifestVolume
+	for _, m := range cj.Mounts {
+		if m.Type != mount.TypeVolume {
+			continue
+		}
+		if m.Driver != "local" {
+			return nil, fmt.Errorf("%w: volume %s uses driver %q; only local volumes' contents can be carried", ErrUnsupported, m.Name, m.Driver)
+		}
+		v, err := e.cli.VolumeInspect(ctx, m.Name)
+		if err != nil {
+			return nil, fmt.Errorf("volume %s: %w", m.Name, err)
+		}
+		if len(v.Options) > 0 {
+			return nil, fmt.Errorf("%w: volume %s has driver options (%v); only plain local volumes can be carried", ErrUnsupported, m.Name, v.Options)
+		}
+		vols = append(vols, manifestVolume{Name: m.Name, Driver: m.Driver, Labels: v.Labels, Destination: m.Destination})
+	}
+	return vols, nil
+}
+
+// Checkpoint implements engine.Checkpointer. It writes the manifest, then
+// has dockerd checkpoint the container into a directory, then streams that
+// directory, the writable layer's changes and the named volumes' contents.
+// With opts.Keep the checkpoint stays where `docker start --checkpoint`
+// finds it, for Resume. opts.TCPEstablished cannot be honoured: a container
+// holding established TCP connections is refused before it freezes.
+func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts engine.CheckpointOptions) (engine.Stats, error) {
+	start := time.Now()
+	cj, err := e.resolve(ctx, id)
+	if err != nil {
+		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, wrap(err))
+	}
+	if cj.State == nil || !cj.State.Running {
+		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, engine.ErrNotRunning)
+	}
+	name := strings.TrimPrefix(cj.Name, "/")
+	vols, err := e.preflight(ctx, cj, opts)
+	if err != nil {
+		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", name, err)
+	}
+	info, _ := e.daemonInfo(ctx)
+	mem := e.memory(ctx, cj.ID)
+	root := e.daemonRoot()
+	t := e.step("checkpoint", name, "inspect+preflight", start)
+
+	cw := &countWriter{w: w}
+	tw := tar.NewWriter(cw)
+	ckpt := fmt.Sprintf("%s%d", checkpointPrefix, time.Now().UnixNano())
+	m := manifest{
+		Format: manifestV1, ID: identity(cj.ID, cj.Config.Labels), DockerID: cj.ID, Name: name,
+		Image: cj.Config.Image, ImageID: cj.Image, Checkpoint: ckpt,
+		Config: cj.Config, HostConfig: cj.HostConfig, Mounts: cj.Mounts, Volumes: vols, Memory: mem,
+	}
+	if err := writeJSON(tw, entryManifest, m); err != nil {
+		return engine.Stats{}, fmt.Errorf("checkpoint %s: write manifest: %w", name, err)
+	}
+
+	// The freeze: dockerd has CRIU dump into containerd's temporary
+	// directory, stores that in containerd's content store, and unpacks it
+	// into the container's checkpoint directory, which is linked to the
+	// staging directory when there is one.
+	staged := false
+	if stage := e.stagingDir(root, mem); stage != "" {
+		if err := linkStage(root, info.DockerRootDir, cj.ID, filepath.Join(stage, cj.ID)); err != nil {
+			e.log.Debug("not staging the checkpoint", "container", name, "err", err)
+		} else {
+			staged = true
+		}
+	}
+	dir := filepath.Join(info.DockerRootDir, "containers", cj.ID, "checkpoints", ckpt)
+	watch := e.watchCRIULogs(root, "ctd-checkpoint", "dump.log")
+	err = e.cli.CheckpointCreate(ctx, cj.ID, types.CheckpointCreateOptions{CheckpointID: ckpt, Exit: !opts.LeaveRunning})
+	criuLog := watch.stop()
+	dropCheckpoint := func() {
+		_ = os.RemoveAll(inRoot(root, dir))
+		unlinkStage(root, info.DockerRootDir, cj.ID)
+	}
+	if err != nil {
+		dropCheckpoint()
+		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", name, criuError(err, criuLog))
+	}
+	t = e.step("checkpoint", name, "docker checkpoint (CRIU dump, containerd content store, unpack)", t)
+	st := engine.Stats{}
+	if b, err := os.ReadFile(filepath.Join(inRoot(root, dir), "stats-dump")); err == nil {
+		if ds, err := parseDumpStats(b); err == nil {
+			st.FrozenTime, st.MemdumpTime, st.MemwriteTime, st.PagesWritten = ds.frozen, ds.memdump, ds.memwrite, ds.pagesWritten
+		}
+	}
+
+	n := 1
+	k, err := addTree(tw, inRoot(root, dir), dirCheckpoint, false)
+	n += k
+	if err == nil {
+		t = e.step("checkpoint", name, "stream checkpoint images", t)
+		k, err = addTree(tw, inRoot(root, cj.GraphDriver.Data["UpperDir"]), dirRootfs, true)
+		n += k
+	}
+	for _, v := range vols {
+		if err != nil {
+			break
+		}
+		var src string
+		for _, mp := range cj.Mounts {
+			if mp.Type == mount.TypeVolume && mp.Name == v.Name {
+				src = mp.Source
+			}
+		}
+		k, err = addTree(tw, inRoot(root, src), dirVolumes+"/"+v.Name, true)
+		n += k
+	}
+	if err == nil {
+		err = writeJSON(tw, entryTrailer, trailer{Entries: n})
+	}
+	if err == nil {
+		err = tw.Close()
+	}
+	st.Duration, st.Bytes = time.Since(start), cw.n
+	if !opts.Keep {
+		dropCheckpoint()
+	}
+	if err != nil {
+		return st, fmt.Errorf("checkpoint %s: stream archive after %d bytes: %w", name, cw.n, err)
+	}
+	e.step("checkpoint", name, "stream writable layer and volumes", t)
+	e.log.Debug("checkpointed", "container", name, "bytes", st.Bytes, "duration", st.Duration, "staged", staged)
+	return st, nil
+}
+
+// linkStage makes the container's checkpoint directory a symbolic link to
+// stage (a dockerd path), so that dockerd writes and reads checkpoints
+// there. dockerd resolves the link as a parent directory; a link per
+// checkpoint would not do, because it packs a checkpoint by walking its
+// directory without following a link at the top. It refuses when the
+// directory holds checkpoints already.
+func linkStage(root, dataRoot, dockerID, stage string) error {
+	cdir := root + filepath.Join(dataRoot, "containers", dockerID, "checkpoints")
+	if target, err := os.Readlink(cdir); err == nil {
+		if target == stage {
+			return os.MkdirAll(root+stage, 0o700)
+		}
+		return fmt.Errorf("%s links to %s", cdir, target)
+	}
+	if err := os.Remove(cdir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err // a directory with checkpoints in it
+	}
+	if err := os.MkdirAll(root+stage, 0o700); err != nil {
+		return err
+	}
+	return os.Symlink(stage, cdir)
+}
+
+// unlinkStage undoes linkStage once the staging directory is empty.
+func unlinkStage(root, dataRoot, dockerID string) {
+	cdir := root + filepath.Join(dataRoot, "containers", dockerID, "checkpoints")
+	target, err := os.Readlink(cdir)
+	if err != nil {
+		return
+	}
+	if rerr := os.Remove(inRoot(root, target)); rerr == nil || errors.Is(rerr, os.ErrNotExist) {
+		_ = os.Remove(cdir)
+	}
+}
+
+// keptCheckpoint returns the newest checkpoint this engine kept for the
+// container, or "".
+func (e *Engine) keptCheckpoint(ctx context.Context, dockerID string) string {
+	// Read the directory: dockerd's own listing skips the symbolic links
+	// that point at staged checkpoints.
+	info, err := e.daemonInfo(ctx)
+	if err != nil {
+		return ""
+	}
+	ents, _ := os.ReadDir(inRoot(e.daemonRoot(), filepath.Join(info.DockerRootDir, "containers", dockerID, "checkpoints")))
+	var names []string
+	for _, en := range ents {
+		if strings.HasPrefix(en.Name(), checkpointPrefix) {
+			names = append(names, en.Name())
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	sort.Slice(names, func(i, j int) bool {
+		if len(names[i]) != len(names[j]) {
+			return len(names[i]) < len(names[j])
+		}
+		return names[i] < names[j]
+	})
+	return names[len(names)-1]
+}
+
+// stagedDir returns the staging directory (with the daemonRoot prefix)
+// the container's checkpoint directory links to, or "".
+func (e *Engine) stagedDir(ctx context.Context, dockerID string) string {
+	info, err := e.daemonInfo(ctx)
+	if err != nil {
+		return ""
+	}
+	root := e.daemonRoot()
+	target, err := os.Readlink(root + filepath.Join(info.DockerRootDir, "containers", dockerID, "checkpoints"))
+	if err != nil {
+		return ""
+	}
+	return inRoot(root, target)
+}
+
+// dropKept removes a kept checkpoint, and the staging link once empty.
+func (e *Engine) dropKept(ctx context.Context, dockerID, ckpt string) {
+	info, err := e.daemonInfo(ctx)
+	if err != nil {
+		return
+	}
+	root := e.daemonRoot()
+	_ = os.RemoveAll(inRoot(root, filepath.Join(info.DockerRootDir, "containers", dockerID, "checkpoints", ckpt)))
+	unlinkStage(root, info.DockerRootDir, dockerID)
+}
+
+// Resume implements engine.Resumer: it starts the stopped container from
+// the checkpoint Checkpoint kept, then drops that checkpoint. A running
+// container is left as it is.
+func (e *Engine) Resume(ctx context.Context, id string) error {
+	cj, err := e.resolve(ctx, id)
+	if err != nil {
+		return fmt.Errorf("resume %s: %w", id, wrap(err))
+	}
+	if cj.State != nil && cj.State.Running {
+		return nil
+	}
+	if _, err := e.checkDaemon(ctx); err != nil {
+		return fmt.Errorf("resume %s: %w", id, err)
+	}
+	ckpt := e.keptCheckpoint(ctx, cj.ID)
+	if ckpt == "" {
+		return fmt.Errorf("resume %s: %w", id, engine.ErrNoCheckpoint)
+	}
+	watch := e.watchCRIULogs(e.daemonRoot(), "ctrd-checkpoint", "restore.log")
+	err = e.cli.ContainerStart(ctx, cj.ID, types.ContainerStartOptions{CheckpointID: ckpt})
+	criuLog := watch.stop()
+	if err != nil {
+		return fmt.Errorf("resume %s: %w", id, criuError(err, criuLog))
+	}
+	e.dropKept(context.WithoutCancel(ctx), cj.ID, ckpt)
+	return nil
+}
+
+// stickyReader remembers the first error its source returned, so that the
+// cause of an aborted stream (for example a failed sha256 check in the
+// transfer layer) is reported rather than the tar reader's view of it.
+type stickyReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (s *stickyReader) Read(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
+}
+
+// Restore implements engine.Restorer. It reads the manifest first and
+// refuses, before creating anything, an archive whose image this host
+// lacks or whose bind-mount sources are missing here. On any failure it
+// removes the container and the volumes it created.
+func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOptions) (engine.Container, engine.Stats, error) {
+	start := time.Now()
+	src := &stickyReader{r: r}
+	st := engine.Stats{}
+	tr := tar.NewReader(src)
+	// bad classifies a failure to read the archive: the reader's own error
+	// wins; anything else is a bad archive.
+	bad := func(what string, err error) error {
+		if src.err != nil && !errors.Is(src.err, io.EOF) {
+			return fmt.Errorf("read archive after %d bytes: %w", src.n, src.err)
+		}
+		return fmt.Errorf("%w: %s: %v", engine.ErrBadArchive, what, err)
+	}
+	hdr, err := tr.Next()
+	if err != nil {
+		return engine.Container{}, st, fmt.Errorf("restore: %w", bad("no manifest", err))
+	}
+	if hdr.Name != entryManifest || hdr.Size > 16<<20 {
+		return engine.Container{}, st, fmt.Errorf("restore: %w", bad("first entry", fmt.Errorf("%q is not %s", hdr.Name, entryManifest)))
+	}
+	var m manifest
+	if err := json.NewDecoder(tr).Decode(&m); err != nil {
+		return engine.Container{}, st, fmt.Errorf("restore: %w", bad("manifest", err))
+	}
+	if m.Format != manifestV1 || m.Config == nil || m.HostConfig == nil || m.Checkpoint == "" || !strings.HasPrefix(m.Checkpoint, checkpointPrefix) || strings.ContainsAny(m.Checkpoint, "/\\") {
+		return engine.Container{}, st, fmt.Errorf("restore: %w", bad("manifest", fmt.Errorf("format %d, checkpoint %q", m.Format, m.Checkpoint)))
+	}
+	name := m.Name
+	if opts.Name != "" {
+		name = opts.Name
+	}
+	fail := func(err error) (engine.Container, engine.Stats, error) {
+		return engine.Container{}, st, fmt.Errorf("restore %s: %w", name, err)
+	}
+	t := e.step("restore", name, "read manifest", start)
+
+	// Refusals before anything is created here.
+	info, err := e.checkDaemon(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	root := e.daemonRoot()
+	img, _, err := e.cli.ImageInspectWithRaw(ctx, m.ImageID)
+	if err != nil {
+		return fail(fmt.Errorf("image %s: %w", m.ImageID, wrap(err)))
+	}
+	if img.ID != m.ImageID {
+		return fail(fmt.Errorf("%w: image %s here is %s, the checkpoint needs %s", ErrUnsupported, m.ImageID, img.ID, m.ImageID))
+	}
+	var missing []string
+	for _, mp := range m.Mounts {
+		if mp.Type != mount.TypeBind {
+			continue
+		}
+		if _, err := os.Stat(inRoot(root, mp.Source)); err != nil {
+			missing = append(missing, mp.Source)
+		}
+	}
+	if len(missing) > 0 {
+		return fail(fmt.Errorf("%w: bind-mount source(s) missing on this host: %s", ErrUnsupported, strings.Join(missing, ", ")))
+	}
+
+	// Create what the container needs, remembering it for cleanup.
+	var created []string // volumes
+	var newID string
+	cleanup := func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if newID != "" {
+			staged := e.stagedDir(cctx, newID)
+			if err := e.cli.ContainerRemove(cctx, newID, types.ContainerRemoveOptions{Force: true}); err != nil {
+				e.log.Warn("could not remove container left by a failed restore", "container", newID, "err", err)
+			}
+			if staged != "" {
+				_ = os.RemoveAll(staged)
+			}
+		}
+		for _, v := range created {
+			_ = e.cli.VolumeRemove(cctx, v, true)
+		}
+	}
+	failClean := func(err error) (engine.Container, engine.Stats, error) {
+		cleanup()
+		return fail(err)
+	}
+	volDirs := map[string]string{}
+	for _, v := range m.Volumes {
+		if strings.ContainsAny(v.Name, "/\\") || v.Name == "" || v.Name == "." || v.Name == ".." {
+			return failClean(bad("manifest", fmt.Errorf("volume name %q", v.Name)))
+		}
+		if existing, err := e.cli.VolumeInspect(ctx, v.Name); err == nil {
+			users, _ := e.cli.ContainerList(ctx, types.ContainerListOptions{All: true, Filters: volumeFilter(v.Name)})
+			if len(users) > 0 {
+				return failClean(fmt.Errorf("%w: volume %s exists here and is used by %d container(s)", ErrUnsupported, v.Name, len(users)))
+			}
+			if err := emptyDir(inRoot(root, existing.Mountpoint)); err != nil {
+				return failClean(fmt.Errorf("volume %s: %w", v.Name, err))
+			}
+			volDirs[v.Name] = inRoot(root, existing.Mountpoint)
+			continue
+		}
+		vol, err := e.cli.VolumeCreate(ctx, volume.CreateOptions{Name: v.Name, Driver: v.Driver, Labels: v.Labels})
+		if err != nil {
+			return failClean(fmt.Errorf("create volume %s: %w", v.Name, err))
+		}
+		created = append(created, v.Name)
+		volDirs[v.Name] = inRoot(root, vol.Mountpoint)
+	}
+	cfg := *m.Config
+	cfg.Labels = map[string]string{}
+	for k, v := range m.Config.Labels {
+		cfg.Labels[k] = v
+	}
+	if opts.Name == "" {
+		cfg.Labels[LabelID] = m.ID
+	} else {
+		delete(cfg.Labels, LabelID) // a new name is a new container
+	}
+	// Create from the image's name when it means the same image here, so
+	// that the container shows its name; else from the ID.
+	cfg.Image = m.ImageID
+	if m.Image != "" {
+		if named, _, err := e.cli.ImageInspectWithRaw(ctx, m.Image); err == nil && named.ID == m.ImageID {
+			cfg.Image = m.Image
+		}
+	}
+	hc := *m.HostConfig
+	resp, err := e.cli.ContainerCreate(ctx, &cfg, &hc, nil, nil, name)
+	if err != nil {
+		return failClean(fmt.Errorf("create container: %w", err))
+	}
+	newID = resp.ID
+	cj, err := e.cli.ContainerInspect(ctx, newID)
+	if err != nil {
+		return failClean(fmt.Errorf("inspect created container: %w", err))
+	}
+	upper := cj.GraphDriver.Data["UpperDir"]
+	if cj.GraphDriver.Name != "overlay2" || upper == "" {
+		return failClean(fmt.Errorf("%w: storage driver %q here: only overlay2 is supported", ErrUnsupported, cj.GraphDriver.Name))
+	}
+	dest := filepath.Join(info.DockerRootDir, "containers", newID, "checkpoints", m.Checkpoint)
+	if stage := e.stagingDir(root, m.Memory); stage != "" {
+		if err := linkStage(root, info.DockerRootDir, newID, filepath.Join(stage, newID)); err != nil {
+			return failClean(fmt.Errorf("stage checkpoint: %w", err))
+		}
+	}
+	destIn := inRoot(root, dest)
+	t = e.step("restore", name, "create container and volumes", t)
+
+	// The rest of the stream.
+	entries, done := 1, false
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return failClean(bad("read entry", err))
+		}
+		entries++
+		if hdr.Name == entryTrailer {
+			var tl trailer
+			if err := json.NewDecoder(tr).Decode(&tl); err != nil || tl.Entries != entries-1 {
+				return failClean(bad("trailer", fmt.Errorf("%d entries announced, %d read (%v)", tl.Entries, entries-1, err)))
+			}
+			done = true
+			continue
+		}
+		if done {
+			return failClean(bad("entry after the trailer", errors.New(hdr.Name)))
+		}
+		var base, rel string
+		switch top, rest, _ := strings.Cut(hdr.Name, "/"); top {
+		case dirCheckpoint:
+			base, rel = destIn, rest
+		case dirRootfs:
+			base, rel = inRoot(root, upper), rest
+		case dirVolumes:
+			vname, vrest, _ := strings.Cut(rest, "/")
+			if base = volDirs[vname]; base == "" {
+				return failClean(bad("entry", fmt.Errorf("%s: volume not in the manifest", hdr.Name)))
+			}
+			rel = vrest
+		default:
+			return failClean(bad("entry", fmt.Errorf("unexpected %q", hdr.Name)))
+		}
+		if err := extract(base, rel, hdr, tr); err != nil {
+			if src.err != nil && !errors.Is(src.err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return failClean(bad("read "+hdr.Name, err))
+			}
+			return failClean(fmt.Errorf("extract %s: %w", hdr.Name, err))
+		}
+	}
+	if src.err != nil && !errors.Is(src.err, io.EOF) {
+		return failClean(bad("read", src.err))
+	}
+	if !done {
+		return failClean(bad("archive", errors.New("ended before its trailer")))
+	}
+	st.Bytes = src.n
+	t = e.step("restore", name, "receive and unpack archive", t)
+	// Start from the checkpoint. dockerd packs the directory into
+	// containerd's content store, containerd unpacks it into a temporary
+	// directory, and runc has CRIU restore from there; the shim deletes that
+	// directory and CRIU's log with it, so the log is held open meanwhile.
+	rstart := time.Now()
+	watch := e.watchCRIULogs(root, "ctrd-checkpoint", "restore.log")
+	err = e.cli.ContainerStart(context.WithoutCancel(ctx), newID, types.ContainerStartOptions{CheckpointID: m.Checkpoint})
+	criuLog := watch.stop()
+	st.RestoreTime = time.Since(rstart)
+	if err != nil {
+		return failClean(criuError(err, criuLog))
+	}
+	e.step("restore", name, "docker start from checkpoint (content store, unpack, CRIU restore)", rstart)
+	// The checkpoint served its purpose: a restarted container starts fresh.
+	_ = os.RemoveAll(destIn)
+	unlinkStage(root, info.DockerRootDir, newID)
+	st.Duration = time.Since(start)
+	c, err := e.Inspect(context.WithoutCancel(ctx), newID)
+	if err != nil {
+		return engine.Container{}, st, fmt.Errorf("restore %s: inspect restored %s: %w", name, newID, err)
+	}
+	e.log.Debug("restored", "container", name, "bytes", st.Bytes, "duration", st.Duration)
+	return c, st, nil
+}

@@ -1,0 +1,402 @@
+// Package docker implements engine.Engine against a Docker Engine daemon
+// (dockerd started with --experimental), using the Docker API client.
+//
+// Docker's checkpoint is a directory of CRIU images and nothing else: it does
+// not carry the container's configuration, its writable layer or its
+// volumes, and Docker restores only into a container that already exists on
+// the same daemon. So the engine builds its own archive, one tar stream:
+//
+//	orchestrate-docker.json   the manifest: identity, image ID, config, host config, mounts
+//	checkpoint/...            CRIU's images, as dockerd wrote them
+//	rootfs/...                the container's overlay upper directory (writable-layer changes)
+//	volumes/NAME/...          the contents of each named (local) volume
+//	orchestrate-docker.end    the trailer: without it the archive is truncated
+//
+// The manifest goes first and is written before the container freezes; the
+// target reads it first and refuses (missing bind-mount sources, another
+// image, no --experimental) before it creates anything. The target creates a
+// container from the same image ID with an equivalent config, extracts the
+// checkpoint where the daemon looks for it, restores the writable layer and
+// the volumes, and starts it from the checkpoint.
+//
+// Docker assigns container IDs itself; a restored container cannot have its
+// old one. The engine therefore reports a stable identity as
+// engine.Container.ID: the Docker ID the container was first created with,
+// carried through restores in the label orchestrate.id. Every method accepts
+// that identity, a Docker ID or a name.
+//
+// The engine reads the daemon's files (checkpoint directories, overlay
+// layers, volume directories, CRIU's logs), so it must run on the same host,
+// in the same mount namespace, as dockerd.
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+
+	"github.com/edgemigrate/orchestrate/engine"
+)
+
+// LabelID carries a restored container's identity (the Docker ID it was
+// first created with).
+const LabelID = "orchestrate.id"
+
+// Errors of Docker's limits. They are returned before anything is frozen.
+var (
+	// ErrNotExperimental: dockerd runs without --experimental, which the
+	// checkpoint endpoints need.
+	ErrNotExperimental = errors.New("dockerd runs without --experimental: checkpoint and restore need it (start dockerd with --experimental, or set \"experimental\": true in daemon.json)")
+	// ErrUnsupported: Docker's checkpoint cannot carry this container.
+	ErrUnsupported = errors.New("docker cannot migrate this container")
+)
+
+// Config configures the Docker engine.
+type Config struct {
+	// Socket is the daemon's URI, e.g. unix:///var/run/docker.sock.
+	Socket string
+	// CRIU is the criu binary used for feature detection (default "criu").
+	CRIU   string
+	Logger *slog.Logger
+	// ConnectTimeout bounds the first ping of the daemon.
+	ConnectTimeout time.Duration
+	// StagingDir is where checkpoints are written and received, outside
+	// Docker's data root: a tmpfs saves writing the images to disk twice.
+	// Empty: /dev/shm/orchestrate-docker when /dev/shm is a tmpfs with room
+	// for the container's memory, else Docker's own directory. "-" never
+	// stages.
+	StagingDir string
+}
+
+// DefaultConfig returns the defaults for a rootful dockerd.
+func DefaultConfig() Config {
+	return Config{
+		Socket:         "unix:///var/run/docker.sock",
+		CRIU:           "criu",
+		Logger:         slog.Default(),
+		ConnectTimeout: 10 * time.Second,
+	}
+}
+
+// Engine is the Docker implementation of engine.Engine. It is safe for
+// concurrent use and owns no goroutines beyond the duration of a call.
+type Engine struct {
+	cfg Config
+	cli *client.Client
+	log *slog.Logger
+
+	infoMu sync.Mutex
+	info   *types.Info
+
+	featOnce sync.Once
+	feat     engine.Features
+	featErr  error
+}
+
+var _ engine.Engine = (*Engine)(nil)
+
+// New connects to dockerd, negotiates the API version and checks that the
+// daemon answers. A daemon without --experimental is accepted (it can run
+// containers), with a warning: every checkpoint and restore then fails with
+// ErrNotExperimental.
+func New(ctx context.Context, cfg Config) (*Engine, error) {
+	def := DefaultConfig()
+	if cfg.Socket == "" {
+		cfg.Socket = def.Socket
+	}
+	if cfg.CRIU == "" {
+		cfg.CRIU = def.CRIU
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = def.Logger
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = def.ConnectTimeout
+	}
+	cli, err := client.NewClientWithOpts(client.WithHost(cfg.Socket), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("connect to docker at %s: %w", cfg.Socket, err)
+	}
+	e := &Engine{cfg: cfg, cli: cli, log: cfg.Logger.With("engine", "docker")}
+	pctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	info, err := e.daemonInfo(pctx)
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("connect to docker at %s: %w", cfg.Socket, err)
+	}
+	if !info.ExperimentalBuild {
+		e.log.Warn("dockerd runs without --experimental: containers on this host cannot be checkpointed or restored", "socket", cfg.Socket)
+	}
+	return e, nil
+}
+
+// Close releases the client's connections.
+func (e *Engine) Close() error { return e.cli.Close() }
+
+// daemonInfo is the daemon's /info, cached after the first success (the
+// daemon's mode, data root and rootlessness do not change while it runs).
+func (e *Engine) daemonInfo(ctx context.Context) (types.Info, error) {
+	e.infoMu.Lock()
+	defer e.infoMu.Unlock()
+	if e.info != nil {
+		return *e.info, nil
+	}
+	info, err := e.cli.Info(ctx)
+	if err != nil {
+		return info, err
+	}
+	e.info = &info
+	return info, nil
+}
+
+// checkDaemon refuses daemons that cannot migrate anything.
+func (e *Engine) checkDaemon(ctx context.Context) (types.Info, error) {
+	info, err := e.daemonInfo(ctx)
+	if err != nil {
+		return info, err
+	}
+	if !info.ExperimentalBuild {
+		return info, ErrNotExperimental
+	}
+	for _, o := range info.SecurityOptions {
+		if o == "name=rootless" {
+			return info, fmt.Errorf("%w: rootless Docker: CRIU needs root (CAP_SYS_ADMIN) to checkpoint and restore", ErrUnsupported)
+		}
+	}
+	return info, nil
+}
+
+// wrap maps the client's not-found errors to engine.ErrNotFound.
+func wrap(err error) error {
+	if err != nil && client.IsErrNotFound(err) {
+		return fmt.Errorf("%w: %w", engine.ErrNotFound, err)
+	}
+	return err
+}
+
+// resolve finds a container by Docker ID, name, or identity label.
+func (e *Engine) resolve(ctx context.Context, ref string) (types.ContainerJSON, error) {
+	cj, err := e.cli.ContainerInspect(ctx, ref)
+	if err == nil {
+		return cj, nil
+	}
+	if !client.IsErrNotFound(err) {
+		return cj, err
+	}
+	list, lerr := e.cli.ContainerList(ctx, types.ContainerListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", LabelID+"="+ref))})
+	if lerr != nil || len(list) == 0 {
+		return cj, fmt.Errorf("%w: no container %s", engine.ErrNotFound, ref)
+	}
+	if len(list) > 1 {
+		return cj, fmt.Errorf("%d containers carry %s=%s", len(list), LabelID, ref)
+	}
+	return e.cli.ContainerInspect(ctx, list[0].ID)
+}
+
+func identity(dockerID string, labels map[string]string) string {
+	if id := labels[LabelID]; id != "" {
+		return id
+	}
+	return dockerID
+}
+
+// container converts an inspect result.
+func (e *Engine) container(ctx context.Context, cj types.ContainerJSON) engine.Container {
+	c := engine.Container{ID: cj.ID, Name: strings.TrimPrefix(cj.Name, "/"), ImageID: cj.Image}
+	if cj.Config != nil {
+		c.Image, c.Labels = cj.Config.Image, cj.Config.Labels
+		c.ID = identity(cj.ID, cj.Config.Labels)
+	}
+	if cj.State != nil {
+		c.State, c.Running = cj.State.Status, cj.State.Running
+	}
+	c.Created, _ = time.Parse(time.RFC3339Nano, cj.Created)
+	if !c.Running {
+		c.Checkpointed = e.keptCheckpoint(ctx, cj.ID) != ""
+	}
+	return c
+}
+
+// Inspect implements engine.Lister.
+func (e *Engine) Inspect(ctx context.Context, id string) (engine.Container, error) {
+	cj, err := e.resolve(ctx, id)
+	if err != nil {
+		return engine.Container{}, fmt.Errorf("container %s: %w", id, wrap(err))
+	}
+	return e.container(ctx, cj), nil
+}
+
+// List implements engine.Lister: every container, with memory use for the
+// running ones (best effort).
+func (e *Engine) List(ctx context.Context) ([]engine.Container, error) {
+	list, err := e.cli.ContainerList(ctx, types.ContainerListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]engine.Container, 0, len(list))
+	for _, l := range list {
+		c := engine.Container{
+			ID: identity(l.ID, l.Labels), Image: l.Image, ImageID: l.ImageID, State: l.State,
+			Running: l.State == "running", Labels: l.Labels, Created: time.Unix(l.Created, 0).UTC(),
+		}
+		if len(l.Names) > 0 {
+			c.Name = strings.TrimPrefix(l.Names[0], "/")
+		}
+		if c.Running {
+			c.MemoryBytes = e.memory(ctx, l.ID)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func (e *Engine) memory(ctx context.Context, id string) int64 {
+	st, err := e.cli.ContainerStatsOneShot(ctx, id)
+	if err != nil {
+		return 0
+	}
+	defer st.Body.Close()
+	var s types.StatsJSON
+	if err := jsonDecode(st.Body, &s); err != nil {
+		return 0
+	}
+	return int64(s.MemoryStats.Usage)
+}
+
+// Remove implements engine.Remover: it stops (without grace) and removes
+// the container, its kept checkpoints and their staged copies. Named
+// volumes stay, as with `docker rm -f`.
+func (e *Engine) Remove(ctx context.Context, id string) error {
+	cj, err := e.resolve(ctx, id)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", id, wrap(err))
+	}
+	staged := e.stagedDir(ctx, cj.ID)
+	if err := e.cli.ContainerRemove(ctx, cj.ID, types.ContainerRemoveOptions{Force: true}); err != nil {
+		return fmt.Errorf("remove %s: %w", id, wrap(err))
+	}
+	if staged != "" {
+		_ = os.RemoveAll(staged)
+	}
+	return nil
+}
+
+// HasImage implements engine.Images.
+func (e *Engine) HasImage(ctx context.Context, ref string) (bool, error) {
+	_, _, err := e.cli.ImageInspectWithRaw(ctx, ref)
+	if client.IsErrNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("image %s: %w", ref, err)
+	}
+	return true, nil
+}
+
+// ExportImage implements engine.Images: `docker save` of the image under
+// its first tag (an image saved by ID loads without a name), which keeps
+// the image ID when loaded elsewhere.
+func (e *Engine) ExportImage(ctx context.Context, ref string, w io.Writer) error {
+	img, _, err := e.cli.ImageInspectWithRaw(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("export image %s: %w", ref, wrap(err))
+	}
+	if len(img.RepoTags) > 0 {
+		ref = img.RepoTags[0]
+	}
+	rc, err := e.cli.ImageSave(ctx, []string{ref})
+	if err != nil {
+		return fmt.Errorf("export image %s: %w", ref, wrap(err))
+	}
+	defer rc.Close()
+	if _, err := io.Copy(w, rc); err != nil {
+		return fmt.Errorf("export image %s: %w", ref, err)
+	}
+	return nil
+}
+
+// LoadImage implements engine.Images. It returns the loaded image's name,
+// or its ID when the archive names none.
+func (e *Engine) LoadImage(ctx context.Context, r io.Reader) (string, error) {
+	resp, err := e.cli.ImageLoad(ctx, r, true)
+	if err != nil {
+		return "", fmt.Errorf("load image: %w", err)
+	}
+	defer resp.Body.Close()
+	name, err := loadedImage(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("load image: %w", err)
+	}
+	return name, nil
+}
+
+// Features implements engine.FeatureReporter. A daemon without
+// --experimental reports no CRIU version, so that placement never sends it
+// a checkpoint it could not restore.
+func (e *Engine) Features(ctx context.Context) (engine.Features, error) {
+	e.featOnce.Do(func() { e.feat, e.featErr = e.probe(ctx) })
+	if e.featErr != nil {
+		e.featOnce = sync.Once{}
+	}
+	return e.feat, e.featErr
+}
+
+func (e *Engine) probe(ctx context.Context) (engine.Features, error) {
+	f := engine.Features{Engine: "docker", Arch: runtime.GOARCH, Kernel: kernelRelease()}
+	v, err := e.cli.ServerVersion(ctx)
+	if err != nil {
+		return f, fmt.Errorf("docker version: %w", err)
+	}
+	f.EngineVersion = v.Version
+	if _, err := e.checkDaemon(ctx); err != nil {
+		e.log.Warn("this daemon cannot migrate containers", "err", err)
+		return f, nil
+	}
+	out, err := exec.CommandContext(ctx, e.cfg.CRIU, "--version").Output()
+	if err != nil {
+		e.log.Warn("criu not usable; checkpoints will fail", "criu", e.cfg.CRIU, "err", err)
+		return f, nil
+	}
+	f.CRIUVersion = parseCRIUVersion(string(out))
+	f.PreCopy = exec.CommandContext(ctx, e.cfg.CRIU, "check", "--feature", "mem_dirty_track").Run() == nil
+	// Docker has no lazy-pages restore.
+	return f, nil
+}
+
+func parseCRIUVersion(out string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "Version:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func kernelRelease() string {
+	var u syscall.Utsname
+	if syscall.Uname(&u) != nil {
+		return ""
+	}
+	b := make([]byte, 0, len(u.Release))
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return strings.TrimSpace(string(b))
+}

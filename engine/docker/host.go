@@ -1,0 +1,351 @@
+package docker
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/edgemigrate/orchestrate/engine"
+)
+
+// defaultStage is where checkpoints are staged when /dev/shm has room.
+const defaultStage = "/dev/shm/orchestrate-docker"
+
+// stagingDir picks the staging directory for a checkpoint of about mem
+// bytes of memory, or "" for Docker's own directory.
+func (e *Engine) stagingDir(root string, mem int64) string {
+	switch e.cfg.StagingDir {
+	case "-":
+		return ""
+	case "":
+	default:
+		return e.cfg.StagingDir
+	}
+	var fs unix.Statfs_t
+	if unix.Statfs(root+"/dev/shm", &fs) != nil || fs.Type != unix.TMPFS_MAGIC {
+		return ""
+	}
+	free := int64(fs.Bavail) * int64(fs.Bsize)
+	// Room for the images (at most the memory) twice over, plus slack.
+	if mem <= 0 || free < 2*mem+64<<20 {
+		return ""
+	}
+	return defaultStage
+}
+
+// establishedTCP counts the established TCP connections that processes of
+// the container whose init is pid hold: sockets among their open files
+// that the container's network namespace lists in state ESTABLISHED. A
+// host-network container shares the host's tables, so the sockets are
+// matched by inode, not merely listed.
+func establishedTCP(pid int) (int, error) {
+	if pid <= 0 {
+		return 0, nil
+	}
+	pidns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	if err != nil {
+		return 0, err
+	}
+	inodes := map[string]bool{}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		if ns, err := os.Readlink("/proc/" + p.Name() + "/ns/pid"); err != nil || ns != pidns {
+			continue
+		}
+		fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
+		for _, fd := range fds {
+			l, err := os.Readlink("/proc/" + p.Name() + "/fd/" + fd.Name())
+			if err != nil {
+				continue
+			}
+			if ino, ok := strings.CutPrefix(l, "socket:["); ok {
+				inodes[strings.TrimSuffix(ino, "]")] = true
+			}
+		}
+	}
+	if len(inodes) == 0 {
+		return 0, nil
+	}
+	n := 0
+	for _, f := range []string{"tcp", "tcp6"} {
+		fh, err := os.Open(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(fh)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			// sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+			if len(fields) < 10 || fields[3] != "01" {
+				continue
+			}
+			if inodes[fields[9]] {
+				n++
+			}
+		}
+		fh.Close()
+	}
+	return n, nil
+}
+
+// criuWatch holds CRIU's log files open while dockerd works, because the
+// shim deletes them (with their directory) as soon as a restore fails.
+type criuWatch struct {
+	stopc chan struct{}
+	done  chan struct{}
+	mu    sync.Mutex
+	files map[string]*os.File
+}
+
+// watchCRIULogs polls containerd's temporary directories for
+// PATTERN*/LOG and opens each log as soon as it appears.
+func (e *Engine) watchCRIULogs(root, pattern, log string) *criuWatch {
+	w := &criuWatch{stopc: make(chan struct{}), done: make(chan struct{}), files: map[string]*os.File{}}
+	dirs := containerdTempDirsIn(root)
+	go func() {
+		defer close(w.done)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, d := range dirs {
+				matches, _ := filepath.Glob(filepath.Join(d, pattern+"*", log))
+				for _, m := range matches {
+					w.mu.Lock()
+					if _, ok := w.files[m]; !ok {
+						if f, err := os.Open(m); err == nil {
+							w.files[m] = f
+						}
+					}
+					w.mu.Unlock()
+				}
+			}
+			select {
+			case <-w.stopc:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+// stop ends the watch and returns the error lines of the logs it held.
+func (w *criuWatch) stop() []string {
+	close(w.stopc)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var lines []string
+	for _, f := range w.files {
+		b, _ := io.ReadAll(f)
+		f.Close()
+		for _, l := range strings.Split(string(b), "\n") {
+			// CRIU always complains that it cannot raise its own
+			// RLIMIT_NOFILE inside a container's limits; harmless.
+			if strings.Contains(l, "Error (") && !strings.Contains(l, "RLIMIT_NOFILE") {
+				lines = append(lines, strings.TrimSpace(l))
+			}
+		}
+	}
+	if len(lines) > 4 {
+		lines = lines[len(lines)-4:]
+	}
+	return lines
+}
+
+// criuError wraps a daemon error: when CRIU failed it wraps engine.ErrCRIU
+// and adds the log's key lines, which the daemon's message lacks.
+func criuError(err error, lines []string) error {
+	msg := err.Error()
+	if len(lines) == 0 && !strings.Contains(msg, "criu") {
+		return wrap(err)
+	}
+	if len(lines) == 0 {
+		return fmt.Errorf("%w: %w", engine.ErrCRIU, err)
+	}
+	return fmt.Errorf("%w: %w; criu log: %s", engine.ErrCRIU, err, strings.Join(lines, " | "))
+}
+
+// containerdTempDirs returns where containerd processes in this mount
+// namespace put their checkpoint directories (XDG_RUNTIME_DIR, else
+// TMPDIR, else /tmp), plus this process's own temporary directory.
+func containerdTempDirs() []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(d string) {
+		if d != "" && !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	self, _ := os.Readlink("/proc/self/ns/mnt")
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		comm, err := os.ReadFile("/proc/" + p.Name() + "/comm")
+		if err != nil || strings.TrimSpace(string(comm)) != "containerd" {
+			continue
+		}
+		if ns, err := os.Readlink("/proc/" + p.Name() + "/ns/mnt"); err != nil || ns != self {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + p.Name() + "/environ")
+		if err != nil {
+			continue
+		}
+		vars := map[string]string{}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				vars[k] = v
+			}
+		}
+		switch {
+		case vars["XDG_RUNTIME_DIR"] != "":
+			add(vars["XDG_RUNTIME_DIR"])
+		case vars["TMPDIR"] != "":
+			add(vars["TMPDIR"])
+		default:
+			add("/tmp")
+		}
+	}
+	add(os.TempDir())
+	add("/tmp")
+	return out
+}
+
+
+// daemonRoot returns a prefix under which this process sees files as
+// dockerd sees them: /proc/PID/root of the dockerd serving the configured
+// socket. The paths dockerd reports (its data root, layers, volumes,
+// checkpoint directories) are in its mount namespace, which need not be
+// ours. "" when dockerd is not found (then paths are taken as they are).
+func (e *Engine) daemonRoot() string {
+	sock := strings.TrimPrefix(e.cfg.Socket, "unix://")
+	procs, _ := os.ReadDir("/proc")
+	var candidates []string
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		comm, err := os.ReadFile("/proc/" + p.Name() + "/comm")
+		if err != nil || strings.TrimSpace(string(comm)) != "dockerd" {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmd), "\x00")
+		for _, a := range args {
+			if strings.Contains(a, sock) {
+				return "/proc/" + p.Name() + "/root"
+			}
+		}
+		explicit := false
+		for _, a := range args {
+			explicit = explicit || a == "-H" || a == "--host" || strings.HasPrefix(a, "-H=") || strings.HasPrefix(a, "--host=")
+		}
+		if !explicit {
+			candidates = append(candidates, p.Name())
+		}
+	}
+	if len(candidates) == 1 && sock == "/var/run/docker.sock" {
+		return "/proc/" + candidates[0] + "/root"
+	}
+	return ""
+}
+
+// containerdTempDirsIn is containerdTempDirs for the containerd processes
+// in the mount namespace of root (a daemonRoot), returned with the prefix.
+func containerdTempDirsIn(root string) []string {
+	if root == "" {
+		return containerdTempDirs()
+	}
+	self, _ := os.Readlink(strings.TrimSuffix(root, "/root") + "/ns/mnt")
+	seen := map[string]bool{}
+	var out []string
+	add := func(d string) {
+		if d != "" && !seen[d] {
+			seen[d] = true
+			out = append(out, root+d)
+		}
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		comm, err := os.ReadFile("/proc/" + p.Name() + "/comm")
+		if err != nil || strings.TrimSpace(string(comm)) != "containerd" {
+			continue
+		}
+		if ns, err := os.Readlink("/proc/" + p.Name() + "/ns/mnt"); err != nil || ns != self {
+			continue
+		}
+		env, _ := os.ReadFile("/proc/" + p.Name() + "/environ")
+		vars := map[string]string{}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				vars[k] = v
+			}
+		}
+		switch {
+		case vars["XDG_RUNTIME_DIR"] != "":
+			add(vars["XDG_RUNTIME_DIR"])
+		case vars["TMPDIR"] != "":
+			add(vars["TMPDIR"])
+		default:
+			add("/tmp")
+		}
+	}
+	add("/tmp")
+	return out
+}
+
+// inRoot returns where this process finds the daemon's path p: root+p with
+// every symbolic link on the way resolved inside root. (An absolute link
+// under /proc/PID/root would otherwise resolve against our own root.)
+func inRoot(root, p string) string {
+	if root == "" {
+		return p
+	}
+	parts := strings.Split(strings.Trim(filepath.Clean(p), "/"), "/")
+	cur := "/"
+	for hops := 0; len(parts) > 0 && hops < 64; {
+		next := filepath.Join(cur, parts[0])
+		parts = parts[1:]
+		fi, err := os.Lstat(root + next)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			cur = next
+			continue
+		}
+		hops++
+		target, err := os.Readlink(root + next)
+		if err != nil {
+			cur = next
+			continue
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(cur, target)
+		}
+		parts = append(strings.Split(strings.Trim(filepath.Clean(target), "/"), "/"), parts...)
+		cur = "/"
+	}
+	return root + filepath.Join(append([]string{cur}, parts...)...)
+}
