@@ -410,3 +410,32 @@ func TestCoordinatorDrainAndRefusals(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A target that was dead while its migration rolled back still holds a
+// copy; when its agent comes back, Reconcile removes it.
+func TestReconcileAfterDeadTarget(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t, "h1", "h2")
+	c := w.hosts["h1"].eng.Run("svc", "img:1", 1<<20, nil)
+	w.hosts["h2"].eng.AddImage("img:1")
+	var archive bytes.Buffer
+	if _, err := w.hosts["h1"].eng.Checkpoint(ctx, c.ID, &archive, engine.CheckpointOptions{Keep: true, LeaveRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := w.hosts["h2"].eng.Restore(ctx, &archive, engine.RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	recs := []cluster.MigrationRecord{
+		{ID: "old", Container: c.ID, From: "h2", To: "h1", Phase: Done, StartedAt: time.Now().Add(-time.Hour)},
+		{ID: "m2", Container: c.ID, From: "h1", To: "h2", Phase: RolledBack, StartedAt: time.Now()},
+	}
+	a := NewAgent("h2", w.hosts["h2"].eng, streamer{w}, nil)
+	if got := a.Reconcile(ctx, recs); len(got) != 1 || got[0] != "svc" {
+		t.Fatalf("removed %v", got)
+	}
+	w.runningOn(t, "svc", "h1")
+	// On the source, nothing is removed: its copy is the one that runs.
+	if got := NewAgent("h1", w.hosts["h1"].eng, streamer{w}, nil).Reconcile(ctx, recs); len(got) != 0 {
+		t.Fatalf("source removed %v", got)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -92,7 +93,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 			return err
 		}
 		defer client.Close()
-		migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate")).Register(c, srv)
+		ma := migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate"))
+		ma.Register(c, srv)
+		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics")}
 		forensics.NewAgent(fcfg, eng, client, c).Register(c, srv)
 		g.Go(func() error { return srv.Run(gctx) })
