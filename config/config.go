@@ -142,7 +142,7 @@ var keys = func() []key {
 		{"cluster.stats_interval", kDuration, d.StatsInterval, "refresh of gossiped capacity and container count", func(c *Config, v any) { c.Cluster.StatsInterval = v.(time.Duration) }},
 		{"api.bind", kAddr, "", "TLS API address host:port (default: cluster.bind's host, port 7948)", func(c *Config, v any) { c.API.Bind = v.(string) }},
 		{"api.socket", kString, d.APISocket, "unix socket for the local CLI", func(c *Config, v any) { c.API.Socket = v.(string) }},
-		{"engine.type", kString, "podman", "container engine: podman", func(c *Config, v any) { c.Engine.Type = v.(string) }},
+		{"engine.type", kString, "podman", "container engine: podman or docker", func(c *Config, v any) { c.Engine.Type = v.(string) }},
 		{"engine.socket", kString, "unix:///run/podman/podman.sock", "engine service URI", func(c *Config, v any) { c.Engine.Socket = v.(string) }},
 		{"transfer.bind", kAddr, "", "checkpoint transfer (SSH) address (default: cluster.bind's host, port 7922)", func(c *Config, v any) { c.Transfer.Bind = v.(string) }},
 		{"log.level", kString, "info", "debug, info, warn or error", func(c *Config, v any) { c.Log.Level = v.(string) }},
@@ -497,13 +497,13 @@ func (c Config) Validate() error {
 		}
 	}
 	switch c.Engine.Type {
-	case "podman":
+	case "podman", "docker":
 		if !strings.HasPrefix(c.Engine.Socket, "unix://") {
-			bad("engine.socket", "%q (expected unix:///path/to/podman.sock)", c.Engine.Socket)
+			bad("engine.socket", "%q (expected unix:///path/to/%s.sock)", c.Engine.Socket, c.Engine.Type)
 		}
 	case "none": // control plane only; not documented for production
 	default:
-		bad("engine.type", "%q (expected podman)", c.Engine.Type)
+		bad("engine.type", "%q (expected podman or docker)", c.Engine.Type)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -124,7 +124,7 @@ func TestInvalid(t *testing.T) {
 		{"bad int from env", base, map[string]string{"ORCHESTRATE_CLUSTER_BOOTSTRAP_EXPECT": "three"}, []string{"cluster.bootstrap_expect", `"three" is not a whole number`}},
 		{"no secret", strings.Replace(base, "secret_file: /etc/orchestrate/cluster.key", "", 1), nil, []string{"cluster.secret_file", "keygen"}},
 		{"raft needs an IP", strings.Replace(base, "10.99.0.1:7946", "0.0.0.0:7946", 1), nil, []string{"cluster.raft_bind", "concrete IP"}},
-		{"engine type", strings.Replace(base, "type: podman", "type: docker", 1), nil, []string{"engine.type", `"docker"`}},
+		{"engine type", strings.Replace(base, "type: podman", "type: lxc", 1), nil, []string{"engine.type", `"lxc"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

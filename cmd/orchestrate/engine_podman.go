@@ -4,14 +4,22 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
 	"github.com/edgemigrate/orchestrate/config"
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/engine/docker"
 	"github.com/edgemigrate/orchestrate/engine/podman"
 )
 
-// newEngine connects to the engine the config names.
+// newEngine connects to the engine the config names (engine.type).
 func newEngine(ctx context.Context, c config.Config, logger *slog.Logger) (engine.Engine, error) {
-	return podman.New(ctx, podman.Config{Socket: c.Engine.Socket, Logger: logger})
+	switch c.Engine.Type {
+	case "docker":
+		return docker.New(ctx, docker.Config{Socket: c.Engine.Socket, Logger: logger})
+	case "podman":
+		return podman.New(ctx, podman.Config{Socket: c.Engine.Socket, Logger: logger})
+	}
+	return nil, fmt.Errorf("%w: engine.type %q (expected podman or docker)", config.ErrInvalid, c.Engine.Type)
 }

@@ -229,7 +229,6 @@ func containerdTempDirs() []string {
 	return out
 }
 
-
 // daemonRoot returns a prefix under which this process sees files as
 // dockerd sees them: /proc/PID/root of the dockerd serving the configured
 // socket. The paths dockerd reports (its data root, layers, volumes,
