@@ -29,10 +29,11 @@ build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/orchestrate ./cmd/orchestrate
 	@file bin/orchestrate 2>/dev/null | grep -q 'statically linked' || ldd bin/orchestrate 2>&1 | grep -q 'not a dynamic' || { echo "bin/orchestrate is not static"; exit 1; }
 
-# setup installs Podman, runc, CRIU >= 4.2 (privately when needed), OpenSSH,
+# setup installs Podman, Docker (docker.io), runc, CRIU >= 4.2 (privately when needed), OpenSSH,
 # zstd and busybox, and builds the workload image. Idempotent and cached.
 setup:
 	bash scripts/install-host.sh
+	bash scripts/install-docker.sh
 	bash scripts/install-test-tools.sh
 	bash scripts/build-workload-image.sh >/dev/null
 
