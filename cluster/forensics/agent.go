@@ -166,8 +166,10 @@ func (a *Agent) running(ctx context.Context, ref string) (engine.Container, erro
 	return c, err
 }
 
+// options: a snapshot that stops the container keeps the checkpoint on
+// its host too, so that `podman container restore NAME` there resumes it.
 func options(leaveRunning bool) engine.CheckpointOptions {
-	return engine.CheckpointOptions{LeaveRunning: leaveRunning, TCPEstablished: true}
+	return engine.CheckpointOptions{LeaveRunning: leaveRunning, TCPEstablished: true, Keep: !leaveRunning}
 }
 
 // checkpointStream writes the archive as the engine produces it and its
@@ -330,13 +332,19 @@ func (a *Agent) commit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Retention reads the local replica: wait until it has the new record.
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	for {
 		if _, err := a.c.Snapshot(rec.ID); err == nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-wctx.Done():
+		case <-time.After(20 * time.Millisecond):
+			continue
+		}
+		break
 	}
+	cancel()
 	ret := a.cfg.Retention
 	if req.Retention != nil {
 		ret = req.Retention.or(a.cfg.Retention)

@@ -35,7 +35,7 @@ With --leave-running the container keeps running after a brief freeze; the
 freeze (CRIU's frozen time) and the wall time of the checkpoint are reported.
 Without it the container is stopped by the checkpoint.
 
---output FILE writes the archive here, streamed from the container's host
+--output FILE writes the archive here ("-": to stdout), streamed from the container's host
 through the agents' API. --store keeps it in the cluster's snapshot store on
 --store-host (default: the container's own host), under node.data_dir/snapshots,
 recorded in the replicated state; --keep and --max-age set that store's
@@ -77,9 +77,17 @@ read them with 'orchestrate inspect'.`,
 				printFreeze(out, rec.LeaveRunning, rec.FrozenTime, rec.WallTime)
 				return nil
 			}
-			res, err := writeArchive(output, func(w io.Writer) (forensics.CheckpointResult, error) {
+			stream := func(w io.Writer) (forensics.CheckpointResult, error) {
 				return forensics.StreamCheckpoint(ctx, cl, req, w)
-			})
+			}
+			var res forensics.CheckpointResult
+			if output == "-" {
+				// The archive goes to stdout; what is said about it, to stderr.
+				res, err = stream(out)
+				out = cmd.ErrOrStderr()
+			} else {
+				res, err = writeArchive(output, stream)
+			}
 			if err != nil {
 				return err
 			}
@@ -103,7 +111,7 @@ read them with 'orchestrate inspect'.`,
 	fl.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	fl.StringVar(&req.Host, "host", "", "the host the container runs on (default: ask every host)")
 	fl.BoolVar(&req.LeaveRunning, "leave-running", false, "keep the container running after a brief freeze")
-	fl.StringVar(&output, "output", "", "write the archive to this file")
+	fl.StringVar(&output, "output", "", "write the archive to this file (\"-\": stdout)")
 	fl.BoolVar(&req.Store, "store", false, "keep the archive in the cluster's snapshot store")
 	fl.StringVar(&req.StoreHost, "store-host", "", "the store host (default: the container's host)")
 	fl.StringVar(&req.Reason, "reason", "", "why, recorded with a stored snapshot")

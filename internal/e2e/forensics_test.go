@@ -215,6 +215,20 @@ func TestE2EForensics(t *testing.T) {
 		t.Fatalf("restored: %+v; before: %+v", restored, before)
 	}
 	t.Logf("restored: checksum %s as before, counter %d (before the checkpoint %d)", restored.Checksum, restored.Counter, before.Counter)
+
+	// 7. Without --leave-running the container stops, its archive goes to
+	// stdout, and the checkpoint kept on its host resumes it in place.
+	out, errOut, code = h2.CLI("checkpoint", "f1", "--output", "-")
+	if code != 0 || len(out) < 1<<20 || !strings.Contains(errOut, "stopped") {
+		t.Fatalf("checkpoint to stdout: exit %d, %d bytes, stderr %q", code, len(out), errOut)
+	}
+	if h1.Running("f1") {
+		t.Fatal("f1 runs after a checkpoint without --leave-running")
+	}
+	h1.MustRun("podman", "container", "restore", "f1")
+	if resumed := h1.WaitReport(port, 30*time.Second); resumed.Start != before.Start || resumed.Checksum != before.Checksum {
+		t.Fatalf("resumed: %+v; before: %+v", resumed, before)
+	}
 	h1.MustRun("podman", "rm", "-f", "-t", "0", "f1")
 
 	// Refusals.
