@@ -96,6 +96,13 @@ type Config struct {
 			BeforeEvacuation bool
 		}
 	}
+	Forensics struct {
+		StoreHost string
+		Retention struct {
+			Count  int
+			MaxAge time.Duration
+		}
+	}
 }
 
 type kind int
@@ -161,6 +168,9 @@ var keys = func() []key {
 		{"policy.rebalance.threshold", kFloat, 0.2, "memory spread (max-min used/capacity) that triggers moves", func(c *Config, v any) { c.Policy.Rebalance.Threshold = v.(float64) }},
 		{"policy.rebalance.max_moves", kInt, 3, "moves per rebalance at most", func(c *Config, v any) { c.Policy.Rebalance.MaxMoves = v.(int) }},
 		{"policy.forensics.before_evacuation", kBool, false, "keep a leave-running snapshot of each container before a spot evacuation", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuation = v.(bool) }},
+		{"forensics.store_host", kString, "", "snapshot store host for `checkpoint --store` without --store-host (default: the container's host)", func(c *Config, v any) { c.Forensics.StoreHost = v.(string) }},
+		{"forensics.retention.count", kInt, 10, "snapshots this host's store keeps at most", func(c *Config, v any) { c.Forensics.Retention.Count = v.(int) }},
+		{"forensics.retention.max_age", kDuration, 7 * 24 * time.Hour, "age after which this host's store drops a snapshot", func(c *Config, v any) { c.Forensics.Retention.MaxAge = v.(time.Duration) }},
 	}
 }()
 
@@ -473,6 +483,12 @@ func (c Config) Validate() error {
 	}
 	if c.Node.DataDir == "" {
 		bad("node.data_dir", "empty")
+	}
+	if c.Forensics.Retention.Count < 1 {
+		bad("forensics.retention.count", "%d (keep at least 1)", c.Forensics.Retention.Count)
+	}
+	if c.Forensics.Retention.MaxAge <= 0 {
+		bad("forensics.retention.max_age", "%s (must be positive)", c.Forensics.Retention.MaxAge)
 	}
 	if c.Cluster.SecretFile == "" {
 		bad("cluster.secret_file", "not set: every agent needs the cluster secret (create one with `orchestrate keygen FILE`)")

@@ -173,7 +173,7 @@ func newWorld(t *testing.T, names ...string) *world {
 		cfg.Host, cfg.DataDir = n, filepath.Join(dir, n)
 		h.agent = NewAgent(cfg, engineOf(h), w, (*hostView)(h))
 		h.agent.Register(h.mux, h)
-		NewService((*hostView)(h)).Register(h.mux)
+		NewService((*hostView)(h), "").Register(h.mux)
 		ln, err := net.Listen("unix", h.sock)
 		if err != nil {
 			t.Fatal(err)

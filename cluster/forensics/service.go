@@ -37,11 +37,14 @@ type CheckpointRequest struct {
 // Service serves the operator routes on any agent: it finds the container's
 // host or the snapshot's store host and relays to that host's agent.
 type Service struct {
-	c Cluster
+	c         Cluster
+	storeHost string
 }
 
-// NewService returns the operator side.
-func NewService(c Cluster) *Service { return &Service{c: c} }
+// NewService returns the operator side. storeHost is where --store keeps a
+// snapshot when the request names no store host (forensics.store_host);
+// empty means the container's own host.
+func NewService(c Cluster, storeHost string) *Service { return &Service{c: c, storeHost: storeHost} }
 
 // Register adds the operator routes.
 func (s *Service) Register(mux Mux) {
@@ -109,7 +112,11 @@ func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, err)
 		return
 	}
-	hreq := HostCheckpointRequest{Container: req.Container, LeaveRunning: req.LeaveRunning, StoreHost: req.StoreHost, Reason: req.Reason, Retention: req.Retention}
+	storeHost := req.StoreHost
+	if req.Store && storeHost == "" {
+		storeHost = s.storeHost
+	}
+	hreq := HostCheckpointRequest{Container: req.Container, LeaveRunning: req.LeaveRunning, StoreHost: storeHost, Reason: req.Reason, Retention: req.Retention}
 	if req.Store {
 		var rec cluster.SnapshotRecord
 		if err := cl.Do(ctx, http.MethodPost, "/v1/agent/forensics/snapshot", hreq, &rec); err != nil {

@@ -46,9 +46,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	mcfg.Logger, mcfg.Rebalance = logger.With("part", "migrate"), cfg.RebalanceConfig()
 	co = migrate.NewCoordinator(mcfg, c, migrate.ClusterAgents{Peers: c})
 	co.Register(c, c)
-	forensics.NewService(c).Register(c)
+	forensics.NewService(c, cfg.Forensics.StoreHost).Register(c)
 	if cfg.Policy.Forensics.BeforeEvacuation {
-		co.Snapshots = &forensics.Snapshotter{C: c}
+		co.Snapshots = &forensics.Snapshotter{C: c, StoreHost: cfg.Forensics.StoreHost}
 	}
 	co.RegisterPolicy(c, c)
 	reg := prometheus.NewRegistry()
@@ -96,7 +96,8 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		ma := migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate"))
 		ma.Register(c, srv)
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
-		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics")}
+		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),
+			Retention: forensics.Retention{Count: cfg.Forensics.Retention.Count, MaxAge: cfg.Forensics.Retention.MaxAge}}
 		forensics.NewAgent(fcfg, eng, client, c).Register(c, srv)
 		g.Go(func() error { return srv.Run(gctx) })
 	}
