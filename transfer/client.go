@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -51,6 +52,11 @@ type ClientConfig struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// CorruptAfter is fault injection for failure tests: when > 0, one bit
+	// of the first stream data frame sent after that many frame bytes is
+	// flipped, after hashing, as a bad link would. The receiver must refuse
+	// the stream. Never set it in production.
+	CorruptAfter int64
 
 	// testHookFrame, when set, may modify each data frame's payload just
 	// before it is written (after hashing): tests corrupt data in flight.
@@ -140,6 +146,16 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.ChunkSize = def.ChunkSize
 	}
 	cfg.ChunkSize = min(cfg.ChunkSize, maxChunkBytes)
+	if cfg.CorruptAfter > 0 && cfg.testHookFrame == nil {
+		var sent atomic.Int64
+		var done atomic.Bool
+		after := cfg.CorruptAfter
+		cfg.testHookFrame = func(_ byte, p []byte) {
+			if sent.Add(int64(len(p))) > after && len(p) > 0 && done.CompareAndSwap(false, true) {
+				p[len(p)/2] ^= 0x10
+			}
+		}
+	}
 	if cfg.Retries < 0 {
 		cfg.Retries = 0
 	}

@@ -80,6 +80,34 @@ func TestE2ERollback(t *testing.T) {
 		}
 	})
 
+	t.Run("StreamCorruptedInFlight", func(t *testing.T) {
+		port := simhost.Port()
+		h1.RunWorkload(simhost.Workload{Name: "r3", MiB: 32, Port: port})
+		before, _ := h1.Probe(port)
+		// h1's agent flips one bit of the first stream it sends, after
+		// hashing, as a bad link would.
+		h1.StopAgent(syscall.SIGTERM)
+		h1.Env = []string{"ORCHESTRATE_FAULT_CORRUPT_STREAM_AFTER=4000000"}
+		h1.StartAgent()
+		defer func() {
+			h1.StopAgent(syscall.SIGTERM)
+			h1.Env = nil
+			h1.StartAgent()
+			c.WaitFormed(60 * time.Second)
+		}()
+		c.WaitFormed(60 * time.Second)
+		out, errOut, code := h1.CLI("migrate", "r3", "--to", h2.Name)
+		if code != 1 {
+			t.Fatalf("migrate: exit %d, want 1\n%s%s", code, out, errOut)
+		}
+		if !strings.Contains(out+errOut, "sha256") && !strings.Contains(out+errOut, "verif") {
+			t.Errorf("the cause (verification) is not reported:\n%s%s", out, errOut)
+		}
+		t.Logf("migrate output:\n%s%s", errOut, out)
+		continued(t, h1, port, before)
+		onlyOn(t, c, "r3", h1)
+	})
+
 	t.Run("TargetDiskFull", func(t *testing.T) {
 		port := simhost.Port()
 		h1.RunWorkload(simhost.Workload{Name: "r2", MiB: 48, Port: port})

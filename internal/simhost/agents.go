@@ -69,6 +69,8 @@ type AgentHost struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	started time.Time
+	// Env is added to the agent's environment at its next start.
+	Env []string
 }
 
 // NewCluster starts n hosts with agents that form one cluster, and waits
@@ -113,6 +115,13 @@ func NewClusterWith(t testing.TB, n int, extra func(i int, h *Host) string) *Clu
 		}
 		h.t = t
 	}
+	// Every agent lists every host as a seed, as an operator would: an agent
+	// that restarts must find the others whichever of them is up.
+	var quoted []string
+	for _, h := range hosts {
+		quoted = append(quoted, fmt.Sprintf("%q", h.IP+":7946"))
+	}
+	seeds := strings.Join(quoted, ", ")
 	for i, h := range hosts {
 		ah := &AgentHost{Host: h, c: c, Socket: fmt.Sprintf("/run/osim/%s/agent.sock", h.Name)}
 		ah.Config = fmt.Sprintf("/run/osim/%s/agent.yaml", h.Name)
@@ -122,7 +131,7 @@ func NewClusterWith(t testing.TB, n int, extra func(i int, h *Host) string) *Clu
 cluster:
   bind: %[2]s:7946
   raft_bind: %[2]s:7947
-  join: ["%[3]s:7946"]
+  join: [%[3]s]
   bootstrap_expect: %[4]d
   secret_file: %[5]s
 api:
@@ -135,7 +144,7 @@ transfer:
   bind: %[2]s:7922
 log:
   level: debug
-`, h.Name, h.IP, hosts[0].IP, min(n, 3), c.Secret, ah.Socket, h.Socket)
+`, h.Name, h.IP, seeds, min(n, 3), c.Secret, ah.Socket, h.Socket)
 		if extra != nil {
 			cfg += extra(i, h)
 		}
@@ -187,6 +196,7 @@ func (h *AgentHost) StartAgent() {
 	defer logf.Close()
 	cmd := exec.Command(script("simhost.sh"), "exec", h.Name, h.c.Bin, "agent", "--config", h.Config)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), h.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		h.c.t.Fatal(err)
