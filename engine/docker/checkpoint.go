@@ -72,22 +72,27 @@ func (e *Engine) step(op, ctr, name string, start time.Time) time.Time {
 
 // preflight refuses, before anything freezes, what Docker's checkpoint
 // cannot carry.
-func (e *Engine) preflight(ctx context.Context, cj types.ContainerJSON, opts engine.CheckpointOptions) ([]manifestVolume, error) {
+func (e *Engine) preflight(ctx context.Context, cj types.ContainerJSON, opts engine.CheckpointOptions) ([]manifestVolume, int64, error) {
 	if _, err := e.checkDaemon(ctx); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if cj.GraphDriver.Name != "overlay2" || cj.GraphDriver.Data["UpperDir"] == "" {
-		return nil, fmt.Errorf("%w: storage driver %q: only overlay2's writable layer can be carried", ErrUnsupported, cj.GraphDriver.Name)
+		return nil, 0, fmt.Errorf("%w: storage driver %q: only overlay2's writable layer can be carried", ErrUnsupported, cj.GraphDriver.Name)
 	}
 	switch nm := cj.HostConfig.NetworkMode; {
 	case nm.IsHost(), nm.IsNone():
 	default:
-		return nil, fmt.Errorf("%w: network mode %q: only host or no networking can be restored elsewhere (a new network namespace would not have the container's addresses)", ErrUnsupported, nm)
+		return nil, 0, fmt.Errorf("%w: network mode %q: only host or no networking can be restored elsewhere (a new network namespace would not have the container's addresses)", ErrUnsupported, nm)
 	}
-	if n, err := establishedTCP(cj.State.Pid); err != nil {
-		return nil, fmt.Errorf("look for TCP connections: %w", err)
-	} else if n > 0 {
-		return nil, fmt.Errorf("%w: it holds %d established TCP connection(s), and Docker has no tcp-established checkpoint", ErrUnsupported, n)
+	if cj.HostConfig.PidMode.IsHost() {
+		return nil, 0, fmt.Errorf("%w: it shares the host's PID namespace (--pid host), which CRIU cannot dump", ErrUnsupported)
+	}
+	n, rss, err := scanProcs(cj.State.Pid)
+	if err != nil {
+		return nil, 0, fmt.Errorf("look for TCP connections: %w", err)
+	}
+	if n > 0 {
+		return nil, 0, fmt.Errorf("%w: it holds %d established TCP connection(s), and Docker has no tcp-established checkpoint", ErrUnsupported, n)
 	}
 	var vols []manifestVolume
 	for _, m := range cj.Mounts {
@@ -95,18 +100,18 @@ func (e *Engine) preflight(ctx context.Context, cj types.ContainerJSON, opts eng
 			continue
 		}
 		if m.Driver != "local" {
-			return nil, fmt.Errorf("%w: volume %s uses driver %q; only local volumes' contents can be carried", ErrUnsupported, m.Name, m.Driver)
+			return nil, 0, fmt.Errorf("%w: volume %s uses driver %q; only local volumes' contents can be carried", ErrUnsupported, m.Name, m.Driver)
 		}
 		v, err := e.cli.VolumeInspect(ctx, m.Name)
 		if err != nil {
-			return nil, fmt.Errorf("volume %s: %w", m.Name, err)
+			return nil, 0, fmt.Errorf("volume %s: %w", m.Name, err)
 		}
 		if len(v.Options) > 0 {
-			return nil, fmt.Errorf("%w: volume %s has driver options (%v); only plain local volumes can be carried", ErrUnsupported, m.Name, v.Options)
+			return nil, 0, fmt.Errorf("%w: volume %s has driver options (%v); only plain local volumes can be carried", ErrUnsupported, m.Name, v.Options)
 		}
 		vols = append(vols, manifestVolume{Name: m.Name, Driver: m.Driver, Labels: v.Labels, Destination: m.Destination})
 	}
-	return vols, nil
+	return vols, rss, nil
 }
 
 // Checkpoint implements engine.Checkpointer. It writes the manifest, then
@@ -125,12 +130,11 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, engine.ErrNotRunning)
 	}
 	name := strings.TrimPrefix(cj.Name, "/")
-	vols, err := e.preflight(ctx, cj, opts)
+	vols, mem, err := e.preflight(ctx, cj, opts)
 	if err != nil {
 		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", name, err)
 	}
 	info, _ := e.daemonInfo(ctx)
-	mem := e.memory(ctx, cj.ID)
 	root := e.daemonRoot()
 	t := e.step("checkpoint", name, "inspect+preflight", start)
 
@@ -393,7 +397,7 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	fail := func(err error) (engine.Container, engine.Stats, error) {
 		return engine.Container{}, st, fmt.Errorf("restore %s: %w", name, err)
 	}
-	t := e.step("restore", name, "read manifest", start)
+	t := e.step("restore", name, "wait for the manifest (the source checks, then checkpoints)", start)
 
 	// Refusals before anything is created here.
 	info, err := e.checkDaemon(ctx)

@@ -264,17 +264,15 @@ func (e *Engine) List(ctx context.Context) ([]engine.Container, error) {
 	return out, nil
 }
 
+// memory is the resident memory of a running container's processes (best
+// effort; dockerd's own stats take a second per container).
 func (e *Engine) memory(ctx context.Context, id string) int64 {
-	st, err := e.cli.ContainerStatsOneShot(ctx, id)
-	if err != nil {
+	cj, err := e.cli.ContainerInspect(ctx, id)
+	if err != nil || cj.State == nil {
 		return 0
 	}
-	defer st.Body.Close()
-	var s types.StatsJSON
-	if err := jsonDecode(st.Body, &s); err != nil {
-		return 0
-	}
-	return int64(s.MemoryStats.Usage)
+	_, rss, _ := scanProcs(cj.State.Pid)
+	return rss
 }
 
 // Remove implements engine.Remover: it stops (without grace) and removes

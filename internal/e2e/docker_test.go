@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -99,4 +103,131 @@ func TestE2EDocker(t *testing.T) {
 		t.Fatalf("after the rollback: %+v, before %+v", ba, bb)
 	}
 	dockerOnlyOn(t, c, engines, "dbind", h2)
+}
+
+// TestBenchDocker is the Docker row of `make bench`: the downtime the
+// workload saw (its longest gap between ticks) when orchestrate moves it
+// between two Docker hosts, beside a move between two Podman hosts of the
+// same cluster in the same run, plus where a Docker move's time goes: the
+// engine's step timings from the agents' logs (median over the repeats).
+//
+// ORCHESTRATE_BENCH_SIZES (default "64,256") and ORCHESTRATE_BENCH_REPEATS
+// (default 3) tune it.
+func TestBenchDocker(t *testing.T) {
+	if os.Getenv("ORCHESTRATE_BENCH") == "" {
+		t.Skip("set ORCHESTRATE_BENCH=1 (make bench)")
+	}
+	sizes := []int{64, 256}
+	if s := os.Getenv("ORCHESTRATE_BENCH_SIZES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	repeats := 3
+	if s := os.Getenv("ORCHESTRATE_BENCH_REPEATS"); s != "" {
+		repeats, _ = strconv.Atoi(s)
+	}
+	c := simhost.NewClusterEngines(t, "docker", "docker", "podman", "podman")
+	d1, d2, p1, p2 := c.Hosts[0], c.Hosts[1], c.Hosts[2], c.Hosts[3]
+	var rows, steps []string
+	for _, mib := range sizes {
+		var pm, dk []time.Duration
+		samples := map[string][]time.Duration{}
+		var order []string
+		for i := 0; i < repeats; i++ {
+			pm = append(pm, benchMove(t, p1, p2, "podman", mib, i))
+			mark := logMark(d1, d2)
+			dk = append(dk, benchMove(t, d1, d2, "docker", mib, i))
+			for _, s := range dockerSteps(t, mark, d1, d2) {
+				if _, ok := samples[s.name]; !ok {
+					order = append(order, s.name)
+				}
+				samples[s.name] = append(samples[s.name], s.d)
+			}
+		}
+		rows = append(rows, fmt.Sprintf("| %d MiB | %s | %s | %.2f |", mib, minMed(pm), minMed(dk), med(dk).Seconds()/med(pm).Seconds()))
+		for _, name := range order {
+			steps = append(steps, fmt.Sprintf("| %d MiB | %s | %.2f s |", mib, name, med(samples[name]).Seconds()))
+		}
+	}
+	fmt.Printf("\nDocker vs Podman: downtime as the application saw it (its longest gap between ticks), orchestrate on both, min / median of %d:\n\n", repeats)
+	fmt.Println("| size | Podman hosts | Docker hosts | ratio (median) |")
+	fmt.Println("|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
+	fmt.Printf("\nWhere a Docker move's time goes (engine steps on the source, then the target; median):\n\n")
+	fmt.Println("| size | step | time |")
+	fmt.Println("|---|---|---|")
+	for _, r := range steps {
+		fmt.Println(r)
+	}
+}
+
+// benchMove starts a fresh workload on from, moves it to to with
+// orchestrate, and returns the gap the workload saw.
+func benchMove(t *testing.T, from, to *simhost.AgentHost, eng string, mib, i int) time.Duration {
+	t.Helper()
+	name := fmt.Sprintf("b%s%d-%d", eng[:1], mib, i)
+	port := simhost.Port()
+	if eng == "docker" {
+		from.RunDockerWorkload(simhost.Workload{Name: name, MiB: mib, Port: port})
+	} else {
+		from.RunWorkload(simhost.Workload{Name: name, MiB: mib, Port: port})
+	}
+	waitSettled(t, from, port)
+	if out, errOut, code := from.CLI("migrate", name, "--to", to.Name); code != 0 {
+		t.Fatalf("migrate: %s%s", out, errOut)
+	}
+	rep := to.WaitReport(port, 60*time.Second)
+	if eng == "docker" {
+		to.MustDocker("rm", "-f", name)
+	} else {
+		to.MustRun("podman", "rm", "-f", "-t", "0", name)
+	}
+	return time.Duration(rep.MaxGapMS) * time.Millisecond
+}
+
+type stepTime struct {
+	name string
+	d    time.Duration
+}
+
+// logMark is the current length of each host's agent log.
+func logMark(hs ...*simhost.AgentHost) map[string]int64 {
+	m := map[string]int64{}
+	for _, h := range hs {
+		if fi, err := os.Stat(fmt.Sprintf("/run/osim/%s/agent.log", h.Name)); err == nil {
+			m[h.Name] = fi.Size()
+		}
+	}
+	return m
+}
+
+var stepRe = regexp.MustCompile(`msg="docker step".* op=(\S+) .*step=("[^"]*"|\S+) ms=(\d+)`)
+
+// dockerSteps reads the engine's step timings logged since mark, the
+// source's first.
+func dockerSteps(t *testing.T, mark map[string]int64, hs ...*simhost.AgentHost) []stepTime {
+	var out []stepTime
+	for _, h := range hs {
+		b, err := os.ReadFile(fmt.Sprintf("/run/osim/%s/agent.log", h.Name))
+		if err != nil || int64(len(b)) < mark[h.Name] {
+			continue
+		}
+		for _, l := range strings.Split(string(b[mark[h.Name]:]), "\n") {
+			m := stepRe.FindStringSubmatch(l)
+			if m == nil {
+				continue
+			}
+			ms, _ := strconv.Atoi(m[3])
+			out = append(out, stepTime{name: m[1] + ": " + strings.Trim(m[2], `"`), d: time.Duration(ms) * time.Millisecond})
+		}
+	}
+	return out
 }
