@@ -19,10 +19,12 @@ import (
 	"github.com/edgemigrate/orchestrate/transfer"
 )
 
-// Engine is what a host's forensic steps need from its engine.
+// Engine is what a host's forensic steps need from its engine. Resume
+// undoes a snapshot that stopped its container and then failed.
 type Engine interface {
 	engine.Checkpointer
 	engine.Lister
+	engine.Resumer
 }
 
 // Streamer sends a stream to a peer's transfer endpoint (transfer.Client).
@@ -195,6 +197,7 @@ func (a *Agent) checkpointStream(w http.ResponseWriter, r *http.Request) {
 	st, err := a.eng.Checkpoint(ctx, c.ID, cw, options(req.LeaveRunning))
 	if err != nil {
 		a.log.Warn("checkpoint failed", "container", c.Name, "err", err)
+		a.undo(c, req.LeaveRunning)
 		w.Header().Set(TrailerError, fmt.Sprintf("checkpoint %s on %s: %v", c.Name, a.cfg.Host, err))
 		return
 	}
@@ -216,9 +219,28 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// undo resumes a container that a failed snapshot stopped: a snapshot
+// either completes or leaves the container as it was. It runs after the
+// request's context may have ended, so it has its own.
+func (a *Agent) undo(c engine.Container, leaveRunning bool) {
+	if leaveRunning {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StepTimeout)
+	defer cancel()
+	if now, err := a.eng.Inspect(ctx, c.ID); err != nil || now.Running {
+		return
+	}
+	if err := a.eng.Resume(ctx, c.ID); err != nil {
+		a.log.Error("resume after a failed snapshot", "container", c.Name, "err", err)
+		return
+	}
+	a.log.Info("resumed after a failed snapshot", "container", c.Name)
+}
+
 // snapshot checkpoints a container here into the store host's snapshot
-// store and returns the record. On error nothing is recorded, and the
-// store host keeps no file.
+// store and returns the record. On error nothing is recorded, the store
+// host keeps no file, and a stopped container is resumed.
 func (a *Agent) snapshot(w http.ResponseWriter, r *http.Request) {
 	var req HostCheckpointRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Container == "" {
@@ -234,11 +256,16 @@ func (a *Agent) snapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 // Snapshot checkpoints a container on this host into the snapshot store.
-func (a *Agent) Snapshot(ctx context.Context, req HostCheckpointRequest) (cluster.SnapshotRecord, error) {
+func (a *Agent) Snapshot(ctx context.Context, req HostCheckpointRequest) (rec cluster.SnapshotRecord, err error) {
 	c, err := a.running(ctx, req.Container)
 	if err != nil {
 		return cluster.SnapshotRecord{}, err
 	}
+	defer func() {
+		if err != nil {
+			a.undo(c, req.LeaveRunning)
+		}
+	}()
 	storeHost := firstNonEmpty(req.StoreHost, a.cfg.Host)
 	var addr string
 	for _, m := range a.c.Members() {
@@ -253,7 +280,7 @@ func (a *Agent) Snapshot(ctx context.Context, req HostCheckpointRequest) (cluste
 		return cluster.SnapshotRecord{}, fmt.Errorf("%w: no store host %s with a transfer address", cluster.ErrNotFound, storeHost)
 	}
 	at := a.cfg.Now().UTC()
-	rec := cluster.SnapshotRecord{ID: NewID(at), Container: c.ID, Name: c.Name, Host: a.cfg.Host, StoreHost: storeHost,
+	rec = cluster.SnapshotRecord{ID: NewID(at), Container: c.ID, Name: c.Name, Host: a.cfg.Host, StoreHost: storeHost,
 		At: at, Reason: req.Reason, LeaveRunning: req.LeaveRunning}
 	hdr := transfer.StreamHeader{Kind: KindSnapshot, ID: rec.ID, Meta: map[string]string{"container": c.ID, "name": c.Name}}
 	var st engine.Stats

@@ -194,6 +194,7 @@ func (e engineProxy) Checkpoint(ctx context.Context, id string, w io.Writer, o e
 	return e.h.eng.Checkpoint(ctx, id, w, o)
 }
 func (e engineProxy) List(ctx context.Context) ([]engine.Container, error) { return e.h.eng.List(ctx) }
+func (e engineProxy) Resume(ctx context.Context, id string) error          { return e.h.eng.Resume(ctx, id) }
 func (e engineProxy) Inspect(ctx context.Context, id string) (engine.Container, error) {
 	return e.h.eng.Inspect(ctx, id)
 }
@@ -217,7 +218,9 @@ func (w *world) Stream(ctx context.Context, peer string, h transfer.StreamHeader
 		return nil, transfer.StreamStats{}, fmt.Errorf("no peer %s", peer)
 	}
 	pr, pw := io.Pipe()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		if err := produce(pw); err != nil {
 			pw.CloseWithError(fmt.Errorf("%w: aborted: %v", transfer.ErrVerify, err))
 			return
@@ -226,6 +229,7 @@ func (w *world) Stream(ctx context.Context, peer string, h transfer.StreamHeader
 	}()
 	res, err := target.handler[h.Kind](ctx, h, pr)
 	pr.Close()
+	<-done // as transfer.Client.Stream, return only once produce has
 	if err != nil {
 		return nil, transfer.StreamStats{}, fmt.Errorf("%w: %v", transfer.ErrRemote, err)
 	}
@@ -383,6 +387,24 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 	}
 	if n := len(ls(t, w.hosts["h2"].agent.st.dir)); n != 3 {
 		t.Fatalf("%d files after the hook's snapshot (default retention keeps 10)", n)
+	}
+
+	// A snapshot that stops its container and then fails (here: the store
+	// cannot write) resumes the container.
+	storeDir := w.hosts["h2"].agent.st.dir
+	if err := os.Rename(storeDir, storeDir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.WriteFile(storeDir, nil, 0o600)
+	if _, err := StoreCheckpoint(ctx, w.client("h1"), CheckpointRequest{Container: "web", StoreHost: "h2"}); err == nil {
+		t.Fatal("stored into a store that cannot be written")
+	}
+	if c, _ := w.hosts["h1"].eng.Inspect(ctx, web.ID); !c.Running {
+		t.Fatalf("web left %s after a failed stopping snapshot", c.State)
+	}
+	os.Remove(storeDir)
+	if err := os.Rename(storeDir+".away", storeDir); err != nil {
+		t.Fatal(err)
 	}
 
 	// A checkpoint that fails halfway: the stream says so, the store keeps
