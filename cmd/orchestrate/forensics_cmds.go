@@ -33,14 +33,20 @@ func newCheckpointCmd() *cobra.Command {
 
 With --leave-running the container keeps running after a brief freeze; the
 freeze (CRIU's frozen time) and the wall time of the checkpoint are reported.
-Without it the container is stopped by the checkpoint.
+Without it the checkpoint stops the container and keeps its checkpoint on its
+host, where 'podman container restore NAME' resumes it. A snapshot that fails
+leaves the container running.
 
---output FILE writes the archive here ("-": to stdout), streamed from the container's host
-through the agents' API. --store keeps it in the cluster's snapshot store on
---store-host (default: the container's own host), under node.data_dir/snapshots,
-recorded in the replicated state; --keep and --max-age set that store's
-retention (default 10 snapshots, 7 days). List them with 'orchestrate snapshots',
-read them with 'orchestrate inspect'.`,
+--output FILE writes the archive here ("-": to stdout), streamed from the
+container's host through the agents' API; FILE appears only once the whole
+archive arrived and matched the sha256 the host computed.
+
+--store keeps it in the cluster's snapshot store, under node.data_dir/snapshots
+of --store-host (default: the agent's forensics.store_host, else the
+container's own host), recorded in the replicated state. The store host keeps
+at most forensics.retention.count snapshots of at most
+forensics.retention.max_age (10, 168h); --keep and --max-age override them.
+List them with 'orchestrate snapshots', read them with 'orchestrate inspect'.`,
 		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			if (output == "") == !req.Store {
@@ -113,10 +119,10 @@ read them with 'orchestrate inspect'.`,
 	fl.BoolVar(&req.LeaveRunning, "leave-running", false, "keep the container running after a brief freeze")
 	fl.StringVar(&output, "output", "", "write the archive to this file (\"-\": stdout)")
 	fl.BoolVar(&req.Store, "store", false, "keep the archive in the cluster's snapshot store")
-	fl.StringVar(&req.StoreHost, "store-host", "", "the store host (default: the container's host)")
+	fl.StringVar(&req.StoreHost, "store-host", "", "the store host (default: forensics.store_host, else the container's host)")
 	fl.StringVar(&req.Reason, "reason", "", "why, recorded with a stored snapshot")
-	fl.IntVar(&keep, "keep", 0, "store retention: keep this many snapshots on the store host (default 10)")
-	fl.DurationVar(&maxAge, "max-age", 0, "store retention: drop snapshots older than this (default 168h)")
+	fl.IntVar(&keep, "keep", 0, "store retention: keep this many snapshots on the store host (default: its forensics.retention.count)")
+	fl.DurationVar(&maxAge, "max-age", 0, "store retention: drop snapshots older than this (default: its forensics.retention.max_age)")
 	return cmd
 }
 
