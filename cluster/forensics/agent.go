@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/cluster/migrate"
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/transfer"
 )
@@ -53,6 +54,7 @@ type Cluster interface {
 	Snapshot(id string) (cluster.SnapshotRecord, error)
 	PutSnapshot(ctx context.Context, rec cluster.SnapshotRecord) error
 	DeleteSnapshots(ctx context.Context, ids []string) error
+	Migrations() []cluster.MigrationRecord
 }
 
 var _ Cluster = (*cluster.Cluster)(nil)
@@ -165,7 +167,17 @@ func (a *Agent) running(ctx context.Context, ref string) (engine.Container, erro
 	if err == nil && !c.Running {
 		err = fmt.Errorf("%w: container %s on %s is %s", cluster.ErrInvalid, ref, a.cfg.Host, c.State)
 	}
-	return c, err
+	if err != nil {
+		return c, err
+	}
+	// A migration freezes and removes this copy: a snapshot now would race
+	// it (Podman would serialise the two, and one would then fail).
+	for _, m := range a.c.Migrations() {
+		if m.Container == c.ID && !migrate.Terminal(m.Phase) {
+			return c, fmt.Errorf("%w: container %s is migrating (%s, %s): snapshot it after the migration", cluster.ErrConflict, c.Name, m.ID, m.Phase)
+		}
+	}
+	return c, nil
 }
 
 // options: a snapshot that stops the container keeps the checkpoint on

@@ -143,6 +143,7 @@ type world struct {
 	t     *testing.T
 	mu    sync.Mutex
 	recs  map[string]cluster.SnapshotRecord
+	migs  []cluster.MigrationRecord
 	hosts map[string]*simHost
 }
 
@@ -291,6 +292,11 @@ func (v *hostView) PutSnapshot(ctx context.Context, rec cluster.SnapshotRecord) 
 	v.w.recs[rec.ID] = rec
 	return nil
 }
+func (v *hostView) Migrations() []cluster.MigrationRecord {
+	v.w.mu.Lock()
+	defer v.w.mu.Unlock()
+	return slices.Clone(v.w.migs)
+}
 func (v *hostView) DeleteSnapshots(ctx context.Context, ids []string) error {
 	v.w.mu.Lock()
 	defer v.w.mu.Unlock()
@@ -327,7 +333,17 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 		t.Fatal("web stopped after a leave-running checkpoint")
 	}
 
-	// Refusals.
+	// Refusals: a container in the middle of a migration, a missing one, a
+	// missing store host.
+	w.mu.Lock()
+	w.migs = []cluster.MigrationRecord{{ID: "m1", Container: web.ID, Phase: "Done"}, {ID: "m2", Container: web.ID, Phase: "Transferring"}}
+	w.mu.Unlock()
+	if _, err := StreamCheckpoint(ctx, w.client("h2"), CheckpointRequest{Container: "web", LeaveRunning: true}, io.Discard); !errors.Is(err, cluster.ErrConflict) {
+		t.Fatalf("checkpoint during a migration: %v", err)
+	}
+	w.mu.Lock()
+	w.migs = w.migs[:1]
+	w.mu.Unlock()
 	if _, err := StreamCheckpoint(ctx, w.client("h2"), CheckpointRequest{Container: "nope"}, io.Discard); !errors.Is(err, cluster.ErrNotFound) {
 		t.Fatalf("checkpoint of a missing container: %v", err)
 	}
