@@ -163,7 +163,7 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 		}
 	}
 	dir := filepath.Join(info.DockerRootDir, "containers", cj.ID, "checkpoints", ckpt)
-	watch := e.watchCRIULogs(root, "ctd-checkpoint", "dump.log")
+	watch := e.watchCRIULogs(root, cj.ID, "dump.log")
 	err = e.cli.CheckpointCreate(ctx, cj.ID, types.CheckpointCreateOptions{CheckpointID: ckpt, Exit: !opts.LeaveRunning})
 	criuLog := watch.stop()
 	dropCheckpoint := func() {
@@ -328,7 +328,7 @@ func (e *Engine) Resume(ctx context.Context, id string) error {
 	if ckpt == "" {
 		return fmt.Errorf("resume %s: %w", id, engine.ErrNoCheckpoint)
 	}
-	watch := e.watchCRIULogs(e.daemonRoot(), "ctrd-checkpoint", "restore.log")
+	watch := e.watchCRIULogs(e.daemonRoot(), cj.ID, "restore.log")
 	err = e.cli.ContainerStart(ctx, cj.ID, types.ContainerStartOptions{CheckpointID: ckpt})
 	criuLog := watch.stop()
 	if err != nil {
@@ -569,7 +569,7 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	// directory, and runc has CRIU restore from there; the shim deletes that
 	// directory and CRIU's log with it, so the log is held open meanwhile.
 	rstart := time.Now()
-	watch := e.watchCRIULogs(root, "ctrd-checkpoint", "restore.log")
+	watch := e.watchCRIULogs(root, newID, "restore.log")
 	err = e.cli.ContainerStart(context.WithoutCancel(ctx), newID, types.ContainerStartOptions{CheckpointID: m.Checkpoint})
 	criuLog := watch.stop()
 	st.RestoreTime = time.Since(rstart)

@@ -110,8 +110,8 @@ func scanProcs(pid int) (tcp int, rss int64, err error) {
 	return n, rss, nil
 }
 
-// criuWatch holds CRIU's log files open while dockerd works, because the
-// shim deletes them (with their directory) as soon as a restore fails.
+// criuWatch holds CRIU's log file open while dockerd works, because the
+// shim deletes it (with the container's bundle) as soon as a restore fails.
 type criuWatch struct {
 	stopc chan struct{}
 	done  chan struct{}
@@ -119,28 +119,29 @@ type criuWatch struct {
 	files map[string]*os.File
 }
 
-// watchCRIULogs polls containerd's temporary directories for
-// PATTERN*/LOG and opens each log as soon as it appears.
-func (e *Engine) watchCRIULogs(root, pattern, log string) *criuWatch {
+// watchCRIULogs polls for CRIU's log (dump.log or restore.log) in the work
+// directory of the container's containerd bundle,
+// STATE/io.containerd.runtime.v2.task/moby/ID/work, and opens it as soon as
+// it appears.
+func (e *Engine) watchCRIULogs(root, dockerID, log string) *criuWatch {
 	w := &criuWatch{stopc: make(chan struct{}), done: make(chan struct{}), files: map[string]*os.File{}}
-	dirs := containerdTempDirsIn(root)
+	state := containerdState(root)
 	go func() {
 		defer close(w.done)
+		if state == "" {
+			return
+		}
+		p := inRoot(root, filepath.Join(state, "io.containerd.runtime.v2.task", "moby", dockerID, "work", log))
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			for _, d := range dirs {
-				matches, _ := filepath.Glob(filepath.Join(d, pattern+"*", log))
-				for _, m := range matches {
-					w.mu.Lock()
-					if _, ok := w.files[m]; !ok {
-						if f, err := os.Open(m); err == nil {
-							w.files[m] = f
-						}
-					}
-					w.mu.Unlock()
+			w.mu.Lock()
+			if _, ok := w.files[p]; !ok {
+				if f, err := os.Open(p); err == nil {
+					w.files[p] = f
 				}
 			}
+			w.mu.Unlock()
 			select {
 			case <-w.stopc:
 				return
@@ -149,6 +150,48 @@ func (e *Engine) watchCRIULogs(root, pattern, log string) *criuWatch {
 		}
 	}()
 	return w
+}
+
+// containerdState returns the state directory of the containerd that the
+// dockerd under root (a daemonRoot) started: the "state" of the config
+// file named on its command line. "" when not found.
+func containerdState(root string) string {
+	dpid := strings.TrimSuffix(strings.TrimPrefix(root, "/proc/"), "/root")
+	if root == "" || dpid == "" {
+		return ""
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + p.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		i := strings.LastIndexByte(string(st), ')')
+		f := strings.Fields(string(st)[i+1:])
+		if len(f) < 2 || f[1] != dpid || !strings.Contains(string(st[:i]), "(containerd") {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+		args := strings.Split(string(cmd), "\x00")
+		for k, a := range args {
+			if (a == "--config" || a == "-c") && k+1 < len(args) {
+				conf, err := os.ReadFile(inRoot(root, args[k+1]))
+				if err != nil {
+					return ""
+				}
+				for _, l := range strings.Split(string(conf), "\n") {
+					if v, ok := strings.CutPrefix(strings.TrimSpace(l), "state = "); ok {
+						return strings.Trim(v, `"'`)
+					}
+				}
+			}
+		}
+	}
+	return ""
 }
 
 // stop ends the watch and returns the error lines of the logs it held.
@@ -186,55 +229,6 @@ func criuError(err error, lines []string) error {
 		return fmt.Errorf("%w: %w", engine.ErrCRIU, err)
 	}
 	return fmt.Errorf("%w: %w; criu log: %s", engine.ErrCRIU, err, strings.Join(lines, " | "))
-}
-
-// containerdTempDirs returns where containerd processes in this mount
-// namespace put their checkpoint directories (XDG_RUNTIME_DIR, else
-// TMPDIR, else /tmp), plus this process's own temporary directory.
-func containerdTempDirs() []string {
-	seen := map[string]bool{}
-	var out []string
-	add := func(d string) {
-		if d != "" && !seen[d] {
-			seen[d] = true
-			out = append(out, d)
-		}
-	}
-	self, _ := os.Readlink("/proc/self/ns/mnt")
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		if _, err := strconv.Atoi(p.Name()); err != nil {
-			continue
-		}
-		comm, err := os.ReadFile("/proc/" + p.Name() + "/comm")
-		if err != nil || strings.TrimSpace(string(comm)) != "containerd" {
-			continue
-		}
-		if ns, err := os.Readlink("/proc/" + p.Name() + "/ns/mnt"); err != nil || ns != self {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + p.Name() + "/environ")
-		if err != nil {
-			continue
-		}
-		vars := map[string]string{}
-		for _, kv := range strings.Split(string(env), "\x00") {
-			if k, v, ok := strings.Cut(kv, "="); ok {
-				vars[k] = v
-			}
-		}
-		switch {
-		case vars["XDG_RUNTIME_DIR"] != "":
-			add(vars["XDG_RUNTIME_DIR"])
-		case vars["TMPDIR"] != "":
-			add(vars["TMPDIR"])
-		default:
-			add("/tmp")
-		}
-	}
-	add(os.TempDir())
-	add("/tmp")
-	return out
 }
 
 // daemonRoot returns a prefix under which this process sees files as
@@ -276,53 +270,6 @@ func (e *Engine) daemonRoot() string {
 		return "/proc/" + candidates[0] + "/root"
 	}
 	return ""
-}
-
-// containerdTempDirsIn is containerdTempDirs for the containerd processes
-// in the mount namespace of root (a daemonRoot), returned with the prefix.
-func containerdTempDirsIn(root string) []string {
-	if root == "" {
-		return containerdTempDirs()
-	}
-	self, _ := os.Readlink(strings.TrimSuffix(root, "/root") + "/ns/mnt")
-	seen := map[string]bool{}
-	var out []string
-	add := func(d string) {
-		if d != "" && !seen[d] {
-			seen[d] = true
-			out = append(out, root+d)
-		}
-	}
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		if _, err := strconv.Atoi(p.Name()); err != nil {
-			continue
-		}
-		comm, err := os.ReadFile("/proc/" + p.Name() + "/comm")
-		if err != nil || strings.TrimSpace(string(comm)) != "containerd" {
-			continue
-		}
-		if ns, err := os.Readlink("/proc/" + p.Name() + "/ns/mnt"); err != nil || ns != self {
-			continue
-		}
-		env, _ := os.ReadFile("/proc/" + p.Name() + "/environ")
-		vars := map[string]string{}
-		for _, kv := range strings.Split(string(env), "\x00") {
-			if k, v, ok := strings.Cut(kv, "="); ok {
-				vars[k] = v
-			}
-		}
-		switch {
-		case vars["XDG_RUNTIME_DIR"] != "":
-			add(vars["XDG_RUNTIME_DIR"])
-		case vars["TMPDIR"] != "":
-			add(vars["TMPDIR"])
-		default:
-			add("/tmp")
-		}
-	}
-	add("/tmp")
-	return out
 }
 
 // inRoot returns where this process finds the daemon's path p: root+p with
