@@ -270,16 +270,17 @@ func TestBenchPrecopy(t *testing.T) {
 					direct = append(direct, r)
 					continue
 				}
-				var fr []string
+				var fr, rw []string
 				for _, x := range p.Rounds {
 					fr = append(fr, fmt.Sprintf("%d", x.Frozen.Milliseconds()))
+					rw = append(rw, fmt.Sprintf("%.1f", float64(x.WireBytes)/(1<<20)))
 				}
 				final := int64(0)
 				if p.Final != nil {
 					final = p.Final.WireBytes
 				}
-				r.extra = fmt.Sprintf("%d rounds, freezes [%s] ms, final %.1f MiB on the wire, record downtime %.2f s",
-					len(p.Rounds), strings.Join(fr, " "), float64(final)/(1<<20), rec.Downtime.Seconds())
+				r.extra = fmt.Sprintf("%d rounds of [%s] MiB, freezes [%s] ms, final %.1f MiB, record downtime %.2f s",
+					len(p.Rounds), strings.Join(rw, " "), strings.Join(fr, " "), float64(final)/(1<<20), rec.Downtime.Seconds())
 				pre = append(pre, r)
 			}
 		}

@@ -95,8 +95,13 @@ func NewEncoderParams(w io.Writer, base *Index, p Params) (*Encoder, error) {
 	return e, nil
 }
 
-// Write feeds the new archive.
-func (e *Encoder) Write(b []byte) (int, error) { return e.pw.Write(b) }
+// Write feeds the new archive. The whole-archive hash runs here, on the
+// caller's goroutine, in parallel with the chunker's.
+func (e *Encoder) Write(b []byte) (int, error) {
+	n, err := e.pw.Write(b)
+	e.h.Write(b[:n])
+	return n, err
+}
 
 // Close finishes the delta (end op, flush) and returns the first error of
 // reading, chunking or writing. Safe to call more than once.
@@ -156,7 +161,6 @@ func (e *Encoder) run(pr *io.PipeReader) {
 }
 
 func (e *Encoder) chunk(data []byte, off int64) error {
-	e.h.Write(data)
 	sum := sha256.Sum256(data)
 	n := int64(len(data))
 	e.st.Chunks++
