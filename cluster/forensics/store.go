@@ -78,11 +78,13 @@ func Prune(recs []cluster.SnapshotRecord, host string, now time.Time, r Retentio
 	return drop
 }
 
-// NewID returns a new snapshot ID: sortable by time, unique by a random tail.
+// NewID returns a new snapshot ID, e.g. snap-20260102-030405-123-9f3a1c2e:
+// sortable by time to the millisecond, unique by a random tail.
 func NewID(at time.Time) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
-	return "snap-" + at.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
+	at = at.UTC()
+	return fmt.Sprintf("snap-%s-%03d-%s", at.Format("20060102-150405"), at.Nanosecond()/1e6, hex.EncodeToString(b))
 }
 
 // validID accepts the IDs NewID makes, and nothing that could leave the
