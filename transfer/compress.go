@@ -66,8 +66,10 @@ func (c Compression) workers() int {
 // of view). That one number includes the link's speed, the compressor's
 // speed and what they cost each other on a busy CPU: on loopback or a fast
 // LAN, zstd loses (it is the bottleneck) and chunks go raw; on a slow link it
-// wins and chunks are compressed. One window in exploreEvery tries the other
-// mode so that a change in the link is noticed.
+// wins and chunks are compressed. When they tie (the engine's export is
+// the bottleneck) chunks are compressed: the same time, half the bytes. One
+// window in exploreEvery tries the other mode so that a change in the link
+// is noticed.
 type linkStats struct {
 	mu      sync.Mutex
 	good    [2]float64 // EWMA goodput, bytes/s: [0] raw, [1] zstd
@@ -82,9 +84,12 @@ const (
 	adaptiveWindow = 8
 	// exploreEvery: one window in this many tries the losing mode.
 	exploreEvery = 8
-	// compressMargin: compress only if it is clearly faster, since it
-	// also costs CPU the engine may want.
-	compressMargin = 1.1
+	// rawMargin: send raw only when that is clearly faster. When the two
+	// tie, the producer (the engine's export) is the bottleneck and
+	// compression costs no time but halves the bytes; and a raw window's
+	// goodput is flattered by socket and channel buffers filling up, which
+	// a tie must not reward.
+	rawMargin = 1.1
 )
 
 func ewma(old, sample float64) float64 {
@@ -115,7 +120,7 @@ func (l *linkStats) pick() bool {
 	case l.good[0] == 0:
 		return false
 	}
-	best := l.good[1] > l.good[0]*compressMargin
+	best := l.good[0] <= l.good[1]*rawMargin
 	if l.windows%exploreEvery == exploreEvery-1 {
 		return !best
 	}

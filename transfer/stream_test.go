@@ -294,7 +294,8 @@ func TestAdaptiveDecision(t *testing.T) {
 	}{
 		{"loopback: zstd is the bottleneck", 380, 290, false},
 		{"slow link: zstd doubles goodput", 12, 24, true},
-		{"engine-bound: equal, keep raw to save CPU", 100, 104, false},
+		{"engine-bound: a tie compresses (same time, half the bytes)", 100, 104, true},
+		{"raw flattered by buffers but within 10%", 110, 100, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var l linkStats
