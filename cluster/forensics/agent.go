@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/edgemigrate/orchestrate/cluster"
@@ -72,14 +74,18 @@ type Config struct {
 	OrphanGrace time.Duration
 	// StepTimeout bounds calls to other agents other than archive streams.
 	StepTimeout time.Duration
-	Logger      *slog.Logger
+	// PruneInterval is how often Run applies retention (age retention must
+	// not wait for the next snapshot to arrive).
+	PruneInterval time.Duration
+	Logger        *slog.Logger
 	// Now is the clock (tests may replace it).
 	Now func() time.Time
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Retention: DefaultRetention(), OrphanGrace: 10 * time.Minute, StepTimeout: 30 * time.Second, Logger: slog.Default(), Now: time.Now}
+	return Config{Retention: DefaultRetention(), OrphanGrace: 10 * time.Minute, StepTimeout: 30 * time.Second,
+		PruneInterval: 10 * time.Minute, Logger: slog.Default(), Now: time.Now}
 }
 
 func (c Config) withDefaults() Config {
@@ -90,6 +96,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.StepTimeout <= 0 {
 		c.StepTimeout = d.StepTimeout
+	}
+	if c.PruneInterval <= 0 {
+		c.PruneInterval = d.PruneInterval
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
@@ -110,6 +119,8 @@ type Agent struct {
 	c      Cluster
 	st     *store
 	log    *slog.Logger
+
+	pruneMu sync.Mutex
 }
 
 // NewAgent returns the forensic steps of this host.
@@ -401,6 +412,8 @@ func (a *Agent) commit(w http.ResponseWriter, r *http.Request) {
 // never name a missing file, while a file left by a failure is an orphan
 // that a later prune removes.
 func (a *Agent) prune(ctx context.Context, ret Retention) ([]string, error) {
+	a.pruneMu.Lock()
+	defer a.pruneMu.Unlock()
 	now := a.cfg.Now()
 	recs := a.c.Snapshots()
 	drop := Prune(recs, a.cfg.Host, now, ret)
@@ -430,6 +443,31 @@ func (a *Agent) prune(ctx context.Context, ret Retention) ([]string, error) {
 		_ = os.Remove(path)
 	}
 	return drop, nil
+}
+
+// Run applies the store's retention every PruneInterval (jittered), and
+// soon after start (orphans a crash left), until ctx ends. A failed prune,
+// e.g. while there is no leader, is retried at the next tick.
+func (a *Agent) Run(ctx context.Context) error {
+	t := time.NewTimer(jitter(min(time.Minute, a.cfg.PruneInterval)))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if _, err := a.prune(ctx, a.cfg.Retention); err != nil && ctx.Err() == nil {
+			a.log.Warn("prune snapshot store", "err", err)
+		}
+		t.Reset(jitter(a.cfg.PruneInterval))
+	}
+}
+
+// jitter returns d plus up to a tenth of it, so that hosts do not prune in
+// step.
+func jitter(d time.Duration) time.Duration {
+	return d + time.Duration(mathrand.Int64N(int64(d)/10+1))
 }
 
 // file serves a stored archive.

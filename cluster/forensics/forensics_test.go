@@ -438,3 +438,34 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 		t.Fatalf("after a failed store: %d records, files %v", len(w.recs), ls(t, w.hosts["h2"].agent.st.dir))
 	}
 }
+
+// TestRunAppliesAgeRetention: records past max_age go, with their files,
+// without a new snapshot arriving.
+func TestRunAppliesAgeRetention(t *testing.T) {
+	w := newWorld(t, "h1")
+	ctx := context.Background()
+	h := w.hosts["h1"]
+	h.eng.(*enginetest.Fake).Run("web", "img", 1<<20, nil)
+	if _, err := StoreCheckpoint(ctx, w.client("h1"), CheckpointRequest{Container: "web", LeaveRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(ls(t, h.agent.st.dir)); n != 1 {
+		t.Fatalf("%d files", n)
+	}
+	h.agent.cfg.Now = func() time.Time { return time.Now().Add(8 * 24 * time.Hour) }
+	h.agent.cfg.PruneInterval = time.Millisecond
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- h.agent.Run(rctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(ls(t, h.agent.st.dir)) > 0 || len((*hostView)(h).Snapshots()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("files %v, records %v after max_age", ls(t, h.agent.st.dir), (*hostView)(h).Snapshots())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

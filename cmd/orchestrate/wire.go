@@ -108,7 +108,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),
 			Retention: forensics.Retention{Count: cfg.Forensics.Retention.Count, MaxAge: cfg.Forensics.Retention.MaxAge}}
-		forensics.NewAgent(fcfg, eng, client, c).Register(c, srv)
+		fa := forensics.NewAgent(fcfg, eng, client, c)
+		fa.Register(c, srv)
+		g.Go(func() error { return fa.Run(gctx) })
 		g.Go(func() error { return srv.Run(gctx) })
 	}
 	return g.Wait()
