@@ -13,9 +13,17 @@
 // once the transfer layer verified size and sha256, and then records it in
 // the replicated state (cluster.PutSnapshot) with the stats the container's
 // host measured. The store host's agent is the only writer of its files and
-// their records: it prunes both together by retention (count and age), and
-// removes files it holds no record for once they are old enough that no
-// record can still be in flight.
+// their records: it prunes both together by retention
+// (forensics.retention.count and .max_age; after every new snapshot and on a
+// timer, Agent.Run), records first so that a record never names a missing
+// file, and removes files it holds no record for once they are old enough
+// that no record can still be in flight.
+//
+// Failure behaviour: a leave-running snapshot never stops its container. A
+// snapshot without leave-running stops it and keeps the checkpoint on its
+// host; if the snapshot then fails anywhere, the container is resumed. A
+// container with a migration in flight is refused (ErrConflict). Policies
+// (the spot evacuation) take snapshots through Snapshotter.
 //
 // Routes (registered on the cluster API, so they carry its auth):
 //
