@@ -137,6 +137,37 @@ func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	mux.HandleFunc("POST /v1/agent/forensics/snapshot", a.snapshot)
 	mux.HandleFunc("POST /v1/agent/forensics/commit", a.commit)
 	mux.HandleFunc("GET /v1/agent/forensics/file/{id}", a.file)
+	mux.HandleFunc("POST /v1/agent/forensics/remove", a.remove)
+}
+
+// RemoveRequest names a snapshot to remove.
+type RemoveRequest struct {
+	ID string `json:"id"`
+}
+
+// remove drops one snapshot stored here: the record, then the file.
+func (a *Agent) remove(w http.ResponseWriter, r *http.Request) {
+	var req RemoveRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || !validID(req.ID) {
+		cluster.WriteError(w, fmt.Errorf("%w: want {\"id\": SNAPSHOT}", cluster.ErrInvalid))
+		return
+	}
+	a.pruneMu.Lock()
+	defer a.pruneMu.Unlock()
+	if rec, err := a.c.Snapshot(req.ID); err == nil && rec.StoreHost != a.cfg.Host {
+		cluster.WriteError(w, fmt.Errorf("%w: snapshot %s is stored on %s, not %s", cluster.ErrInvalid, req.ID, rec.StoreHost, a.cfg.Host))
+		return
+	}
+	if err := a.c.DeleteSnapshots(r.Context(), []string{req.ID}); err != nil {
+		cluster.WriteError(w, err)
+		return
+	}
+	if err := a.st.remove(req.ID); err != nil {
+		cluster.WriteError(w, err)
+		return
+	}
+	a.log.Info("snapshot removed", "snapshot", req.ID)
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // HostCheckpointRequest asks the container's host for a checkpoint.

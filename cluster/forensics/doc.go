@@ -32,10 +32,12 @@
 //	GET  /v1/snapshots                  []cluster.SnapshotRecord, oldest first
 //	GET  /v1/snapshots/{id}             one record
 //	GET  /v1/snapshots/{id}/archive     the stored archive, from its store host
+//	DELETE /v1/snapshots/{id}           remove a snapshot: record, then file
 //	POST /v1/agent/forensics/checkpoint the container's host: archive stream
 //	POST /v1/agent/forensics/snapshot   the container's host: checkpoint into the store
 //	POST /v1/agent/forensics/commit     the store host: record a received file, prune
 //	GET  /v1/agent/forensics/file/{id}  the store host: a stored file
+//	POST /v1/agent/forensics/remove     the store host: remove one snapshot
 //
 // A streamed archive's outcome comes in HTTP trailers after the body:
 // TrailerResult (a CheckpointResult as JSON) on success, TrailerError

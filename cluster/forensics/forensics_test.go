@@ -393,6 +393,17 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 		t.Fatalf("fetch of a pruned snapshot: %v", err)
 	}
 
+	// Removed by the operator, through h1: the record and the file go.
+	if err := RemoveSnapshot(ctx, w.client("h1"), ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveSnapshot(ctx, w.client("h1"), ids[1]); !errors.Is(err, cluster.ErrNotFound) {
+		t.Fatalf("second removal: %v", err)
+	}
+	if on := ls(t, w.hosts["h2"].agent.st.dir); !slices.Equal(on, []string{ids[2] + ".tar"}) || len(w.recs) != 1 {
+		t.Fatalf("after removal: files %v, %d records", on, len(w.recs))
+	}
+
 	// The policy hook, called on h1 (the leader, say) for a container on h1
 	// itself: the snapshot goes elsewhere (h2), not onto the host being
 	// evacuated.
@@ -401,7 +412,7 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 	if err != nil || rec.StoreHost != "h2" || !rec.LeaveRunning || rec.Reason != "spot evacuation" {
 		t.Fatalf("hook snapshot %+v, %v", rec, err)
 	}
-	if n := len(ls(t, w.hosts["h2"].agent.st.dir)); n != 3 {
+	if n := len(ls(t, w.hosts["h2"].agent.st.dir)); n != 2 {
 		t.Fatalf("%d files after the hook's snapshot (default retention keeps 10)", n)
 	}
 

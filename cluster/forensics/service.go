@@ -65,6 +65,31 @@ func (s *Service) Register(mux Mux) {
 		cluster.WriteJSON(w, http.StatusOK, rec)
 	})
 	mux.HandleFunc("GET /v1/snapshots/{id}/archive", s.archive)
+	mux.HandleFunc("DELETE /v1/snapshots/{id}", s.remove)
+}
+
+// remove asks the store host to drop a snapshot, record and file.
+func (s *Service) remove(w http.ResponseWriter, r *http.Request) {
+	rec, err := s.c.Snapshot(r.PathValue("id"))
+	if err != nil {
+		cluster.WriteError(w, err)
+		return
+	}
+	cl, err := s.c.PeerClient(rec.StoreHost)
+	if err == nil {
+		err = cl.Do(r.Context(), http.MethodPost, "/v1/agent/forensics/remove", RemoveRequest{ID: rec.ID}, nil)
+	}
+	if err != nil {
+		cluster.WriteError(w, fmt.Errorf("remove snapshot %s on %s: %w", rec.ID, rec.StoreHost, err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// RemoveSnapshot removes a stored snapshot, its record and its file,
+// through the agent at cl.
+func RemoveSnapshot(ctx context.Context, cl *cluster.Client, id string) error {
+	return cl.Do(ctx, http.MethodDelete, "/v1/snapshots/"+id, nil, nil)
 }
 
 // locate finds the host running the container ref (a name, an ID or an

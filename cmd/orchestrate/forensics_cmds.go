@@ -188,6 +188,37 @@ func newSnapshotsCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd)
+	cmd.AddCommand(newSnapshotsRmCmd())
+	return cmd
+}
+
+func newSnapshotsRmCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "rm SNAPSHOT-ID...",
+		Short: "Remove snapshots from the store: their records, then their files",
+		Args:  args(cobra.MinimumNArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			cl, err := f.client()
+			if err != nil {
+				return err
+			}
+			var failed []string
+			for _, id := range a {
+				if err := forensics.RemoveSnapshot(cmd.Context(), cl, id); err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", id, err)
+					failed = append(failed, id)
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", id)
+			}
+			if len(failed) > 0 {
+				return fmt.Errorf("%d snapshot(s) not removed: %s", len(failed), strings.Join(failed, ", "))
+			}
+			return nil
+		},
+	}
+	f.add(cmd)
 	return cmd
 }
 

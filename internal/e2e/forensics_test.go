@@ -204,6 +204,14 @@ func TestE2EForensics(t *testing.T) {
 		t.Fatalf("inspect %s: exit %d\n%s%s", ids[2], code, out, errOut)
 	}
 
+	// The operator removes one: its record and its file go.
+	if out, errOut, code := h2.CLI("snapshots", "rm", ids[1]); code != 0 {
+		t.Fatalf("snapshots rm: exit %d\n%s%s", code, out, errOut)
+	}
+	if files := strings.Fields(h2.MustRun("ls", store)); !slices.Equal(files, []string{ids[2] + ".tar"}) {
+		t.Fatalf("files after rm: %v", files)
+	}
+
 	// 6. The first archive restores, once the original is gone, with the
 	// memory it had. (On its own host: Podman's archive names the runtime
 	// directories of the host that wrote it, and simulated hosts share one
