@@ -164,7 +164,31 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 	}
 	dir := filepath.Join(info.DockerRootDir, "containers", cj.ID, "checkpoints", ckpt)
 	watch := e.watchCRIULogs(root, cj.ID, "dump.log")
-	err = e.cli.CheckpointCreate(ctx, cj.ID, types.CheckpointCreateOptions{CheckpointID: ckpt, Exit: !opts.LeaveRunning})
+	errc := make(chan error, 1)
+	go func() {
+		errc <- e.cli.CheckpointCreate(ctx, cj.ID, types.CheckpointCreateOptions{CheckpointID: ckpt, Exit: !opts.LeaveRunning})
+	}()
+	// Stream the images as soon as CRIU is done, while dockerd packs and
+	// unpacks them (early.go); else once dockerd returns.
+	var early []earlyFile
+	createDone := false
+	if dp, ok := e.earlyPaths(root, cj.ID); ok && !opts.LeaveRunning && !e.cfg.NoEarlyStream {
+		stop := make(chan struct{})
+		got := make(chan []earlyFile, 1)
+		go func() { got <- earlyImages(dp, stop) }()
+		select {
+		case early = <-got:
+		case err = <-errc:
+			createDone = true
+			close(stop)
+			for _, ef := range <-got {
+				ef.f.Close()
+			}
+		}
+	}
+	if !createDone && early == nil {
+		err, createDone = <-errc, true
+	}
 	criuLog := watch.stop()
 	dropCheckpoint := func() {
 		_ = os.RemoveAll(inRoot(root, dir))
@@ -174,19 +198,28 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 		dropCheckpoint()
 		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", name, criuError(err, criuLog))
 	}
-	t = e.step("checkpoint", name, "docker checkpoint (CRIU dump, containerd content store, unpack)", t)
 	st := engine.Stats{}
-	if b, err := os.ReadFile(filepath.Join(inRoot(root, dir), "stats-dump")); err == nil {
-		if ds, err := parseDumpStats(b); err == nil {
-			st.FrozenTime, st.MemdumpTime, st.MemwriteTime, st.PagesWritten = ds.frozen, ds.memdump, ds.memwrite, ds.pagesWritten
-		}
-	}
-
+	var ds *dumpStats
 	n := 1
-	k, err := addTree(tw, inRoot(root, dir), dirCheckpoint, false)
+	var k int
+	if early != nil {
+		t = e.step("checkpoint", name, "CRIU dump (until the images are complete)", t)
+		ds = statsFromEarly(early)
+		k, err = addEarly(tw, early, dirCheckpoint)
+		t = e.step("checkpoint", name, "stream checkpoint images (while dockerd packs and unpacks them)", t)
+	} else {
+		t = e.step("checkpoint", name, "docker checkpoint (CRIU dump, containerd content store, unpack)", t)
+		if b, err := os.ReadFile(filepath.Join(inRoot(root, dir), "stats-dump")); err == nil {
+			ds, _ = parseDumpStats(b)
+		}
+		k, err = addTree(tw, inRoot(root, dir), dirCheckpoint, false)
+		t = e.step("checkpoint", name, "stream checkpoint images", t)
+	}
+	if ds != nil {
+		st.FrozenTime, st.MemdumpTime, st.MemwriteTime, st.PagesWritten = ds.frozen, ds.memdump, ds.memwrite, ds.pagesWritten
+	}
 	n += k
 	if err == nil {
-		t = e.step("checkpoint", name, "stream checkpoint images", t)
 		k, err = addTree(tw, inRoot(root, cj.GraphDriver.Data["UpperDir"]), dirRootfs, true)
 		n += k
 	}
@@ -203,6 +236,16 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 		k, err = addTree(tw, inRoot(root, src), dirVolumes+"/"+v.Name, true)
 		n += k
 	}
+	if !createDone {
+		// The trailer only once dockerd confirms the checkpoint.
+		t = e.step("checkpoint", name, "stream writable layer and volumes", t)
+		cerr := <-errc
+		t = e.step("checkpoint", name, "wait for dockerd to finish the checkpoint", t)
+		if cerr != nil {
+			dropCheckpoint()
+			return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", name, criuError(cerr, nil))
+		}
+	}
 	if err == nil {
 		err = writeJSON(tw, entryTrailer, trailer{Entries: n})
 	}
@@ -216,9 +259,20 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 	if err != nil {
 		return st, fmt.Errorf("checkpoint %s: stream archive after %d bytes: %w", name, cw.n, err)
 	}
-	e.step("checkpoint", name, "stream writable layer and volumes", t)
+	if createDone {
+		e.step("checkpoint", name, "stream writable layer and volumes", t)
+	}
 	e.log.Debug("checkpointed", "container", name, "bytes", st.Bytes, "duration", st.Duration, "staged", staged)
 	return st, nil
+}
+
+// stamp writes a file of its own into a checkpoint directory before a
+// start. dockerd uploads the directory into containerd's content store by
+// digest; the same images it stored while checkpointing may still be there
+// (containerd collects them lazily), and then the upload fails with
+// "already exists". CRIU ignores the extra file.
+func stamp(dir string) {
+	_ = os.WriteFile(filepath.Join(dir, "orchestrate.stamp"), []byte(time.Now().UTC().Format(time.RFC3339Nano)), 0o600)
 }
 
 // linkStage makes the container's checkpoint directory a symbolic link to
@@ -321,13 +375,15 @@ func (e *Engine) Resume(ctx context.Context, id string) error {
 	if cj.State != nil && cj.State.Running {
 		return nil
 	}
-	if _, err := e.checkDaemon(ctx); err != nil {
+	info, err := e.checkDaemon(ctx)
+	if err != nil {
 		return fmt.Errorf("resume %s: %w", id, err)
 	}
 	ckpt := e.keptCheckpoint(ctx, cj.ID)
 	if ckpt == "" {
 		return fmt.Errorf("resume %s: %w", id, engine.ErrNoCheckpoint)
 	}
+	stamp(inRoot(e.daemonRoot(), filepath.Join(info.DockerRootDir, "containers", cj.ID, "checkpoints", ckpt)))
 	watch := e.watchCRIULogs(e.daemonRoot(), cj.ID, "restore.log")
 	err = e.cli.ContainerStart(ctx, cj.ID, types.ContainerStartOptions{CheckpointID: ckpt})
 	criuLog := watch.stop()
@@ -569,6 +625,7 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	// directory, and runc has CRIU restore from there; the shim deletes that
 	// directory and CRIU's log with it, so the log is held open meanwhile.
 	rstart := time.Now()
+	stamp(destIn)
 	watch := e.watchCRIULogs(root, newID, "restore.log")
 	err = e.cli.ContainerStart(context.WithoutCancel(ctx), newID, types.ContainerStartOptions{CheckpointID: m.Checkpoint})
 	criuLog := watch.stop()

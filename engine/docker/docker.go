@@ -79,6 +79,9 @@ type Config struct {
 	// for the container's memory, else Docker's own directory. "-" never
 	// stages.
 	StagingDir string
+	// NoEarlyStream waits for dockerd to finish a checkpoint before
+	// streaming it (see early.go), for comparison.
+	NoEarlyStream bool
 }
 
 // DefaultConfig returns the defaults for a rootful dockerd.

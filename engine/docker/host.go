@@ -131,14 +131,18 @@ func (e *Engine) watchCRIULogs(root, dockerID, log string) *criuWatch {
 		if state == "" {
 			return
 		}
-		p := inRoot(root, filepath.Join(state, "io.containerd.runtime.v2.task", "moby", dockerID, "work", log))
+		// A restore logs into work/, a dump into work/criu-work/.
+		work := inRoot(root, filepath.Join(state, "io.containerd.runtime.v2.task", "moby", dockerID, "work"))
+		paths := []string{filepath.Join(work, log), filepath.Join(work, "criu-work", log)}
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			w.mu.Lock()
-			if _, ok := w.files[p]; !ok {
-				if f, err := os.Open(p); err == nil {
-					w.files[p] = f
+			for _, p := range paths {
+				if _, ok := w.files[p]; !ok {
+					if f, err := os.Open(p); err == nil {
+						w.files[p] = f
+					}
 				}
 			}
 			w.mu.Unlock()
@@ -212,8 +216,10 @@ func (w *criuWatch) stop() []string {
 			}
 		}
 	}
-	if len(lines) > 4 {
-		lines = lines[len(lines)-4:]
+	// The cause comes first (a file CRIU cannot open), the consequences
+	// last: keep both ends.
+	if len(lines) > 5 {
+		lines = append(lines[:2:2], lines[len(lines)-3:]...)
 	}
 	return lines
 }

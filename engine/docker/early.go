@@ -1,0 +1,254 @@
+package docker
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Streaming before dockerd is done.
+//
+// dockerd's checkpoint has three stages: CRIU dumps into a temporary
+// directory of containerd (TMPDIR/ctd-checkpoint*), containerd packs that
+// into its content store, and dockerd unpacks it into the checkpoint
+// directory. At 256 MiB the last two take longer than the dump, and the
+// container is already dead during all of them. As soon as CRIU has
+// finished and containerd has begun packing (runc has returned), the images
+// in the temporary directory are complete: the engine opens them all (an
+// open file outlives containerd's removal of the directory) and streams
+// them while dockerd finishes. Anything unexpected (no unique directory, a
+// non-regular file, the directory gone) falls back to streaming the
+// checkpoint directory once dockerd returns.
+
+// daemonPaths are the containerd directories the early stream watches,
+// as this process sees them.
+type daemonPaths struct {
+	tmp    string // containerd's TMPDIR
+	ingest string // its content store's ingest directory
+	work   string // the container's CRIU work directory (dump.log)
+}
+
+func (e *Engine) earlyPaths(root, dockerID string) (daemonPaths, bool) {
+	dpid := strings.TrimSuffix(strings.TrimPrefix(root, "/proc/"), "/root")
+	if root == "" || dpid == "" {
+		return daemonPaths{}, false
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + p.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(st), ')')
+		f := strings.Fields(string(st)[i+1:])
+		if len(f) < 2 || f[1] != dpid || !strings.Contains(string(st[:i]), "(containerd") {
+			continue
+		}
+		var dp daemonPaths
+		env, _ := os.ReadFile("/proc/" + p.Name() + "/environ")
+		vars := map[string]string{}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				vars[k] = v
+			}
+		}
+		// os.MkdirTemp(os.Getenv("XDG_RUNTIME_DIR"), "ctd-checkpoint")
+		switch {
+		case vars["XDG_RUNTIME_DIR"] != "":
+			dp.tmp = vars["XDG_RUNTIME_DIR"]
+		case vars["TMPDIR"] != "":
+			dp.tmp = vars["TMPDIR"]
+		default:
+			dp.tmp = "/tmp"
+		}
+		cmd, _ := os.ReadFile("/proc/" + p.Name() + "/cmdline")
+		args := strings.Split(string(cmd), "\x00")
+		var state, croot string
+		for k, a := range args {
+			if (a == "--config" || a == "-c") && k+1 < len(args) {
+				conf, err := os.ReadFile(inRoot(root, args[k+1]))
+				if err != nil {
+					return dp, false
+				}
+				for _, l := range strings.Split(string(conf), "\n") {
+					l = strings.TrimSpace(l)
+					if v, ok := strings.CutPrefix(l, "state = "); ok {
+						state = strings.Trim(v, `"'`)
+					}
+					if v, ok := strings.CutPrefix(l, "root = "); ok {
+						croot = strings.Trim(v, `"'`)
+					}
+				}
+			}
+		}
+		if state == "" || croot == "" {
+			return dp, false
+		}
+		dp.tmp = inRoot(root, dp.tmp)
+		dp.ingest = inRoot(root, filepath.Join(croot, "io.containerd.content.v1.content", "ingest"))
+		dp.work = inRoot(root, filepath.Join(state, "io.containerd.runtime.v2.task", "moby", dockerID, "work"))
+		return dp, true
+	}
+	return daemonPaths{}, false
+}
+
+// earlyFile is one opened CRIU image.
+type earlyFile struct {
+	name string
+	fi   fs.FileInfo
+	f    *os.File
+}
+
+// earlyImages waits until CRIU's images are complete in containerd's
+// temporary directory and opens them all; nil when that does not happen
+// before stop closes or the attempt looks unsafe.
+func earlyImages(dp daemonPaths, stop <-chan struct{}) []earlyFile {
+	ingestBefore := map[string]bool{}
+	if ents, err := os.ReadDir(dp.ingest); err == nil {
+		for _, en := range ents {
+			ingestBefore[en.Name()] = true
+		}
+	}
+	tmpBefore := map[string]bool{}
+	if ents, err := os.ReadDir(dp.tmp); err == nil {
+		for _, en := range ents {
+			tmpBefore[en.Name()] = true
+		}
+	}
+	var log *os.File
+	defer func() {
+		if log != nil {
+			log.Close()
+		}
+	}()
+	var logBuf []byte
+	finished := false
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return nil
+		case <-tick.C:
+		}
+		if log == nil {
+			for _, p := range []string{filepath.Join(dp.work, "criu-work", "dump.log"), filepath.Join(dp.work, "dump.log")} {
+				if f, err := os.Open(p); err == nil {
+					log = f
+					break
+				}
+			}
+			continue
+		}
+		if !finished {
+			b, _ := io.ReadAll(log)
+			logBuf = append(logBuf, b...)
+			finished = bytes.Contains(logBuf, []byte("Dumping finished successfully"))
+			if !finished {
+				continue
+			}
+		}
+		// runc has returned once containerd starts packing.
+		ents, _ := os.ReadDir(dp.ingest) // absent until a daemon's first upload
+		packing := false
+		for _, en := range ents {
+			packing = packing || !ingestBefore[en.Name()]
+		}
+		if !packing {
+			continue
+		}
+		var dirs []string
+		tents, _ := os.ReadDir(dp.tmp)
+		for _, en := range tents {
+			if strings.HasPrefix(en.Name(), "ctd-checkpoint") && !tmpBefore[en.Name()] && en.IsDir() {
+				dirs = append(dirs, filepath.Join(dp.tmp, en.Name()))
+			}
+		}
+		if len(dirs) != 1 {
+			return nil // none (already gone) or another checkpoint at the same time
+		}
+		return openAll(dirs[0])
+	}
+}
+
+func openAll(dir string) []earlyFile {
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) == 0 {
+		return nil
+	}
+	var out []earlyFile
+	fail := func() []earlyFile {
+		for _, ef := range out {
+			ef.f.Close()
+		}
+		return nil
+	}
+	for _, en := range ents {
+		if !en.Type().IsRegular() {
+			return fail()
+		}
+		f, err := os.Open(filepath.Join(dir, en.Name()))
+		if err != nil {
+			return fail()
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return fail()
+		}
+		out = append(out, earlyFile{name: en.Name(), fi: fi, f: f})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// addEarly writes the opened images under prefix and closes them.
+func addEarly(tw *tar.Writer, files []earlyFile, prefix string) (int, error) {
+	defer func() {
+		for _, ef := range files {
+			ef.f.Close()
+		}
+	}()
+	buf := make([]byte, 1<<20)
+	for _, ef := range files {
+		hdr, err := tar.FileInfoHeader(ef.fi, "")
+		if err != nil {
+			return 0, err
+		}
+		hdr.Name = prefix + "/" + ef.name
+		hdr.Uname, hdr.Gname = "", ""
+		hdr.Format = tar.FormatPAX
+		if err := tw.WriteHeader(hdr); err != nil {
+			return 0, err
+		}
+		if _, err := io.CopyBuffer(tw, io.NewSectionReader(ef.f, 0, hdr.Size), buf); err != nil {
+			return 0, err
+		}
+	}
+	return len(files), nil
+}
+
+// statsFromEarly reads CRIU's stats-dump among the opened images.
+func statsFromEarly(files []earlyFile) *dumpStats {
+	for _, ef := range files {
+		if ef.name == "stats-dump" {
+			b, err := io.ReadAll(io.NewSectionReader(ef.f, 0, ef.fi.Size()))
+			if err != nil {
+				return nil
+			}
+			ds, _ := parseDumpStats(b)
+			return ds
+		}
+	}
+	return nil
+}
