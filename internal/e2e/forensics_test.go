@@ -229,7 +229,7 @@ func TestE2EForensics(t *testing.T) {
 
 	// 7. Without --leave-running the container stops, its archive goes to
 	// stdout, and the checkpoint kept on its host resumes it in place.
-	out, errOut, code = h2.CLI("checkpoint", "f1", "--output", "-")
+	out, errOut, code = h2.CLI("checkpoint", "f1", "--host", h1.Name, "--output", "-")
 	if code != 0 || len(out) < 1<<20 || !strings.Contains(errOut, "stopped") {
 		t.Fatalf("checkpoint to stdout: exit %d, %d bytes, stderr %q", code, len(out), errOut)
 	}
