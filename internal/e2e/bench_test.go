@@ -22,22 +22,32 @@ import (
 // plain veth link and on a link shaped to 100 Mbit/s. It prints a markdown
 // table with min / median over the repeats and asserts nothing about time.
 //
-// ORCHESTRATE_BENCH_SIZES (default "64,256") and ORCHESTRATE_BENCH_REPEATS
-// (default 3) tune it; ORCHESTRATE_BENCH_DRAIN=0 skips the drain rows.
+// ORCHESTRATE_BENCH_SIZES (plain link, default "64,256,1024"),
+// ORCHESTRATE_BENCH_SHAPED_SIZES (100 Mbit/s, default "64,256": 1 GiB takes
+// minutes per run there) and ORCHESTRATE_BENCH_REPEATS (default 3) tune it;
+// ORCHESTRATE_BENCH_DRAIN=0 skips the drain rows.
 func TestBenchMigration(t *testing.T) {
 	if os.Getenv("ORCHESTRATE_BENCH") == "" {
 		t.Skip("set ORCHESTRATE_BENCH=1 (make bench)")
 	}
-	sizes := []int{64, 256}
-	if s := os.Getenv("ORCHESTRATE_BENCH_SIZES"); s != "" {
-		sizes = nil
+	sizesFrom := func(env, def string) []int {
+		s := os.Getenv(env)
+		if s == "" {
+			s = def
+		}
+		var out []int
 		for _, f := range strings.Split(s, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%s: %v", env, err)
 			}
-			sizes = append(sizes, n)
+			out = append(out, n)
 		}
+		return out
+	}
+	sizes := map[string][]int{
+		"veth":    sizesFrom("ORCHESTRATE_BENCH_SIZES", "64,256,1024"),
+		"100mbit": sizesFrom("ORCHESTRATE_BENCH_SHAPED_SIZES", "64,256"),
 	}
 	repeats := 3
 	if s := os.Getenv("ORCHESTRATE_BENCH_REPEATS"); s != "" {
@@ -55,7 +65,7 @@ func TestBenchMigration(t *testing.T) {
 				}
 			}
 		}
-		for _, mib := range sizes {
+		for _, mib := range sizes[link] {
 			var manual, orch []time.Duration
 			for i := 0; i < repeats; i++ {
 				manual = append(manual, manualMove(t, ssh, h1, h2, mib, i))
