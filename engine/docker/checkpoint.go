@@ -166,7 +166,9 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 	watch := e.watchCRIULogs(root, cj.ID, "dump.log")
 	errc := make(chan error, 1)
 	go func() {
-		errc <- e.cli.CheckpointCreate(ctx, cj.ID, types.CheckpointCreateOptions{CheckpointID: ckpt, Exit: !opts.LeaveRunning})
+		// Not cancelled with the caller: it may outlive this call, and an
+		// interrupted checkpoint would leave nothing to resume from.
+		errc <- e.cli.CheckpointCreate(context.WithoutCancel(ctx), cj.ID, types.CheckpointCreateOptions{CheckpointID: ckpt, Exit: !opts.LeaveRunning})
 	}()
 	// Stream the images as soon as CRIU is done, while dockerd packs and
 	// unpacks them (early.go); else once dockerd returns.
@@ -236,16 +238,6 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 		k, err = addTree(tw, inRoot(root, src), dirVolumes+"/"+v.Name, true)
 		n += k
 	}
-	if !createDone {
-		// The trailer only once dockerd confirms the checkpoint.
-		t = e.step("checkpoint", name, "stream writable layer and volumes", t)
-		cerr := <-errc
-		t = e.step("checkpoint", name, "wait for dockerd to finish the checkpoint", t)
-		if cerr != nil {
-			dropCheckpoint()
-			return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", name, criuError(cerr, nil))
-		}
-	}
 	if err == nil {
 		err = writeJSON(tw, entryTrailer, trailer{Entries: n})
 	}
@@ -253,15 +245,44 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 		err = tw.Close()
 	}
 	st.Duration, st.Bytes = time.Since(start), cw.n
+	if !createDone {
+		// The images went out complete; the target need not wait for
+		// dockerd to finish storing the checkpoint it keeps here. Calls on
+		// this container wait for that (waitPending).
+		e.step("checkpoint", name, "stream writable layer and volumes", t)
+		done := make(chan struct{})
+		e.pendMu.Lock()
+		e.pending[cj.ID] = done
+		e.pendMu.Unlock()
+		keep := opts.Keep
+		go func() {
+			defer func() {
+				e.pendMu.Lock()
+				delete(e.pending, cj.ID)
+				e.pendMu.Unlock()
+				close(done)
+			}()
+			cerr := <-errc
+			e.step("checkpoint", name, "dockerd finished the checkpoint (after the stream)", t)
+			if cerr != nil {
+				e.log.Error("dockerd failed to keep the checkpoint whose images were streamed; this host cannot resume the container", "container", name, "err", criuError(cerr, nil))
+			}
+			if cerr != nil || !keep {
+				dropCheckpoint()
+			}
+		}()
+		if err != nil {
+			return st, fmt.Errorf("checkpoint %s: stream archive after %d bytes: %w", name, cw.n, err)
+		}
+		return st, nil
+	}
 	if !opts.Keep {
 		dropCheckpoint()
 	}
 	if err != nil {
 		return st, fmt.Errorf("checkpoint %s: stream archive after %d bytes: %w", name, cw.n, err)
 	}
-	if createDone {
-		e.step("checkpoint", name, "stream writable layer and volumes", t)
-	}
+	e.step("checkpoint", name, "stream writable layer and volumes", t)
 	e.log.Debug("checkpointed", "container", name, "bytes", st.Bytes, "duration", st.Duration, "staged", staged)
 	return st, nil
 }

@@ -95,7 +95,9 @@ func DefaultConfig() Config {
 }
 
 // Engine is the Docker implementation of engine.Engine. It is safe for
-// concurrent use and owns no goroutines beyond the duration of a call.
+// concurrent use. Its only goroutine beyond a call waits for dockerd to
+// finish a checkpoint whose images were already streamed; every call on that
+// container waits for it first.
 type Engine struct {
 	cfg Config
 	cli *client.Client
@@ -103,6 +105,11 @@ type Engine struct {
 
 	infoMu sync.Mutex
 	info   *types.Info
+
+	// pending holds the checkpoints dockerd is still finishing after
+	// Checkpoint returned (early.go), by Docker ID; closed when done.
+	pendMu  sync.Mutex
+	pending map[string]chan struct{}
 
 	featOnce sync.Once
 	feat     engine.Features
@@ -133,7 +140,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to docker at %s: %w", cfg.Socket, err)
 	}
-	e := &Engine{cfg: cfg, cli: cli, log: cfg.Logger.With("engine", "docker")}
+	e := &Engine{cfg: cfg, cli: cli, log: cfg.Logger.With("engine", "docker"), pending: map[string]chan struct{}{}}
 	pctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
 	info, err := e.daemonInfo(pctx)
@@ -195,6 +202,9 @@ func wrap(err error) error {
 func (e *Engine) resolve(ctx context.Context, ref string) (types.ContainerJSON, error) {
 	cj, err := e.cli.ContainerInspect(ctx, ref)
 	if err == nil {
+		if e.waitPending(ctx, cj.ID) {
+			return e.cli.ContainerInspect(ctx, cj.ID)
+		}
 		return cj, nil
 	}
 	if !client.IsErrNotFound(err) {
@@ -207,7 +217,30 @@ func (e *Engine) resolve(ctx context.Context, ref string) (types.ContainerJSON, 
 	if len(list) > 1 {
 		return cj, fmt.Errorf("%d containers carry %s=%s", len(list), LabelID, ref)
 	}
+	e.waitPending(ctx, list[0].ID)
 	return e.cli.ContainerInspect(ctx, list[0].ID)
+}
+
+// waitPending waits until dockerd has finished a checkpoint of the
+// container that Checkpoint already returned; it reports whether it waited.
+func (e *Engine) waitPending(ctx context.Context, dockerID string) bool {
+	e.pendMu.Lock()
+	ch := e.pending[dockerID]
+	e.pendMu.Unlock()
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+	return true
+}
+
+func (e *Engine) isPending(dockerID string) bool {
+	e.pendMu.Lock()
+	defer e.pendMu.Unlock()
+	return e.pending[dockerID] != nil
 }
 
 func identity(dockerID string, labels map[string]string) string {
@@ -258,6 +291,10 @@ func (e *Engine) List(ctx context.Context) ([]engine.Container, error) {
 		}
 		if len(l.Names) > 0 {
 			c.Name = strings.TrimPrefix(l.Names[0], "/")
+		}
+		if e.isPending(l.ID) {
+			// Frozen and dumped; dockerd is still packing the checkpoint.
+			c.State, c.Running = "checkpointing", false
 		}
 		if c.Running {
 			c.MemoryBytes = e.memory(ctx, l.ID)
