@@ -119,6 +119,10 @@ start_docker() {
   command -v dockerd >/dev/null || die "dockerd missing: run scripts/install-docker.sh"
   mkdir -p "$data/docker" "$d/dx" "$d/tmp"
   [ -f "$d/daemon.json" ] || echo '{}' >"$d/daemon.json"
+  # One start at a time: a first dockerd writes the machine-wide
+  # /etc/docker/key.json, and two at once corrupt it.
+  exec 8>"$STATE.docker.lock"
+  flock 8
   rm -f "$d/docker.sock"
   (
     cd /
@@ -136,6 +140,8 @@ start_docker() {
     sleep 0.1
   done
   curl -sf --unix-socket "$d/docker.sock" http://d/_ping >/dev/null 2>&1 || { tail -20 "$d/docker.log" >&2; die "dockerd for $name did not start"; }
+  flock -u 8
+  exec 8>&-
   echo "docker=unix://$d/docker.sock"
 }
 
