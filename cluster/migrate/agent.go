@@ -199,6 +199,7 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 	}
 	// Pre-copy while the container runs; base is nil for a full transfer.
 	base, pre := a.precopyOut(ctx, c, req, emit, log)
+	log.Info("transfer method", "method", pre.Method, "reason", pre.Reason, "link_mbit", int(pre.LinkBps*8/1e6), "fallback", pre.Fallback)
 	hdr := transfer.StreamHeader{Kind: KindRestore, ID: req.Migration, Meta: map[string]string{"container": c.ID, "name": c.Name}}
 	if base != nil {
 		hdr.Kind, hdr.Meta["base"] = KindDeltaRestore, hex.EncodeToString(sumOf(base))

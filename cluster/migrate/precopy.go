@@ -107,7 +107,7 @@ type PrecopyConfig struct {
 // DefaultPrecopyConfig returns the defaults.
 func DefaultPrecopyConfig() PrecopyConfig {
 	return PrecopyConfig{
-		FastLink: 50e6, MinTransfer: 1500 * time.Millisecond, MaxRounds: 5, Shrink: 0.7,
+		FastLink: 30e6, MinTransfer: 1500 * time.Millisecond, MaxRounds: 5, Shrink: 0.7,
 		SmallDelta: 300 * time.Millisecond, Budget: 3 * time.Minute, ProbeBytes: 2 << 20,
 	}
 }
@@ -195,6 +195,11 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 	}
 	rep.Method = MethodContent
 	rep.Reason = fmt.Sprintf("link %.0f Mbit/s", rate*8/1e6)
+	if rep.EnginePreCopy {
+		// Soft-dirty tracking works here, but no engine driver has its own
+		// pre-dump step yet: say so, and pre-copy by content.
+		rep.Reason += "; the engine reports dirty tracking, but its driver has no pre-dump step: content pre-copy"
+	}
 	var base *delta.Index
 	var prev int64
 	for round := 1; round <= cfg.MaxRounds; round++ {

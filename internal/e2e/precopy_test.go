@@ -104,6 +104,21 @@ func shape(t *testing.T, rate string, hs ...*simhost.AgentHost) {
 func TestE2EPrecopy(t *testing.T) {
 	c := simhost.NewCluster(t, 3)
 	src, dst := roles(t, c)
+
+	// On the plain (fast) link the judgement is direct streaming.
+	port0 := simhost.Port()
+	src.RunWorkload(simhost.Workload{Name: "pre0", MiB: 64, Port: port0})
+	before0, _ := src.ProbeReset(port0)
+	if out, errOut, code := src.CLI("migrate", "pre0", "--to", dst.Name); code != 0 {
+		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
+	}
+	continued(t, dst, port0, before0)
+	if _, pre := record(t, src, "pre0"); pre.Method != "direct" || !strings.Contains(pre.Reason, "fast") {
+		t.Fatalf("on the plain link: %+v", pre)
+	} else {
+		t.Logf("plain link: %s (%s)", pre.Method, pre.Reason)
+	}
+
 	shape(t, "100mbit", src, dst)
 
 	// A rewriting workload: the checksum changes by design; the process
