@@ -284,6 +284,17 @@ those containers still run on HOST.`,
 	return cmd
 }
 
+// get reads one API resource into out, with a timeout.
+func (f *clientFlags) get(cmd *cobra.Command, path string, out any) error {
+	cl, err := f.client()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+	defer cancel()
+	return cl.Do(ctx, http.MethodGet, path, nil, out)
+}
+
 func drainErr(recs []cluster.MigrationRecord, skipped []migrate.DrainMove) error {
 	return printResults(io.Discard, recs, skipped)
 }
@@ -329,14 +340,8 @@ func newMigrationsCmd() *cobra.Command {
 		Short: "List migrations with their phase, downtime, bytes and error",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
-			defer cancel()
 			var recs []cluster.MigrationRecord
-			if err := cl.Do(ctx, http.MethodGet, "/v1/migrations", nil, &recs); err != nil {
+			if err := f.get(cmd, "/v1/migrations", &recs); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -378,14 +383,8 @@ func newEventsCmd() *cobra.Command {
 		Short: "Show policy triggers and the actions taken (the replicated event log)",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
-			defer cancel()
 			var evs []cluster.Event
-			if err := cl.Do(ctx, http.MethodGet, "/v1/events", nil, &evs); err != nil {
+			if err := f.get(cmd, "/v1/events", &evs); err != nil {
 				return err
 			}
 			rows := make([]eventJSON, 0, len(evs))
