@@ -26,8 +26,35 @@
 // that identity, a Docker ID or a name.
 //
 // The engine reads the daemon's files (checkpoint directories, overlay
-// layers, volume directories, CRIU's logs), so it must run on the same host,
-// in the same mount namespace, as dockerd.
+// layers, volume directories, CRIU's logs) through /proc/PID/root of the
+// dockerd serving its socket, so it must run on the same host as dockerd
+// (any mount namespace).
+//
+// Where the time goes, and what the engine does about it: dockerd's
+// checkpoint has CRIU dump into containerd's temporary directory, packs that
+// into containerd's content store and unpacks it into the checkpoint
+// directory; its start from a checkpoint packs and unpacks it again. The
+// packing (tar, sha256, gRPC between dockerd and containerd) costs seconds
+// at 256 MiB, CPU-bound. The engine streams CRIU's images as soon as the
+// dump is complete (early.go) instead of after dockerd's packing, does not
+// make the target wait for dockerd to finish keeping the source's copy, and
+// stages checkpoints on /dev/shm when it has room (a symbolic link from the
+// container's checkpoint directory) instead of writing them to disk.
+//
+// What Docker migrations cannot do, each refused with ErrUnsupported or
+// ErrNotExperimental, before the container freezes unless noted:
+//   - a daemon without --experimental, or rootless Docker;
+//   - established TCP connections (Docker has no tcp-established);
+//   - network modes other than host or none, --pid host, storage drivers
+//     other than overlay2, volumes of drivers other than plain local;
+//   - bind mounts whose source is missing on the target: the target refuses
+//     at the archive's first entry, before it creates anything, but the
+//     migration protocol gives the target no say before the source freezes,
+//     so the source has frozen by then and rolls back (Resume);
+//   - keeping the Docker container ID: the target's container has a new
+//     one (the identity label carries the old);
+//   - the image itself: the target must hold the same image ID (sent
+//     beforehand by the migration, never rebuilt).
 package docker
 
 import (
