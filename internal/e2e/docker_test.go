@@ -35,7 +35,8 @@ func dockerOnlyOn(t *testing.T, c *simhost.Cluster, engines []string, name strin
 
 // Two Docker hosts and a Podman host: a workload with a file in its
 // writable layer and a named volume moves between the Docker hosts with
-// its memory, its file and its volume; it is never placed on the Podman
+// its memory, its file and its volume (and its image, which the target
+// lacked); it is never placed on the Podman
 // host; and the refusals leave it running where it was.
 func TestE2EDocker(t *testing.T) {
 	engines := []string{"docker", "docker", "podman"}
@@ -49,6 +50,10 @@ func TestE2EDocker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// h2 lacks the image: it is sent (docker save, docker load) before the
+	// container freezes, and keeps its ID.
+	h2.MustDocker("rmi", simhost.WorkloadImage)
 
 	// Placement never sends a Docker container to a Podman host.
 	out, errOut, code := h1.CLI("migrate", "dw", "--to", h3.Name)
@@ -65,6 +70,9 @@ func TestE2EDocker(t *testing.T) {
 	dockerOnlyOn(t, c, engines, "dw", h2)
 	if got := strings.TrimSpace(h2.MustDocker("exec", "dw", "cat", "/tmp/marker", "/data/v.txt")); got != "layer-ok\nvolume-ok" {
 		t.Fatalf("after the migration, writable layer and volume hold %q", got)
+	}
+	if out := h2.MustDocker("images", "--format", "{{.Repository}}"); !strings.Contains(out, "orchestrate-workload") {
+		t.Fatalf("h2 has no workload image after the migration: %q", out)
 	}
 	rows := migrations(t, h1)
 	if len(rows) != 1 || rows[0].Phase != "Done" || rows[0].To != h2.Name || rows[0].Bytes == 0 {
