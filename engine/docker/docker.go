@@ -437,8 +437,9 @@ func (e *Engine) probe(ctx context.Context) (engine.Features, error) {
 		return f, nil
 	}
 	f.CRIUVersion = parseCRIUVersion(string(out))
-	f.PreCopy = exec.CommandContext(ctx, e.cfg.CRIU, "check", "--feature", "mem_dirty_track").Run() == nil
-	// Docker has no lazy-pages restore.
+	// Docker's API has no pre-dump (parent checkpoint) and no lazy-pages
+	// restore, whatever the kernel and CRIU could do: PreCopy and LazyPages
+	// stay false.
 	return f, nil
 }
 
