@@ -119,14 +119,14 @@ func TestE2EDocker(t *testing.T) {
 // same cluster in the same run, plus where a Docker move's time goes: the
 // engine's step timings from the agents' logs (median over the repeats).
 //
-// ORCHESTRATE_BENCH_SIZES (default "64,256") and ORCHESTRATE_BENCH_REPEATS
+// ORCHESTRATE_BENCH_DOCKER_SIZES (default "64,256") and ORCHESTRATE_BENCH_REPEATS
 // (default 3) tune it.
 func TestBenchDocker(t *testing.T) {
 	if os.Getenv("ORCHESTRATE_BENCH") == "" {
 		t.Skip("set ORCHESTRATE_BENCH=1 (make bench)")
 	}
 	sizes := []int{64, 256}
-	if s := os.Getenv("ORCHESTRATE_BENCH_SIZES"); s != "" {
+	if s := os.Getenv("ORCHESTRATE_BENCH_DOCKER_SIZES"); s != "" {
 		sizes = nil
 		for _, f := range strings.Split(s, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
