@@ -3,7 +3,6 @@ package docker
 import (
 	"archive/tar"
 	"bufio"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/docker/docker/api/types/filters"
 )
@@ -302,86 +300,4 @@ func loadedImage(r io.Reader) (string, error) {
 		return "", errors.New("the daemon loaded nothing")
 	}
 	return name, nil
-}
-
-type dumpStats struct {
-	frozen, memdump, memwrite time.Duration
-	pagesWritten              uint64
-}
-
-// CRIU image magics (criu/include/magic.h).
-const (
-	imgServiceMagic = 0x55105940
-	statsMagic      = 0x57093306
-)
-
-// parseDumpStats decodes CRIU's stats-dump image (as engine/podman does):
-// two magics, a length, and a StatsEntry whose field 1 is the
-// DumpStatsEntry, times in µs.
-func parseDumpStats(b []byte) (*dumpStats, error) {
-	if len(b) < 12 || binary.LittleEndian.Uint32(b) != imgServiceMagic || binary.LittleEndian.Uint32(b[4:]) != statsMagic {
-		return nil, errors.New("stats-dump: bad magic")
-	}
-	size := int(binary.LittleEndian.Uint32(b[8:]))
-	msg := b[12:]
-	if size > len(msg) {
-		return nil, errors.New("stats-dump: truncated")
-	}
-	msg = msg[:size]
-	var dump []byte
-	for len(msg) > 0 && dump == nil {
-		num, typ, n := protowire.ConsumeTag(msg)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		msg = msg[n:]
-		if num == 1 && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(msg)
-			if n < 0 {
-				return nil, protowire.ParseError(n)
-			}
-			dump = v
-			break
-		}
-		n = protowire.ConsumeFieldValue(num, typ, msg)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		msg = msg[n:]
-	}
-	if dump == nil {
-		return nil, errors.New("stats-dump: no dump statistics")
-	}
-	st := &dumpStats{}
-	for len(dump) > 0 {
-		num, typ, n := protowire.ConsumeTag(dump)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		dump = dump[n:]
-		if typ != protowire.VarintType {
-			n = protowire.ConsumeFieldValue(num, typ, dump)
-			if n < 0 {
-				return nil, protowire.ParseError(n)
-			}
-			dump = dump[n:]
-			continue
-		}
-		v, n := protowire.ConsumeVarint(dump)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		dump = dump[n:]
-		switch num {
-		case 2:
-			st.frozen = time.Duration(v) * time.Microsecond
-		case 3:
-			st.memdump = time.Duration(v) * time.Microsecond
-		case 4:
-			st.memwrite = time.Duration(v) * time.Microsecond
-		case 7:
-			st.pagesWritten = v
-		}
-	}
-	return st, nil
 }

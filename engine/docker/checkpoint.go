@@ -19,6 +19,7 @@ import (
 	"github.com/docker/docker/api/types/volume"
 
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/engine/internal/criuimg"
 )
 
 // Archive layout (see the package comment).
@@ -201,7 +202,7 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", name, criuError(err, criuLog))
 	}
 	st := engine.Stats{}
-	var ds *dumpStats
+	var ds *criuimg.DumpStats
 	n := 1
 	var k int
 	if early != nil {
@@ -212,13 +213,13 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 	} else {
 		t = e.step("checkpoint", name, "docker checkpoint (CRIU dump, containerd content store, unpack)", t)
 		if b, err := os.ReadFile(filepath.Join(inRoot(root, dir), "stats-dump")); err == nil {
-			ds, _ = parseDumpStats(b)
+			ds, _ = criuimg.ParseDumpStats(b)
 		}
 		k, err = addTree(tw, inRoot(root, dir), dirCheckpoint, false)
 		t = e.step("checkpoint", name, "stream checkpoint images", t)
 	}
 	if ds != nil {
-		st.FrozenTime, st.MemdumpTime, st.MemwriteTime, st.PagesWritten = ds.frozen, ds.memdump, ds.memwrite, ds.pagesWritten
+		st.FrozenTime, st.MemdumpTime, st.MemwriteTime, st.PagesWritten = ds.Frozen, ds.Memdump, ds.Memwrite, ds.PagesWritten
 	}
 	n += k
 	if err == nil {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/edgemigrate/orchestrate/engine/internal/criuimg"
 )
 
 // Streaming before dockerd is done.
@@ -239,14 +241,14 @@ func addEarly(tw *tar.Writer, files []earlyFile, prefix string) (int, error) {
 }
 
 // statsFromEarly reads CRIU's stats-dump among the opened images.
-func statsFromEarly(files []earlyFile) *dumpStats {
+func statsFromEarly(files []earlyFile) *criuimg.DumpStats {
 	for _, ef := range files {
 		if ef.name == "stats-dump" {
 			b, err := io.ReadAll(io.NewSectionReader(ef.f, 0, ef.fi.Size()))
 			if err != nil {
 				return nil
 			}
-			ds, _ := parseDumpStats(b)
+			ds, _ := criuimg.ParseDumpStats(b)
 			return ds
 		}
 	}

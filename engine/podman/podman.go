@@ -236,7 +236,7 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 	sc.finish()
 	st := engine.Stats{Duration: time.Since(start), Bytes: n}
 	if dump := sc.dumpStats(); dump != nil {
-		st.FrozenTime, st.MemdumpTime, st.MemwriteTime, st.PagesWritten = dump.frozen, dump.memdump, dump.memwrite, dump.pagesWritten
+		st.FrozenTime, st.MemdumpTime, st.MemwriteTime, st.PagesWritten = dump.Frozen, dump.Memdump, dump.Memwrite, dump.PagesWritten
 	}
 	if err != nil {
 		return st, fmt.Errorf("checkpoint %s: stream archive after %d bytes: %w", id, n, err)

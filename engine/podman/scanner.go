@@ -2,15 +2,13 @@ package podman
 
 import (
 	"archive/tar"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
-	"time"
 
-	"google.golang.org/protobuf/encoding/protowire"
+	"github.com/edgemigrate/orchestrate/engine/internal/criuimg"
 )
 
 // Entries of a Podman checkpoint archive that the engine reads on the fly.
@@ -27,11 +25,6 @@ type archiveConfig struct {
 	ImageName string `json:"rootfsImageName"`
 }
 
-type dumpStats struct {
-	frozen, memdump, memwrite time.Duration
-	pagesWritten              uint64
-}
-
 // scanner is an io.Writer that parses the tar stream written to it, in a
 // goroutine it owns until finish, and keeps config.dump and stats-dump. It
 // never stops the stream: after a parse error it discards the rest, and
@@ -42,7 +35,7 @@ type scanner struct {
 
 	mu       sync.Mutex
 	cfg      archiveConfig
-	stats    *dumpStats
+	stats    *criuimg.DumpStats
 	parseErr error
 	eof      bool // the end-of-archive marker was seen
 }
@@ -101,7 +94,7 @@ func (s *scanner) run(pr *io.PipeReader) {
 				s.setErr(err)
 				return
 			}
-			if st, err := parseDumpStats(b); err == nil {
+			if st, err := criuimg.ParseDumpStats(b); err == nil {
 				s.mu.Lock()
 				s.stats = st
 				s.mu.Unlock()
@@ -134,84 +127,8 @@ func (s *scanner) config() archiveConfig {
 	return s.cfg
 }
 
-func (s *scanner) dumpStats() *dumpStats {
+func (s *scanner) dumpStats() *criuimg.DumpStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.stats
-}
-
-// CRIU image magics (criu/include/magic.h).
-const (
-	imgServiceMagic = 0x55105940
-	statsMagic      = 0x57093306
-)
-
-// parseDumpStats decodes CRIU's stats-dump image: two magics, a length, and
-// a StatsEntry protobuf whose field 1 is the DumpStatsEntry (times in µs).
-func parseDumpStats(b []byte) (*dumpStats, error) {
-	if len(b) < 12 || binary.LittleEndian.Uint32(b) != imgServiceMagic || binary.LittleEndian.Uint32(b[4:]) != statsMagic {
-		return nil, errors.New("stats-dump: bad magic")
-	}
-	size := int(binary.LittleEndian.Uint32(b[8:]))
-	msg := b[12:]
-	if size > len(msg) {
-		return nil, errors.New("stats-dump: truncated")
-	}
-	msg = msg[:size]
-	var dump []byte
-	for len(msg) > 0 {
-		num, typ, n := protowire.ConsumeTag(msg)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		msg = msg[n:]
-		if num == 1 && typ == protowire.BytesType {
-			v, n := protowire.ConsumeBytes(msg)
-			if n < 0 {
-				return nil, protowire.ParseError(n)
-			}
-			dump = v
-			break
-		}
-		n = protowire.ConsumeFieldValue(num, typ, msg)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		msg = msg[n:]
-	}
-	if dump == nil {
-		return nil, errors.New("stats-dump: no dump statistics")
-	}
-	st := &dumpStats{}
-	for len(dump) > 0 {
-		num, typ, n := protowire.ConsumeTag(dump)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		dump = dump[n:]
-		if typ != protowire.VarintType {
-			n = protowire.ConsumeFieldValue(num, typ, dump)
-			if n < 0 {
-				return nil, protowire.ParseError(n)
-			}
-			dump = dump[n:]
-			continue
-		}
-		v, n := protowire.ConsumeVarint(dump)
-		if n < 0 {
-			return nil, protowire.ParseError(n)
-		}
-		dump = dump[n:]
-		switch num {
-		case 2:
-			st.frozen = time.Duration(v) * time.Microsecond
-		case 3:
-			st.memdump = time.Duration(v) * time.Microsecond
-		case 4:
-			st.memwrite = time.Duration(v) * time.Microsecond
-		case 7:
-			st.pagesWritten = v
-		}
-	}
-	return st, nil
 }
