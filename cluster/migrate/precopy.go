@@ -10,7 +10,8 @@ package migrate
 // rebuilds every round's archive exactly (sha256 end to end) and keeps the
 // latest as its base, on disk, keyed by migration ID. Rounds go on while the
 // delta keeps shrinking, up to MaxRounds, and stop early when the delta
-// would cross in less than SmallDelta or the deadline nears. Then the real
+// would cross in less than SmallDelta or than the dump takes, or the
+// deadline nears. Then the real
 // freeze: the final checkpoint is encoded against the base as it is
 // produced and streamed into the target's delta-restore handler, which
 // rebuilds it on the fly and feeds it to the engine's Restore. Only the
@@ -92,7 +93,8 @@ type PrecopyConfig struct {
 	// Shrink: another round only while a round's delta is at most this
 	// fraction of the one before.
 	Shrink float64
-	// SmallDelta: stop when the last delta crossed in less than this.
+	// SmallDelta: stop when the last delta crossed in less than this, or
+	// than the last round's dump took.
 	SmallDelta time.Duration
 	// Budget bounds the pre-copy phase; a deadline in the request (drain)
 	// shortens it.
@@ -202,11 +204,16 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 	}
 	var base *delta.Index
 	var prev int64
+	var dump time.Duration // the last round's checkpoint call
 	for round := 1; round <= cfg.MaxRounds; round++ {
 		if round > 1 {
+			// Once the delta crosses faster than the dump takes, the final
+			// round is bound by the dump (they overlap): another round
+			// would only add a freeze.
 			est := seconds(float64(prev) / rate)
-			if est < cfg.SmallDelta {
-				rep.Reason += fmt.Sprintf("; stopped after round %d: the delta crosses in %s", round-1, est.Round(time.Millisecond))
+			if est < max(cfg.SmallDelta, dump) {
+				rep.Reason += fmt.Sprintf("; stopped after round %d: the delta crosses in %s, the dump takes %s", round-1,
+					est.Round(time.Millisecond), dump.Round(time.Millisecond))
 				break
 			}
 			if time.Now().Add(3 * est).After(deadline) {
@@ -241,7 +248,7 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 			rep.Reason += fmt.Sprintf("; stopped after round %d: the delta stopped shrinking", round)
 			break
 		}
-		prev = rr.WireBytes
+		prev, dump = rr.WireBytes, rr.Checkpoint
 	}
 	// The target must still hold the base right before the freeze (a
 	// restarted agent has lost it). Its agent may be restarting: retry.
