@@ -204,7 +204,7 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 	}
 	var base *delta.Index
 	var prev int64
-	var dump time.Duration // the last round's checkpoint call
+	var dump time.Duration // the last round's dump, without the link's push-back
 	for round := 1; round <= cfg.MaxRounds; round++ {
 		if round > 1 {
 			// Once the delta crosses faster than the dump takes, the final
@@ -248,7 +248,9 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 			rep.Reason += fmt.Sprintf("; stopped after round %d: the delta stopped shrinking", round)
 			break
 		}
-		prev, dump = rr.WireBytes, rr.Checkpoint
+		// The checkpoint call waits for the link when the delta is large:
+		// what remains after the transfer time is (at least) the dump.
+		prev, dump = rr.WireBytes, max(0, rr.Checkpoint-seconds(float64(rr.WireBytes)/rate))
 	}
 	// The target must still hold the base right before the freeze (a
 	// restarted agent has lost it). Its agent may be restarting: retry.
