@@ -18,7 +18,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GO_TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 8s
 # package:FuzzTarget pairs run briefly by `make test`.
-FUZZ := ./engine/podman:FuzzParseDumpStats ./transfer:FuzzReadHeader ./transfer:FuzzCheckName ./transfer:FuzzVerifyReader ./engine/archive:FuzzImage ./engine/archive:FuzzRead
+FUZZ := ./engine/podman:FuzzParseDumpStats ./transfer:FuzzReadHeader ./transfer:FuzzCheckName ./transfer:FuzzVerifyReader ./engine/archive:FuzzImage ./engine/archive:FuzzRead ./transfer/delta:FuzzDelta
 
 PREFIX ?= /usr/local
 DESTDIR ?=

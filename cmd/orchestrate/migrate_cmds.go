@@ -30,14 +30,18 @@ type migrationJSON struct {
 	DowntimeMS  int64     `json:"downtime_ms"`
 	Bytes       int64     `json:"bytes"`
 	Compression string    `json:"compression,omitempty"`
+	Method      string    `json:"method,omitempty"` // direct, precopy-content, full-after-precopy
+	BytesSaved  int64     `json:"bytes_saved,omitempty"`
 	Error       string    `json:"error"`
 }
 
 func toJSON(m cluster.MigrationRecord) migrationJSON {
 	name, _ := m.Extra["name"].(string)
+	method, _ := m.Extra["method"].(string)
+	saved, _ := m.Extra["bytes_saved"].(float64)
 	return migrationJSON{ID: m.ID, Container: m.Container, Name: name, From: m.From, To: m.To, Phase: m.Phase,
 		Started: m.StartedAt, Finished: m.FinishedAt, DowntimeMS: m.Downtime.Milliseconds(), Bytes: m.Bytes,
-		Compression: m.Compression, Error: m.Error}
+		Compression: m.Compression, Method: method, BytesSaved: int64(saved), Error: m.Error}
 }
 
 func recName(m cluster.MigrationRecord) string {
@@ -353,10 +357,11 @@ func newMigrationsCmd() *cobra.Command {
 				return printJSON(out, rows)
 			}
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tCONTAINER\tFROM\tTO\tPHASE\tSTARTED\tDOWNTIME\tBYTES\tERROR")
+			fmt.Fprintln(tw, "ID\tCONTAINER\tFROM\tTO\tPHASE\tSTARTED\tDOWNTIME\tBYTES\tMETHOD\tERROR")
 			for _, m := range recs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, recName(m), m.From, m.To, m.Phase,
-					m.StartedAt.Local().Format("15:04:05"), m.Downtime.Round(time.Millisecond), bytesHuman(m.Bytes), m.Error)
+				method, _ := m.Extra["method"].(string)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, recName(m), m.From, m.To, m.Phase,
+					m.StartedAt.Local().Format("15:04:05"), m.Downtime.Round(time.Millisecond), bytesHuman(m.Bytes), method, m.Error)
 			}
 			return tw.Flush()
 		},
