@@ -1,3 +1,5 @@
+//go:build remote
+
 // Package podman implements engine.Engine against a Podman service socket
 // (`podman system service`), using the v4 bindings.
 //
