@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -189,14 +190,30 @@ func TestE2ERebootOneAtATime(t *testing.T) {
 		if err := os.WriteFile(dir+"/fake-reboot.sh", []byte(script), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(dir+"/reboot-required", nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
 		return fmt.Sprintf("policy:\n  reboot:\n    enabled: true\n    sentinel_file: %s/reboot-required\n    command: %s/fake-reboot.sh\n    concurrency: 1\n    check_interval: 500ms\n", dir, dir)
 	})
+	// The host that never reboots is labelled role=stable and the workloads
+	// are constrained to it, so each drain moves its container there in one
+	// hop. (A container that hops across three simulated hosts after the
+	// first removed its copy cannot be restored: Podman records absolute
+	// paths in the first host's storage, and simulated hosts, unlike real
+	// ones, keep their storage at different paths.)
+	stable := c.Hosts[0]
+	stable.StopAgent(syscall.SIGTERM)
+	stable.Env = []string{"ORCHESTRATE_NODE_LABELS=role=stable"}
+	stable.StartAgent()
+	c.WaitFormed(60 * time.Second)
 	// A workload on each host that will reboot, so each drain moves something.
 	for _, h := range c.Hosts[1:] {
-		h.RunWorkload(simhost.Workload{Name: "on-" + h.Name, MiB: 16, Port: simhost.Port()})
+		h.RunWorkload(simhost.Workload{Name: "on-" + h.Name, MiB: 16, Port: simhost.Port(),
+			Labels: map[string]string{"orchestrate.constraint.role": "stable"}})
+	}
+	// Then both hosts learn that a reboot is pending (once the cluster has
+	// formed, as after a package upgrade).
+	for _, h := range c.Hosts[1:] {
+		if err := os.WriteFile(fmt.Sprintf("/run/osim/%s/reboot-required", h.Name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var mu sync.Mutex
 	both := false
