@@ -5,12 +5,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 
 	"context"
 	"encoding/json"
 	"fmt"
-	"golang.org/x/sys/unix"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,7 +80,19 @@ func NewCluster(t testing.TB, n int) *Cluster { return NewClusterWith(t, n, nil)
 // agents start.
 func NewClusterWith(t testing.TB, n int, extra func(i int, h *Host) string) *Cluster {
 	t.Helper()
+	engines := make([]string, n)
+	for i := range engines {
+		engines[i] = "podman"
+	}
+	return newCluster(t, engines, extra)
+}
+
+// newCluster starts one host per entry of engines ("podman" or "docker"),
+// each with an agent of that engine type, and waits until the cluster formed.
+func newCluster(t testing.TB, engines []string, extra func(i int, h *Host) string) *Cluster {
+	t.Helper()
 	Require(t)
+	n := len(engines)
 	c := &Cluster{t: t, Bin: Binary(t)}
 	dir := t.TempDir()
 	c.Secret = filepath.Join(dir, "cluster.key")
@@ -91,6 +101,7 @@ func NewClusterWith(t testing.TB, n int, extra func(i int, h *Host) string) *Clu
 	}
 	// Hosts are created in parallel: each takes about half a second.
 	hosts := make([]*Host, n)
+	socks := make([]string, n)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []string
@@ -105,12 +116,16 @@ func NewClusterWith(t testing.TB, n int, extra func(i int, h *Host) string) *Clu
 					mu.Unlock()
 				}
 			}()
-			hosts[i] = newHostNoFatal(t)
+			h := newHostNoFatal(t)
+			hosts[i], socks[i] = h, h.Socket
+			if engines[i] == "docker" {
+				socks[i] = h.StartDocker()
+			}
 		}(i)
 	}
 	wg.Wait()
 	for _, h := range hosts {
-		if h == nil {
+		if h == nil || len(errs) > 0 {
 			t.Fatalf("creating hosts: %v", errs)
 		}
 		h.t = t
@@ -138,13 +153,13 @@ api:
   bind: %[2]s:7948
   socket: %[6]s
 engine:
-  type: podman
+  type: %[8]s
   socket: %[7]s
 transfer:
   bind: %[2]s:7922
 log:
   level: debug
-`, h.Name, h.IP, seeds, min(n, 3), c.Secret, ah.Socket, h.Socket)
+`, h.Name, h.IP, seeds, min(n, 3), c.Secret, ah.Socket, socks[i], engines[i])
 		if extra != nil {
 			cfg += extra(i, h)
 		}
@@ -228,39 +243,12 @@ func (h *AgentHost) StopAgent(sig syscall.Signal) {
 // ListenInNetns listens on addr inside the host's network namespace (for
 // fakes that the host's agent must reach, such as a metadata service).
 func (h *Host) ListenInNetns(addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/run/netns/osim-" + h.Name)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{nil, err}
-			return
-		}
-		l, lerr := net.Listen("tcp", addr)
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{l, lerr}
-	}()
-	r := <-ch
-	return r.l, r.err
+	var l net.Listener
+	err := InNetns("/run/netns/osim-"+h.Name, func() (err error) {
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
 }
 
 // CLI runs the orchestrate CLI against this host's agent.

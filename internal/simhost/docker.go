@@ -4,10 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -119,90 +116,5 @@ func (h *Host) DockerState(name string) string {
 func NewClusterEngines(t testing.TB, engines ...string) *Cluster {
 	t.Helper()
 	RequireDocker(t)
-	n := len(engines)
-	c := &Cluster{t: t, Bin: Binary(t)}
-	dir := t.TempDir()
-	c.Secret = filepath.Join(dir, "cluster.key")
-	if out, err := exec.Command(c.Bin, "keygen", c.Secret).CombinedOutput(); err != nil {
-		t.Fatalf("keygen: %v\n%s", err, out)
-	}
-	hosts := make([]*Host, n)
-	socks := make([]string, n)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []string
-	for i := range hosts {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			defer func() {
-				if r := recover(); r != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Sprint(r))
-					mu.Unlock()
-				}
-			}()
-			h := newHostNoFatal(t)
-			hosts[i] = h
-			socks[i] = h.Socket
-			if engines[i] == "docker" {
-				socks[i] = h.StartDocker()
-			}
-		}(i)
-	}
-	wg.Wait()
-	for _, h := range hosts {
-		if h == nil || len(errs) > 0 {
-			t.Fatalf("creating hosts: %v", errs)
-		}
-		h.t = t
-	}
-	for i, h := range hosts {
-		ah := &AgentHost{Host: h, c: c, Socket: fmt.Sprintf("/run/osim/%s/agent.sock", h.Name)}
-		ah.Config = fmt.Sprintf("/run/osim/%s/agent.yaml", h.Name)
-		cfg := fmt.Sprintf(`node:
-  name: %[1]s
-  data_dir: /var/lib/osim/%[1]s/orchestrate
-cluster:
-  bind: %[2]s:7946
-  raft_bind: %[2]s:7947
-  join: ["%[3]s:7946"]
-  bootstrap_expect: %[4]d
-  secret_file: %[5]s
-api:
-  bind: %[2]s:7948
-  socket: %[6]s
-engine:
-  type: %[8]s
-  socket: %[7]s
-transfer:
-  bind: %[2]s:7922
-log:
-  level: debug
-`, h.Name, h.IP, hosts[0].IP, min(n, 3), c.Secret, ah.Socket, socks[i], engines[i])
-		if err := os.WriteFile(ah.Config, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		c.Hosts = append(c.Hosts, ah)
-	}
-	for _, h := range c.Hosts {
-		h.StartAgent()
-	}
-	t.Cleanup(func() {
-		for _, h := range c.Hosts {
-			h.StopAgent(syscall.SIGTERM)
-		}
-		if t.Failed() {
-			for _, h := range c.Hosts {
-				b, _ := os.ReadFile(fmt.Sprintf("/run/osim/%s/agent.log", h.Name))
-				lines := strings.Split(string(b), "\n")
-				if len(lines) > 60 {
-					lines = lines[len(lines)-60:]
-				}
-				t.Logf("--- agent log of %s (last lines) ---\n%s", h.Name, strings.Join(lines, "\n"))
-			}
-		}
-	})
-	c.WaitFormed(60 * time.Second)
-	return c
+	return newCluster(t, engines, nil)
 }

@@ -245,47 +245,49 @@ func (h *Host) WaitReport(port int, d time.Duration) Report {
 	}
 }
 
-// DialInNetns dials addr from inside the network namespace at nsPath. The
-// connection stays in that namespace; the calling goroutine's thread is
-// switched there only for the dial.
-func DialInNetns(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+// InNetns runs f on a thread switched into the network namespace at
+// nsPath. Sockets f creates stay in that namespace; the thread goes back to
+// its own namespace afterwards (or, if that fails, dies with its goroutine).
+func InNetns(nsPath string, f func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer orig.Close()
 		target, err := os.Open(nsPath)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer target.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("setns %s: %w", nsPath, err)}
+			ch <- fmt.Errorf("setns %s: %w", nsPath, err)
 			return
 		}
-		var d net.Dialer
-		d.Timeout = timeout
-		c, derr := d.Dial("tcp", addr)
-		// Only a thread back in its own namespace may serve other goroutines;
-		// if that fails, the thread stays locked and exits with this goroutine.
+		ferr := f()
 		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		}
-		ch <- result{c, derr}
+		ch <- ferr
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
+}
+
+// DialInNetns dials addr from inside the network namespace at nsPath.
+func DialInNetns(nsPath, addr string, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := InNetns(nsPath, func() (err error) {
+		d := net.Dialer{Timeout: timeout}
+		c, err = d.Dial("tcp", addr)
+		return err
+	})
+	return c, err
 }
 
 var portMu sync.Mutex
