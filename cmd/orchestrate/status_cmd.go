@@ -17,14 +17,13 @@ import (
 
 // statusJSON is `status -o json`.
 type statusJSON struct {
-	Leader     string                    `json:"leader"`
-	Members    []cluster.Member          `json:"members"`
-	Cordoned   []string                  `json:"cordoned"`
-	Ongoing    []migrationJSON           `json:"ongoing"`
-	Recent     []migrationJSON           `json:"recent"`
-	Events     []cluster.Event           `json:"events"`
-	Migrations map[string]int            `json:"migrations_by_phase"`
-	Raw        map[string]cluster.Status `json:"-"`
+	Leader     string           `json:"leader"`
+	Members    []cluster.Member `json:"members"`
+	Cordoned   []string         `json:"cordoned"`
+	Ongoing    []migrationJSON  `json:"ongoing"`
+	Recent     []migrationJSON  `json:"recent"`
+	Events     []cluster.Event  `json:"events"`
+	Migrations map[string]int   `json:"migrations_by_phase"`
 }
 
 func newStatusCmd() *cobra.Command {

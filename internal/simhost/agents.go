@@ -61,12 +61,11 @@ type Cluster struct {
 // AgentHost is a simulated host with an agent.
 type AgentHost struct {
 	*Host
-	c       *Cluster
-	Config  string
-	Socket  string // the agent's unix socket
-	cmd     *exec.Cmd
-	done    chan struct{}
-	started time.Time
+	c      *Cluster
+	Config string
+	Socket string // the agent's unix socket
+	cmd    *exec.Cmd
+	done   chan struct{}
 	// Env is added to the agent's environment at its next start.
 	Env []string
 }
@@ -218,7 +217,6 @@ func (h *AgentHost) StartAgent() {
 	}
 	_ = os.WriteFile(fmt.Sprintf("/run/osim/%s/agent.pid", h.Name), []byte(fmt.Sprint(cmd.Process.Pid)), 0o600)
 	h.cmd, h.done = cmd, make(chan struct{})
-	h.started = time.Now()
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(cmd, h.done)
 }
 
