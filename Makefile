@@ -1,7 +1,8 @@
 # orchestrate: build, test and measure.
 #
 #   make build   bin/orchestrate (static, CGO_ENABLED=0)
-#   make test    install what the tests need (idempotent), then run every test:
+#   make test    install what the tests need (idempotent), prove the private
+#                CRIU install from scratch (check-install), then run every test:
 #                unit, real Podman + CRIU, real SSH, multi-process clusters,
 #                simulated multi-host e2e, and short fuzz runs
 #   make e2e     only the simulated multi-host end-to-end tests
@@ -23,7 +24,7 @@ FUZZ := ./engine/podman:FuzzParseDumpStats ./transfer:FuzzReadHeader ./transfer:
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts install
+.PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts install check-install
 
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/orchestrate ./cmd/orchestrate
@@ -40,9 +41,15 @@ setup:
 clean-hosts:
 	bash scripts/simhost.sh down-all
 
+# check-install installs the private CRIU from scratch into a throwaway
+# prefix and checkpoints and restores the workload with it: proof, on every
+# `make test`, that the install works on a machine that has nothing yet.
+check-install: setup
+	bash scripts/check-criu-install.sh
+
 # Packages run one at a time (-p 1): the integration tests measure failover
 # and detection times, which two cores shared with another package distort.
-test: setup clean-hosts
+test: setup check-install clean-hosts
 	@trap 'bash scripts/simhost.sh down-all' EXIT; \
 	ORCHESTRATE_REQUIRE_HOSTS=1 go test -p 1 -count=1 -timeout $(GO_TEST_TIMEOUT) ./... && \
 	$(MAKE) --no-print-directory fuzz

@@ -15,10 +15,18 @@ WORK=$(mktemp -d /run/orchestrate-demo.XXXXXX)
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
   say "tearing down"
+  trap '' INT TERM
   for h in "${HOSTS[@]}"; do "$SIM" down "$h" || true; done
   rm -rf "$WORK"
+  # What a run leaves behind would be a bug: say so.
+  local left
+  left=$( { ip netns list | grep -o '^osim-[^ ]*'; pgrep -f "$BIN agent"; findmnt -rn -o TARGET | grep '^/run/osim'; } 2>/dev/null || true)
+  [ -z "$left" ] || echo "demo: warning: left behind: $left" >&2
 }
 trap cleanup EXIT
+# Ctrl-C or a kill ends the script through its EXIT trap, so the hosts, the
+# agents (started in sessions of their own) and the bridge go in every case.
+trap 'exit 130' INT TERM
 
 cli() { "$BIN" --agent "/run/osim/host1/agent.sock" "$@"; }
 probe() { "$SIM" exec "$1" sh -c 'echo | busybox nc 127.0.0.1 8080'; }

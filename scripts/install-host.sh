@@ -8,22 +8,31 @@
 #   1. Debian packages: podman, runc, conmon, netavark, openssh, zstd, busybox-static, ...
 #   2. A CRIU that works on the running kernel. If `criu check` fails, or CRIU is
 #      older than 4.2 on a kernel >= 6.16 (criu issue 2718: TCP sockets cannot be
-#      dumped), it installs Debian sid's CRIU 4.2 under $CRIU_PREFIX, running on
-#      the loader and libraries of a private Debian 13 root, and puts a `criu`
-#      wrapper on PATH ($CRIU_WRAPPER, default /usr/local/sbin/criu).
+#      dumped), it builds a private Debian 13 root under $CRIU_PREFIX with
+#      debootstrap and lets apt inside that root install Debian sid's CRIU: apt
+#      resolves whatever sid's criu depends on (trixie first, sid where a newer
+#      version is needed; sid is pinned low for everything else). A `criu`
+#      wrapper ($CRIU_WRAPPER, default /usr/local/sbin/criu) runs it with the
+#      root's own loader and libraries. The system's apt sources and libc are
+#      never touched.
 #   3. Podman settings this kind of host needs (runc, cgroupfs, lower ulimits) in
 #      /etc/orchestrate/containers.conf, used through CONTAINERS_CONF.
 #
+# The Debian mirror (and an apt proxy, if one is configured) comes from this
+# machine's own apt configuration, so the script follows whatever mirror the
+# operator chose.
+#
 # Environment:
-#   ORCHESTRATE_SKIP_APT=1   do not install Debian packages (they must be present)
-#   CRIU_PREFIX              where a private CRIU goes (default /opt/orchestrate/criu)
-#   CRIU_WRAPPER             the wrapper's path (default /usr/local/sbin/criu)
-#   DEBIAN_MIRROR            mirror for debootstrap and sid packages
+#   ORCHESTRATE_SKIP_APT=1       do not install Debian packages (they must be present)
+#   ORCHESTRATE_PRIVATE_CRIU=1   install the private CRIU even when the system's works
+#                                (the from-scratch check in `make test` uses it)
+#   CRIU_PREFIX                  where a private CRIU goes (default /opt/orchestrate/criu)
+#   CRIU_WRAPPER                 the wrapper's path (default /usr/local/sbin/criu)
+#   DEBIAN_MIRROR                override the mirror read from the apt sources
 set -euo pipefail
 
 CRIU_PREFIX=${CRIU_PREFIX:-/opt/orchestrate/criu}
 CRIU_WRAPPER=${CRIU_WRAPPER:-/usr/local/sbin/criu}
-DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CONF_DIR=${ORCHESTRATE_CONF_DIR:-/etc/orchestrate}
 
 PACKAGES=(podman runc conmon netavark aardvark-dns openssh-server openssh-client
@@ -60,9 +69,9 @@ install_packages() {
 criu_ok() {
   local criu=$1 ver kernel
   [ -x "$criu" ] || command -v "$criu" >/dev/null 2>&1 || return 1
-  ver=$("$criu" --version 2>/dev/null | awk '/^Version:/{print $2}') || return 1
-  [ -n "$ver" ] || return 1
-  "$criu" check >/dev/null 2>&1 || { say "CRIU $ver at $criu: 'criu check' fails on kernel $(uname -r)"; return 1; }
+  ver=$("$criu" --version 2>/dev/null | awk '/^Version:/{print $2}') || true
+  [ -n "$ver" ] || { say "CRIU at $criu does not run: $(criu_diagnose "$criu")"; return 1; }
+  "$criu" check >/dev/null 2>&1 || { say "CRIU $ver at $criu on kernel $(uname -r): $(criu_diagnose "$criu")"; return 1; }
   kernel=$(uname -r | cut -d- -f1)
   if version_ge "$kernel" 6.16 && ! version_ge "$ver" 4.2; then
     say "CRIU $ver at $criu cannot dump TCP/UDP sockets on kernel $kernel (needs >= 4.2)"
@@ -72,49 +81,128 @@ criu_ok() {
   return 0
 }
 
+# debian_mirror prints the URI of the machine's own Debian archive: the first
+# apt source (deb822 *.sources or one-line sources.list) that serves the
+# system's release (not its -security or -updates suites).
+debian_mirror() {
+  if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
+  local codename uri
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  [ -n "$codename" ] || die "cannot read VERSION_CODENAME from /etc/os-release; set DEBIAN_MIRROR"
+  uri=$(
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] || continue
+      # One stanza per paragraph: print its first URI when it is a deb source
+      # whose suites include the release itself.
+      awk -v cn="$codename" '
+        function flush() { if (deb && hit && uri != "") print uri; deb=0; hit=0; uri="" }
+        /^[ \t]*$/ { flush(); next }
+        /^[ \t]*#/ { next }
+        tolower($1) == "types:" { for (i = 2; i <= NF; i++) if ($i == "deb") deb=1 }
+        tolower($1) == "uris:" { uri=$2 }
+        tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == cn) hit=1 }
+        tolower($1) == "enabled:" && tolower($2) == "no" { deb=0 }
+        END { flush() }' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [ -f "$f" ] || continue
+      # deb [options] URI SUITE COMPONENTS...
+      sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk -v cn="$codename" '$1 == "deb" && $3 == cn {print $2}'
+    done | head -n1
+  )
+  uri=$(echo "$uri" | head -n1)
+  [ -n "$uri" ] || die "no apt source for Debian $codename in /etc/apt/sources.list{,.d}; set DEBIAN_MIRROR"
+  echo "${uri%/}"
+}
+
+# apt_proxy prints the machine's apt HTTP proxy, if one is configured.
+apt_proxy() {
+  apt-config dump 2>/dev/null | sed -n 's/^Acquire::http::Proxy "\(.*\)";$/\1/p' | head -n1
+}
+
+# criu_diagnose CMD: why CMD does not work, in one or two lines: a missing
+# shared library, or the failing lines of `criu check`.
+criu_diagnose() {
+  local criu=$1 out
+  if ! out=$("$criu" --version 2>&1); then
+    echo "'$criu --version' fails: $(echo "$out" | grep -m1 -E 'error while loading|cannot open|not found|No such' || echo "$out" | tail -n1)"
+    return
+  fi
+  out=$("$criu" check 2>&1) && { echo "'criu check' passes"; return; }
+  echo "'criu check' fails: $(echo "$out" | grep -E 'Error|error|fail|not supported|Unexpected' | grep -v 'kdat cache' | tail -n3 | tr '\n' ' ')"
+}
+
 install_private_criu() {
-  local root=$CRIU_PREFIX/root sid=$CRIU_PREFIX/sid apt=$CRIU_PREFIX/apt
+  local root=$CRIU_PREFIX/root mirror proxy
+  mirror=$(debian_mirror)
+  proxy=$(apt_proxy)
+  say "Debian mirror: $mirror${proxy:+ (apt proxy $proxy)}"
   mkdir -p "$CRIU_PREFIX"
-  if [ ! -x "$root/lib64/ld-linux-x86-64.so.2" ]; then
-    say "building a private Debian 13 root for CRIU's libraries in $root (about 40 s)"
+  chmod 0755 "$CRIU_PREFIX"
+  if [ ! -x "$root/lib64/ld-linux-x86-64.so.2" ] || [ ! -x "$root/usr/bin/apt-get" ]; then
+    say "building a private Debian 13 root for CRIU in $root (about 30 s)"
     rm -rf "$root.tmp"
-    debootstrap --variant=minbase trixie "$root.tmp" "$DEBIAN_MIRROR" >"$CRIU_PREFIX/debootstrap.log" 2>&1 ||
-      die "debootstrap trixie failed, see $CRIU_PREFIX/debootstrap.log"
+    http_proxy=$proxy debootstrap --variant=minbase trixie "$root.tmp" "$mirror" >"$CRIU_PREFIX/debootstrap.log" 2>&1 ||
+      die "debootstrap trixie from $mirror failed: $(grep -E '^E:' "$CRIU_PREFIX/debootstrap.log" | tail -n1) (full log: $CRIU_PREFIX/debootstrap.log)"
+    rm -rf "$root"
     mv "$root.tmp" "$root"
   fi
-  if [ ! -x "$sid/usr/sbin/criu" ]; then
-    say "fetching CRIU 4.2 from Debian sid with a private apt configuration (system sources untouched)"
-    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/state" "$apt/debs"
-    : >"$apt/state/status"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $DEBIAN_MIRROR sid main" >"$apt/sources.list"
-    local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
-      -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "Dir::State::status=$apt/state/status"
-      -o APT::Sandbox::User=root)
-    apt-get "${opts[@]}" update -qq || die "apt-get update of the private sid list failed"
-    (cd "$apt/debs" && apt-get "${opts[@]}" download criu libcompel1 libnet9 libnl-3-200 >/dev/null) ||
-      die "downloading CRIU from sid failed"
-    rm -rf "$sid.tmp" && mkdir -p "$sid.tmp"
-    for deb in "$apt"/debs/*.deb; do dpkg-deb -x "$deb" "$sid.tmp"; done
-    rm -rf "$sid" && mv "$sid.tmp" "$sid"
+  # apt inside the root: trixie for everything, sid pinned low so that only
+  # criu, libcompel1 and whatever they need at a newer version come from it.
+  # sid's Release file carries a Valid-Until that a mirror snapshot outlives.
+  cat >"$root/etc/apt/sources.list.d/orchestrate-sid.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Check-Valid-Until: no
+EOF
+  cat >"$root/etc/apt/preferences.d/orchestrate-criu" <<'EOF'
+Package: *
+Pin: release n=sid
+Pin-Priority: 100
+
+Package: criu libcompel1
+Pin: release n=sid
+Pin-Priority: 990
+EOF
+  if [ -n "$proxy" ]; then
+    echo "Acquire::http::Proxy \"$proxy\";" >"$root/etc/apt/apt.conf.d/90orchestrate-proxy"
+  else
+    rm -f "$root/etc/apt/apt.conf.d/90orchestrate-proxy"
   fi
+  echo "deb $mirror trixie main" >"$root/etc/apt/sources.list"
+  say "installing CRIU from Debian sid inside $root (apt resolves its dependencies)"
+  chroot "$root" apt-get update -qq >"$CRIU_PREFIX/apt.log" 2>&1 ||
+    die "apt-get update in $root failed: $(grep -E '^(E|W):' "$CRIU_PREFIX/apt.log" | tail -n2 | tr '\n' ' ')(log: $CRIU_PREFIX/apt.log)"
+  # criu/sid: apt selects sid's criu and, for every dependency it needs at a
+  # newer version than trixie has, sid's version too.
+  chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends criu/sid >>"$CRIU_PREFIX/apt.log" 2>&1 ||
+    die "apt-get install criu/sid in $root failed: $(grep -E '^(E|W):|Depends:' "$CRIU_PREFIX/apt.log" | tail -n3 | tr '\n' ' ')(log: $CRIU_PREFIX/apt.log)"
+  chroot "$root" apt-get clean >/dev/null 2>&1 || true
   mkdir -p "$(dirname "$CRIU_WRAPPER")"
   cat >"$CRIU_WRAPPER.tmp" <<EOF
 #!/bin/sh
-# Installed by orchestrate's scripts/install-host.sh: CRIU 4.2 from Debian sid,
-# run with the loader and libraries of a private Debian 13 root ($root),
-# because the system's libc is too old for it.
-exec $root/lib64/ld-linux-x86-64.so.2 --library-path $sid/usr/lib/x86_64-linux-gnu:$root/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu $sid/usr/sbin/criu "\$@"
+# Installed by orchestrate's scripts/install-host.sh: CRIU from Debian sid,
+# installed by apt in a private Debian 13 root ($root) and run with that
+# root's loader and libraries, because the system's libc is too old for it.
+exec $root/lib64/ld-linux-x86-64.so.2 --library-path $root/lib/x86_64-linux-gnu:$root/usr/lib/x86_64-linux-gnu $root/usr/sbin/criu "\$@"
 EOF
   chmod 0755 "$CRIU_WRAPPER.tmp"
   mv "$CRIU_WRAPPER.tmp" "$CRIU_WRAPPER"
 }
 
 ensure_criu() {
-  if criu_ok "$CRIU_WRAPPER"; then return; fi
-  if [ "$(command -v criu || true)" != "$CRIU_WRAPPER" ] && criu_ok criu; then return; fi
-  say "installing CRIU 4.2 privately under $CRIU_PREFIX"
+  if [ "${ORCHESTRATE_PRIVATE_CRIU:-0}" != 1 ]; then
+    if criu_ok "$CRIU_WRAPPER"; then return; fi
+    if [ "$(command -v criu || true)" != "$CRIU_WRAPPER" ] && criu_ok criu; then return; fi
+  elif criu_ok "$CRIU_WRAPPER"; then
+    return
+  fi
+  say "installing CRIU >= 4.2 privately under $CRIU_PREFIX"
   install_private_criu
-  criu_ok "$CRIU_WRAPPER" || die "the private CRIU at $CRIU_WRAPPER does not pass 'criu check'; run '$CRIU_WRAPPER check' to see why"
+  criu_ok "$CRIU_WRAPPER" || die "the private CRIU at $CRIU_WRAPPER does not work: $(criu_diagnose "$CRIU_WRAPPER")"
   case ":$PATH:" in
     *":$(dirname "$CRIU_WRAPPER"):"*) ;;
     *) say "note: $(dirname "$CRIU_WRAPPER") is not on PATH; runc finds criu through PATH" ;;

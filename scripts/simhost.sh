@@ -14,7 +14,8 @@
 # Commands:
 #   simhost.sh up NAME [IP]        create host NAME with address IP (10.99.0.x; default:
 #                                  the lowest free one); prints socket=..., ip=... lines
-#   simhost.sh down NAME           stop its processes and remove all of it
+#   simhost.sh down NAME           stop its processes and remove all of it; the last host
+#                                  to go takes the bridge namespace and state mounts with it
 #   simhost.sh down-all            remove every simulated host (also after a failed test)
 #   simhost.sh exec NAME CMD...    run CMD inside NAME (its netns, its mounts, its Podman env)
 #   simhost.sh env NAME            print the environment a process in NAME needs
@@ -27,12 +28,20 @@
 #
 # Only addresses in 10.99.0.0/24, only inside these namespaces. Nothing is routed
 # anywhere else: the namespaces have no default route.
+#
+# OSIM_TAG (a few lowercase letters or digits) keeps separate sets of hosts
+# apart on one machine: its own state directories, bridge and namespace names
+# (osim<TAG>-NAME), so that `down-all` of one set leaves the others alone.
 set -euo pipefail
 
-STATE=${OSIM_STATE:-/run/osim}
-DATA=${OSIM_DATA:-/var/lib/osim}
-BRNS=osim-br
+TAG=${OSIM_TAG:-}
+[[ $TAG =~ ^[a-z0-9]{0,3}$ ]] || { echo "simhost: error: OSIM_TAG '$TAG' must be 0-3 lowercase letters or digits" >&2; exit 1; }
+STATE=${OSIM_STATE:-/run/osim$TAG}
+DATA=${OSIM_DATA:-/var/lib/osim$TAG}
+NS=osim$TAG-   # prefix of every namespace this set of hosts uses
+BRNS=${NS}br
 BR=osimbr0
+VETH=osv$TAG-
 CONTAINERS_BASE_CONF=${ORCHESTRATE_CONF_DIR:-/etc/orchestrate}/containers.conf
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -89,7 +98,7 @@ start_podman() {
   rm -f "$d/podman.sock"
   (
     cd /
-    exec setsid nsenter --mount="$d/mnt" --net="/run/netns/osim-$name" \
+    exec setsid nsenter --mount="$d/mnt" --net="/run/netns/$NS$name" \
       env -i $(host_env "$name" | tr '\n' ' ') \
       podman --log-level=warn system service --time=0 "unix://$d/podman.sock" \
       </dev/null >>"$d/podman.log" 2>&1 9>&-
@@ -126,12 +135,12 @@ start_docker() {
   rm -f "$d/docker.sock"
   (
     cd /
-    exec setsid nsenter --mount="$d/mnt" --net="/run/netns/osim-$name" \
+    exec setsid nsenter --mount="$d/mnt" --net="/run/netns/$NS$name" \
       env -i $(host_env "$name" | tr '\n' ' ') \
       dockerd --config-file "$d/daemon.json" --data-root "$data/docker" --exec-root "$d/dx" \
       --pidfile "$d/dx/dockerd.pid" -H "unix://$d/docker.sock" --experimental \
       --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none \
-      --cgroup-parent "/osim-$name" --exec-opt native.cgroupdriver=cgroupfs --log-level=warn \
+      --cgroup-parent "/$NS$name" --exec-opt native.cgroupdriver=cgroupfs --log-level=warn \
       </dev/null >>"$d/docker.log" 2>&1 9>&-
   ) &
   echo $! >"$d/docker.pid"
@@ -162,13 +171,13 @@ cmd_up() {
   mkdir -p "$d/tmp" "$d/runc" "$d/networks" "$d/libpod" "$d/netconf" "$d/run" "$data/storage" "$data/volumes" "$data/static"
 
   # Network: veth pair, host end eth0 in osim-NAME, bridge end in osim-br.
-  ip netns add "osim-$name"
-  ip link add "osv-$name" type veth peer name eth0 netns "osim-$name"
-  ip link set "osv-$name" netns "$BRNS"
-  ip -n "$BRNS" link set "osv-$name" master "$BR" up
-  ip -n "osim-$name" addr add "$ip/24" dev eth0
-  ip -n "osim-$name" link set eth0 up
-  ip -n "osim-$name" link set lo up
+  ip netns add "$NS$name"
+  ip link add "$VETH$name" type veth peer name eth0 netns "$NS$name"
+  ip link set "$VETH$name" netns "$BRNS"
+  ip -n "$BRNS" link set "$VETH$name" master "$BR" up
+  ip -n "$NS$name" addr add "$ip/24" dev eth0
+  ip -n "$NS$name" link set eth0 up
+  ip -n "$NS$name" link set lo up
   echo "$ip" >"$d/ip"
 
   # Podman configuration private to this host.
@@ -217,9 +226,9 @@ rm_retry() {
 
 cmd_down() {
   local name=$1 d=$STATE/$1 pid
-  [ -d "$d" ] || [ -e "/run/netns/osim-$name" ] || return 0
+  [ -d "$d" ] || [ -e "/run/netns/$NS$name" ] || return 0
   # Containers first, while the service still runs, so conmon and the workloads go too.
-  if [ -S "$d/podman.sock" ] && [ -e "$d/mnt" ] && [ -e "/run/netns/osim-$name" ]; then
+  if [ -S "$d/podman.sock" ] && [ -e "$d/mnt" ] && [ -e "/run/netns/$NS$name" ]; then
     (cmd_exec "$name" timeout 30 podman rm -af -t 0 >/dev/null 2>&1) || true
   fi
   # The same for a private dockerd: its containers may live in network
@@ -233,16 +242,16 @@ cmd_down() {
     kill_tree "$pid"
   done
   # Anything else still running in the host's network namespace (agents, conmon, workloads).
-  if [ -e "/run/netns/osim-$name" ]; then
-    for pid in $(ip netns pids "osim-$name" 2>/dev/null || true); do kill -KILL "$pid" 2>/dev/null || true; done
+  if [ -e "/run/netns/$NS$name" ]; then
+    for pid in $(ip netns pids "$NS$name" 2>/dev/null || true); do kill -KILL "$pid" 2>/dev/null || true; done
   fi
   sleep 0.2
   if [ -e "$d/mnt" ]; then
     # Overlay mounts of containers live in the host's mount namespace and go with it.
     umount "$d/mnt" 2>/dev/null || umount -l "$d/mnt" 2>/dev/null || true
   fi
-  ip -n "$BRNS" link del "osv-$name" 2>/dev/null || true
-  ip netns del "osim-$name" 2>/dev/null || true
+  ip -n "$BRNS" link del "$VETH$name" 2>/dev/null || true
+  ip netns del "$NS$name" 2>/dev/null || true
   # Podman's storage may hold mounts made in the root namespace by earlier tools.
   if [ -d "$DATA/$name" ]; then
     { grep -o " $DATA/$name[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
@@ -250,9 +259,28 @@ cmd_down() {
   fi
   rm_retry "${STATE:?}/$name"
   # The cgroups a private dockerd made under its --cgroup-parent.
-  for cg in /sys/fs/cgroup/*/"osim-$name"; do
+  for cg in /sys/fs/cgroup/*/"$NS$name"; do
     [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
+}
+
+# drop_shared removes what the hosts share (the bridge namespace, the bind
+# mount that keeps the mount-namespace files, the state directories) once no
+# host is left. It holds the lock `up` takes, so it never races a host being
+# created.
+drop_shared() {
+  exec 9>"$STATE.lock"
+  flock 9
+  if ! ls "$STATE"/*/ip >/dev/null 2>&1 && ! ip netns list 2>/dev/null | awk '{print $1}' | grep "^$NS" | grep -qvx "$BRNS"; then
+    ip netns del "$BRNS" 2>/dev/null || true
+    if findmnt -rn -o TARGET "$STATE" 2>/dev/null | grep -qx "$STATE"; then
+      umount "$STATE" 2>/dev/null || umount -l "$STATE" 2>/dev/null || true
+    fi
+    rmdir "$STATE" "$DATA" 2>/dev/null || true
+    rm -f "$STATE.docker.lock"
+  fi
+  flock -u 9
+  exec 9>&-
 }
 
 cmd_down_all() {
@@ -260,10 +288,10 @@ cmd_down_all() {
   if [ -d "$STATE" ]; then
     for n in $(ls "$STATE"); do [ -d "$STATE/$n" ] && cmd_down "$n"; done
   fi
-  for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^osim-' | grep -vx "$BRNS" || true); do
-    cmd_down "${n#osim-}"
+  for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$NS" | grep -vx "$BRNS" || true); do
+    cmd_down "${n#$NS}"
   done
-  ip netns del "$BRNS" 2>/dev/null || true
+  drop_shared
 }
 
 cmd_exec() {
@@ -271,24 +299,24 @@ cmd_exec() {
   shift
   [ -e "$d/mnt" ] || die "no host $name"
   exec_env=$(host_env "$name" | tr '\n' ' ')
-  nsenter --mount="$d/mnt" --net="/run/netns/osim-$name" env $exec_env "$@"
+  nsenter --mount="$d/mnt" --net="/run/netns/$NS$name" env $exec_env "$@"
 }
 
 cmd_shape() {
   local name=$1 rate=$2
   if [ "$rate" = off ]; then
-    ip netns exec "osim-$name" tc qdisc del dev eth0 root 2>/dev/null || true
-    ip netns exec "$BRNS" tc qdisc del dev "osv-$name" root 2>/dev/null || true
+    ip netns exec "$NS$name" tc qdisc del dev eth0 root 2>/dev/null || true
+    ip netns exec "$BRNS" tc qdisc del dev "$VETH$name" root 2>/dev/null || true
     return
   fi
-  ip netns exec "osim-$name" tc qdisc replace dev eth0 root tbf rate "$rate" burst 128kb latency 100ms
-  ip netns exec "$BRNS" tc qdisc replace dev "osv-$name" root tbf rate "$rate" burst 128kb latency 100ms
+  ip netns exec "$NS$name" tc qdisc replace dev eth0 root tbf rate "$rate" burst 128kb latency 100ms
+  ip netns exec "$BRNS" tc qdisc replace dev "$VETH$name" root tbf rate "$rate" burst 128kb latency 100ms
 }
 
 [ "$(id -u)" = 0 ] || die "run as root"
 case "${1:-}" in
   up) [ $# -ge 2 ] && [ $# -le 3 ] || die "usage: simhost.sh up NAME [IP]"; cmd_up "$2" "${3:-}" ;;
-  down) [ $# -eq 2 ] || die "usage: simhost.sh down NAME"; cmd_down "$2" ;;
+  down) [ $# -eq 2 ] || die "usage: simhost.sh down NAME"; cmd_down "$2"; drop_shared ;;
   down-all) cmd_down_all ;;
   exec) [ $# -ge 3 ] || die "usage: simhost.sh exec NAME CMD..."; n=$2; shift 2; cmd_exec "$n" "$@" ;;
   env) [ $# -eq 2 ] || die "usage: simhost.sh env NAME"; host_env "$2" ;;

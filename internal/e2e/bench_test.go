@@ -117,7 +117,7 @@ type sshPair struct {
 
 func newSSHPair(t *testing.T, h1, h2 *simhost.AgentHost) sshPair {
 	t.Helper()
-	dir := fmt.Sprintf("/run/osim/%s/sshd", h2.Name)
+	dir := simhost.StateDir(h2.Name) + "/sshd"
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -160,8 +160,8 @@ func manualMove(t *testing.T, s sshPair, h1, h2 *simhost.AgentHost, mib, i int) 
 
 func manualPipeline(t *testing.T, s sshPair, h1, h2 *simhost.AgentHost, name string) {
 	t.Helper()
-	f := fmt.Sprintf("/var/lib/osim/%s/%s.tar.zst", h1.Name, name)
-	g := fmt.Sprintf("/var/lib/osim/%s/%s.tar.zst", h2.Name, name)
+	f := simhost.DataDir(h1.Name) + "/" + name + ".tar.zst"
+	g := simhost.DataDir(h2.Name) + "/" + name + ".tar.zst"
 	h1.MustRun("podman", "container", "checkpoint", "--export", f, "--compress", "zstd", name)
 	h1.MustRun("scp", "-q", "-i", s.key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", f, "root@"+s.target+":"+g)
 	h2.MustRun("podman", "container", "restore", "--import", g)

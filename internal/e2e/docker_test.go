@@ -74,7 +74,7 @@ func TestE2EDocker(t *testing.T) {
 	if out := h2.MustDocker("images", "--format", "{{.Repository}}"); !strings.Contains(out, "orchestrate-workload") {
 		t.Fatalf("h2 has no workload image after the migration: %q", out)
 	}
-	rows := migrations(t, h1)
+	rows := settledMigrations(t, h1, 15*time.Second)
 	if len(rows) != 1 || rows[0].Phase != "Done" || rows[0].To != h2.Name || rows[0].Bytes == 0 {
 		t.Fatalf("migrations: %+v", rows)
 	}
@@ -210,7 +210,7 @@ type stepTime struct {
 func logMark(hs ...*simhost.AgentHost) map[string]int64 {
 	m := map[string]int64{}
 	for _, h := range hs {
-		if fi, err := os.Stat(fmt.Sprintf("/run/osim/%s/agent.log", h.Name)); err == nil {
+		if fi, err := os.Stat(simhost.StateDir(h.Name) + "/agent.log"); err == nil {
 			m[h.Name] = fi.Size()
 		}
 	}
@@ -224,7 +224,7 @@ var stepRe = regexp.MustCompile(`msg="docker step".* op=(\S+) .*step=("[^"]*"|\S
 func dockerSteps(t *testing.T, mark map[string]int64, hs ...*simhost.AgentHost) []stepTime {
 	var out []stepTime
 	for _, h := range hs {
-		b, err := os.ReadFile(fmt.Sprintf("/run/osim/%s/agent.log", h.Name))
+		b, err := os.ReadFile(simhost.StateDir(h.Name) + "/agent.log")
 		if err != nil || int64(len(b)) < mark[h.Name] {
 			continue
 		}

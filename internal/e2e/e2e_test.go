@@ -33,6 +33,25 @@ func migrations(t *testing.T, h *simhost.AgentHost) []migrationRow {
 	return rows
 }
 
+// settledMigrations waits until every migration record is terminal (a
+// container runs on its target a moment before the leader records Done)
+// and returns them.
+func settledMigrations(t *testing.T, h *simhost.AgentHost, within time.Duration) []migrationRow {
+	t.Helper()
+	end := time.Now().Add(within)
+	for {
+		rows := migrations(t, h)
+		settled := true
+		for _, r := range rows {
+			settled = settled && (r.Phase == "Done" || r.Phase == "RolledBack")
+		}
+		if settled || time.Now().After(end) {
+			return rows
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // continued checks that the workload on host at port is the same process
 // with the same memory, and that it kept counting.
 func continued(t *testing.T, h *simhost.AgentHost, port int, before simhost.Report) simhost.Report {

@@ -183,7 +183,7 @@ func TestE2EForensics(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	store := fmt.Sprintf("/var/lib/osim/%s/orchestrate/snapshots", h2.Name)
+	store := simhost.DataDir(h2.Name) + "/orchestrate/snapshots"
 	files := strings.Fields(h2.MustRun("ls", store))
 	sort.Strings(files)
 	want := []string{ids[1] + ".tar", ids[2] + ".tar"}

@@ -117,7 +117,7 @@ func spotEvacuation(t *testing.T, n, mib int) time.Duration {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	rows := migrations(t, h1)
+	rows := settledMigrations(t, h1, 15*time.Second)
 	var first string
 	for _, r := range rows {
 		if r.Phase != "Done" {
@@ -185,7 +185,7 @@ func TestE2ERebootOneAtATime(t *testing.T) {
 		if i == 0 {
 			return ""
 		}
-		dir := fmt.Sprintf("/run/osim/%s", h.Name)
+		dir := simhost.StateDir(h.Name)
 		script := fmt.Sprintf("#!/bin/sh\n# a fake reboot: record it, clear the sentinel, end the agent (the test restarts it)\ndate +%%s.%%N >>%s/reboots\nrm -f %s/reboot-required\nkill -TERM $PPID\n", dir, dir)
 		if err := os.WriteFile(dir+"/fake-reboot.sh", []byte(script), 0o755); err != nil {
 			t.Fatal(err)
@@ -211,7 +211,7 @@ func TestE2ERebootOneAtATime(t *testing.T) {
 	// Then both hosts learn that a reboot is pending (once the cluster has
 	// formed, as after a package upgrade).
 	for _, h := range c.Hosts[1:] {
-		if err := os.WriteFile(fmt.Sprintf("/run/osim/%s/reboot-required", h.Name), nil, 0o644); err != nil {
+		if err := os.WriteFile(simhost.StateDir(h.Name)+"/reboot-required", nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -297,7 +297,7 @@ func TestE2ERebootOneAtATime(t *testing.T) {
 		t.Fatal("two hosts were cordoned for reboot at the same time")
 	}
 	for _, h := range c.Hosts[1:] {
-		b, err := os.ReadFile(fmt.Sprintf("/run/osim/%s/reboots", h.Name))
+		b, err := os.ReadFile(simhost.StateDir(h.Name) + "/reboots")
 		if err != nil || strings.Count(string(b), "\n") != 1 {
 			t.Fatalf("%s rebooted %q times (%v)", h.Name, b, err)
 		}

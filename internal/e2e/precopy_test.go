@@ -167,7 +167,7 @@ func TestE2EPrecopy(t *testing.T) {
 	port3 := simhost.Port()
 	src.RunWorkload(simhost.Workload{Name: "pre3", MiB: 128, Port: port3, Args: []string{"-rewrite-mibps", "2"}})
 	before3, _ := src.ProbeReset(port3)
-	logPath := fmt.Sprintf("/run/osim/%s/agent.log", src.Name)
+	logPath := simhost.StateDir(src.Name) + "/agent.log"
 	logStart := fileSize(logPath)
 	done := make(chan string, 1)
 	go func() {
@@ -255,10 +255,10 @@ func TestBenchPrecopy(t *testing.T) {
 			port := simhost.Port()
 			h1.RunWorkload(simhost.Workload{Name: name, MiB: mib, Port: port, Args: args})
 			waitSettled(t, h1, port)
-			f := fmt.Sprintf("/var/lib/osim/%s/%s.tar.zst", h1.Name, name)
+			f := simhost.DataDir(h1.Name) + "/" + name + ".tar.zst"
 			h1.MustRun("podman", "container", "checkpoint", "--export", f, "--compress", "zstd", name)
 			wire := fileSize(f)
-			g := fmt.Sprintf("/var/lib/osim/%s/%s.tar.zst", h2.Name, name)
+			g := simhost.DataDir(h2.Name) + "/" + name + ".tar.zst"
 			h1.MustRun("scp", "-q", "-i", ssh.key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", f, "root@"+ssh.target+":"+g)
 			h2.MustRun("podman", "container", "restore", "--import", g)
 			h1.MustRun("podman", "rm", "-f", "-t", "0", name)

@@ -113,7 +113,7 @@ func TestE2ERollback(t *testing.T) {
 		h1.RunWorkload(simhost.Workload{Name: "r2", MiB: 48, Port: port})
 		before, _ := h1.Probe(port)
 		// Podman stages an imported checkpoint in its TMPDIR: make it tiny.
-		tmp := fmt.Sprintf("/run/osim/%s/tmp", h2.Name)
+		tmp := simhost.StateDir(h2.Name) + "/tmp"
 		h2.MustRun("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", tmp)
 		defer h2.Run("umount", tmp)
 		out, errOut, code := h1.CLI("migrate", "r2", "--to", h2.Name)

@@ -137,11 +137,11 @@ func newCluster(t testing.TB, engines []string, extra func(i int, h *Host) strin
 	}
 	seeds := strings.Join(quoted, ", ")
 	for i, h := range hosts {
-		ah := &AgentHost{Host: h, c: c, Socket: fmt.Sprintf("/run/osim/%s/agent.sock", h.Name)}
-		ah.Config = fmt.Sprintf("/run/osim/%s/agent.yaml", h.Name)
+		ah := &AgentHost{Host: h, c: c, Socket: StateDir(h.Name) + "/agent.sock"}
+		ah.Config = StateDir(h.Name) + "/agent.yaml"
 		cfg := fmt.Sprintf(`node:
   name: %[1]s
-  data_dir: /var/lib/osim/%[1]s/orchestrate
+  data_dir: %[9]s/orchestrate
 cluster:
   bind: %[2]s:7946
   raft_bind: %[2]s:7947
@@ -158,7 +158,7 @@ transfer:
   bind: %[2]s:7922
 log:
   level: debug
-`, h.Name, h.IP, seeds, min(n, 3), c.Secret, ah.Socket, socks[i], engines[i])
+`, h.Name, h.IP, seeds, min(n, 3), c.Secret, ah.Socket, socks[i], engines[i], DataDir(h.Name))
 		if extra != nil {
 			cfg += extra(i, h)
 		}
@@ -176,7 +176,7 @@ log:
 		}
 		if t.Failed() {
 			for _, h := range c.Hosts {
-				b, _ := os.ReadFile(fmt.Sprintf("/run/osim/%s/agent.log", h.Name))
+				b, _ := os.ReadFile(StateDir(h.Name) + "/agent.log")
 				lines := strings.Split(string(b), "\n")
 				if len(lines) > 60 {
 					lines = lines[len(lines)-60:]
@@ -203,7 +203,7 @@ func (p *panicTB) Fatalf(format string, args ...any) { panic(fmt.Sprintf(format,
 // StartAgent starts (or restarts) the host's agent.
 func (h *AgentHost) StartAgent() {
 	h.c.t.Helper()
-	logf, err := os.OpenFile(fmt.Sprintf("/run/osim/%s/agent.log", h.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(StateDir(h.Name)+"/agent.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		h.c.t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func (h *AgentHost) StartAgent() {
 	if err := cmd.Start(); err != nil {
 		h.c.t.Fatal(err)
 	}
-	_ = os.WriteFile(fmt.Sprintf("/run/osim/%s/agent.pid", h.Name), []byte(fmt.Sprint(cmd.Process.Pid)), 0o600)
+	_ = os.WriteFile(StateDir(h.Name)+"/agent.pid", []byte(fmt.Sprint(cmd.Process.Pid)), 0o600)
 	h.cmd, h.done = cmd, make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(cmd, h.done)
 }
@@ -242,7 +242,7 @@ func (h *AgentHost) StopAgent(sig syscall.Signal) {
 // fakes that the host's agent must reach, such as a metadata service).
 func (h *Host) ListenInNetns(addr string) (net.Listener, error) {
 	var l net.Listener
-	err := InNetns("/run/netns/osim-"+h.Name, func() (err error) {
+	err := InNetns(NetnsPath(h.Name), func() (err error) {
 		l, err = net.Listen("tcp", addr)
 		return err
 	})

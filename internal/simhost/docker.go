@@ -63,7 +63,7 @@ func (h *Host) StartDocker() string {
 }
 
 // DockerSocket is the URI of the host's private dockerd.
-func (h *Host) DockerSocket() string { return fmt.Sprintf("unix:///run/osim/%s/docker.sock", h.Name) }
+func (h *Host) DockerSocket() string { return "unix://" + StateDir(h.Name) + "/docker.sock" }
 
 // Docker runs the docker CLI against the host's dockerd.
 func (h *Host) Docker(args ...string) (string, error) {

@@ -37,6 +37,21 @@ func Root() string {
 
 func script(name string) string { return filepath.Join(Root(), "scripts", name) }
 
+// Tag is OSIM_TAG: it keeps one set of simulated hosts apart from another on
+// the same machine (scripts/simhost.sh names its directories and namespaces
+// after it), so that two test runs at once do not tear down each other's
+// hosts.
+func Tag() string { return os.Getenv("OSIM_TAG") }
+
+// StateDir is a host's runtime directory (sockets, logs, pid files).
+func StateDir(name string) string { return fmt.Sprintf("/run/osim%s/%s", Tag(), name) }
+
+// DataDir is a host's persistent directory (Podman storage, agent data).
+func DataDir(name string) string { return fmt.Sprintf("/var/lib/osim%s/%s", Tag(), name) }
+
+// NetnsPath is the path of a host's network namespace.
+func NetnsPath(name string) string { return fmt.Sprintf("/run/netns/osim%s-%s", Tag(), name) }
+
 // Available reports why real hosts cannot be made here, or "" when they can.
 func Available() string {
 	if os.Geteuid() != 0 {
@@ -213,7 +228,7 @@ func (h *Host) ProbeReset(port int) (Report, error) { return h.probe(port, "rese
 
 func (h *Host) probe(port int, line string) (Report, error) {
 	var rep Report
-	conn, err := DialInNetns("/run/netns/osim-"+h.Name, fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
+	conn, err := DialInNetns(NetnsPath(h.Name), fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
 	if err != nil {
 		return rep, err
 	}
