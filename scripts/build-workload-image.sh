@@ -5,18 +5,21 @@
 # Every simulated host `podman load`s that one archive, so all hosts hold the
 # same image ID (separate imports would give different IDs).
 #
-# Output: $OUT (default /var/cache/orchestrate/workload-image.tar), rebuilt only
-# when the workload binary changed. Prints the archive's path.
+# Output: $OUT (default /var/cache/orchestrate/workload-image.tar, or
+# workload-image-$OSIM_TAG.tar for a tagged set of simulated hosts, so that
+# two checkouts testing at once do not overwrite each other's image), rebuilt
+# only when the workload binary changed. Prints the archive's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/var/cache/orchestrate/workload-image.tar}
+OUT=${OUT:-/var/cache/orchestrate/workload-image${OSIM_TAG:+-$OSIM_TAG}.tar}
 IMAGE=${IMAGE:-localhost/orchestrate-workload:latest}
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/go/bin:$PATH
 
 mkdir -p "$(dirname "$OUT")" bin
 # The same binary whoever calls (make exports build tags, tests do not), so
 # the image is rebuilt, and its ID changes, only when the source changed.
-CGO_ENABLED=0 GOFLAGS= go build -trimpath -ldflags='-s -w' -o bin/workload ./cmd/workload
+CGO_ENABLED=0 GOFLAGS= go build -trimpath -ldflags='-s -w' -o bin/workload.$$ ./cmd/workload
+mv bin/workload.$$ bin/workload
 sum=$( (sha256sum bin/workload /bin/busybox; echo "$IMAGE") | sha256sum | cut -c1-16)
 if [ -f "$OUT" ] && [ "$(cat "$OUT.key" 2>/dev/null)" = "$sum" ]; then
   echo "$OUT"
