@@ -3,11 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,12 +88,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		ccfg := transfer.DefaultClientConfig()
 		ccfg.Signer, ccfg.HostKeys, ccfg.Logger = c.ClientSigner(), c, logger.With("part", "transfer")
-		// Fault injection for the failure tests only (see transfer.ClientConfig).
-		if v := os.Getenv("ORCHESTRATE_FAULT_CORRUPT_STREAM_AFTER"); v != "" {
-			if ccfg.CorruptAfter, err = strconv.ParseInt(v, 10, 64); err != nil {
-				return fmt.Errorf("ORCHESTRATE_FAULT_CORRUPT_STREAM_AFTER=%q: %w", v, err)
-			}
-			logger.Warn("fault injection: the first stream after this many bytes will be corrupted", "bytes", ccfg.CorruptAfter)
+		// Fault injection, in test builds only (faults_testhooks.go).
+		if err := applyFaults(&ccfg, logger); err != nil {
+			return err
 		}
 		client, err := transfer.NewClient(ccfg)
 		if err != nil {
