@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"crypto/subtle"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -202,7 +201,7 @@ func (a *API) listen() (listeners, error) {
 	var l listeners
 	var err error
 	if addr := a.c.cfg.APIBindAddr; addr != "" {
-		if l.tcp, err = tls.Listen("tcp", addr, a.c.tls.serverConfig()); err != nil {
+		if l.tcp, err = listenAPI(addr, a.c.tls.serverConfig()); err != nil {
 			return l, fmt.Errorf("api listen %s: %w", addr, err)
 		}
 	}
@@ -222,7 +221,7 @@ func (a *API) serve(ctx context.Context, l listeners) error {
 	var srvs []*http.Server
 	errc := make(chan error, 2)
 	start := func(ln net.Listener, h http.Handler) {
-		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+		s := newAPIServer(h)
 		srvs = append(srvs, s)
 		go func() {
 			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -276,7 +276,7 @@ func (c *Cluster) startGossip() error {
 	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = max(c.cfg.SuspicionMult, 1), 2
 	mc.Delegate, mc.Events, mc.Ping = &delegate{c}, &delegate{c}, &delegate{c}
 	mc.Logger = memberlistLogger(c.logger)
-	ml, err := memberlist.Create(mc)
+	ml, err := createGossip(mc)
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
 	}

@@ -66,7 +66,10 @@ type Config struct {
 		Socket string
 	}
 	Transfer struct {
-		Bind string
+		Bind         string
+		StallTimeout time.Duration
+		MaxFileBytes int
+		MinFreeBytes int
 	}
 	Log struct {
 		Level  string
@@ -152,6 +155,9 @@ var keys = func() []key {
 		{"engine.type", kString, "podman", "container engine: podman or docker", func(c *Config, v any) { c.Engine.Type = v.(string) }},
 		{"engine.socket", kString, "unix:///run/podman/podman.sock", "engine service URI", func(c *Config, v any) { c.Engine.Socket = v.(string) }},
 		{"transfer.bind", kAddr, "", "checkpoint transfer (SSH) address (default: cluster.bind's host, port 7922)", func(c *Config, v any) { c.Transfer.Bind = v.(string) }},
+		{"transfer.stall_timeout", kDuration, time.Minute, "a stream with no byte for this long fails, releasing what it held", func(c *Config, v any) { c.Transfer.StallTimeout = v.(time.Duration) }},
+		{"transfer.max_file_bytes", kInt, 64 << 30, "largest file a peer may store here: an upload, a snapshot, a pre-copy base (0: no limit)", func(c *Config, v any) { c.Transfer.MaxFileBytes = v.(int) }},
+		{"transfer.min_free_bytes", kInt, 1 << 30, "free space uploads must leave on the spool's file system", func(c *Config, v any) { c.Transfer.MinFreeBytes = v.(int) }},
 		{"log.level", kString, "info", "debug, info, warn or error", func(c *Config, v any) { c.Log.Level = v.(string) }},
 		{"log.format", kString, "text", "text or json", func(c *Config, v any) { c.Log.Format = v.(string) }},
 		{"policy.spot.provider", kString, "none", "spot/maintenance notices: auto, aws, gcp, azure or none", func(c *Config, v any) { c.Policy.Spot.Provider = v.(string) }},
@@ -520,6 +526,12 @@ func (c Config) Validate() error {
 	case "none": // control plane only; not documented for production
 	default:
 		bad("engine.type", "%q (expected podman or docker)", c.Engine.Type)
+	}
+	if c.Transfer.MaxFileBytes < 0 {
+		bad("transfer.max_file_bytes", "%d (expected 0 for no limit, or a size in bytes)", c.Transfer.MaxFileBytes)
+	}
+	if c.Transfer.MinFreeBytes < 0 {
+		bad("transfer.min_free_bytes", "%d (expected a size in bytes)", c.Transfer.MinFreeBytes)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -9,8 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -81,10 +79,7 @@ func NewAgent(host string, eng Engine, sender Streamer, log *slog.Logger) *Agent
 
 // SetPrecopy replaces the pre-copy configuration; call before Register.
 func (a *Agent) SetPrecopy(cfg PrecopyConfig) {
-	if cfg.Dir == "" {
-		cfg.Dir = filepath.Join(os.TempDir(), "orchestrate-precopy", a.host)
-	}
-	a.pc, a.bases = cfg, newBaseStore(cfg.Dir)
+	a.pc, a.bases = cfg, newBaseStore(cfg.Dir, cfg.MaxBaseBytes)
 }
 
 // lock takes the per-container lock, resolving names to IDs first so that

@@ -81,6 +81,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		scfg := transfer.DefaultServerConfig()
 		scfg.Addr, scfg.HostKey, scfg.Authorizer = cfg.Transfer.Bind, c.HostSigner(), clusterAuthorizer{c}
 		scfg.SpoolDir = filepath.Join(cfg.Node.DataDir, "spool")
+		scfg.StallTimeout = cfg.Transfer.StallTimeout
+		scfg.MaxFileBytes, scfg.MinFreeBytes = int64(cfg.Transfer.MaxFileBytes), int64(cfg.Transfer.MinFreeBytes)
+		scfg.MaxStreamBytes = map[string]int64{forensics.KindSnapshot: int64(cfg.Transfer.MaxFileBytes)}
 		scfg.Logger = logger.With("part", "transfer")
 		srv, err := transfer.NewServer(scfg)
 		if err != nil {
@@ -98,6 +101,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		defer client.Close()
 		ma := migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate"))
+		pc := migrate.DefaultPrecopyConfig()
+		pc.Dir, pc.MaxBaseBytes = filepath.Join(cfg.Node.DataDir, "precopy"), int64(cfg.Transfer.MaxFileBytes)
+		ma.SetPrecopy(pc)
 		ma.Register(c, srv)
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),
