@@ -104,6 +104,7 @@ func (a *Agent) lock(ctx context.Context, ref string) func() {
 func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindRestore, a.handleRestore)
 	streams.Handle(KindImage, a.handleImage)
+	streams.Handle(KindPreflight, a.handlePreflight)
 	// Bases of an earlier run of this agent are never used: clear them.
 	a.bases.clear()
 	streams.Handle(KindPrecopy, a.handlePrecopy)
@@ -187,6 +188,9 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 	c, err := a.eng.Inspect(ctx, req.Container)
 	if err == nil && !c.Running {
 		err = fmt.Errorf("container %s is %s: %w", req.Container, c.State, engine.ErrNotRunning)
+	}
+	if err == nil {
+		err = a.preflight(ctx, c, req, log) // the target's restore policy, before any freeze (preflight.go)
 	}
 	if err != nil {
 		emit(Progress{Kind: EvFailed, Err: err.Error()})

@@ -83,7 +83,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		scfg.SpoolDir = filepath.Join(cfg.Node.DataDir, "spool")
 		scfg.StallTimeout = cfg.Transfer.StallTimeout
 		scfg.MaxFileBytes, scfg.MinFreeBytes = int64(cfg.Transfer.MaxFileBytes), int64(cfg.Transfer.MinFreeBytes)
-		scfg.MaxStreamBytes = map[string]int64{forensics.KindSnapshot: int64(cfg.Transfer.MaxFileBytes)}
+		scfg.MaxStreamBytes = map[string]int64{forensics.KindSnapshot: int64(cfg.Transfer.MaxFileBytes), migrate.KindPreflight: 1 << 20}
 		scfg.Logger = logger.With("part", "transfer")
 		srv, err := transfer.NewServer(scfg)
 		if err != nil {

@@ -491,17 +491,10 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	if img.ID != m.ImageID {
 		return fail(fmt.Errorf("%w: image %s here is %s, the checkpoint needs %s", ErrUnsupported, m.ImageID, img.ID, m.ImageID))
 	}
-	var missing []string
-	for _, mp := range m.Mounts {
-		if mp.Type != mount.TypeBind {
-			continue
-		}
-		if _, err := os.Stat(inRoot(root, mp.Source)); err != nil {
-			missing = append(missing, mp.Source)
-		}
-	}
-	if len(missing) > 0 {
-		return fail(fmt.Errorf("%w: bind-mount source(s) missing on this host: %s", ErrUnsupported, strings.Join(missing, ", ")))
+	// What the archive's host config would grant, judged by this host's
+	// policy; bind sources must exist here.
+	if err := e.checkSpec(root, manifestSpec(m)); err != nil {
+		return fail(err)
 	}
 
 	// Create what the container needs, remembering it for cleanup.

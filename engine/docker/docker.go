@@ -54,10 +54,11 @@
 //   - established TCP connections (Docker has no tcp-established);
 //   - network modes other than host or none, --pid host, storage drivers
 //     other than overlay2, volumes of drivers other than plain local;
-//   - bind mounts whose source is missing on the target: the target refuses
-//     at the archive's first entry, before it creates anything, but the
-//     migration protocol gives the target no say before the source freezes,
-//     so the source has frozen by then and rolls back (Resume);
+//   - bind mounts whose source is missing on the target, and whatever the
+//     target's restore policy refuses (privileged, host binds, devices,
+//     added capabilities; policy.go): the target says so at the preflight,
+//     before the source freezes, and again at the archive's first entry,
+//     before it creates anything;
 //   - keeping the Docker container ID: the target's container has a new
 //     one (the identity label carries the old);
 //   - the image itself: the target must hold the same image ID (sent
@@ -118,6 +119,10 @@ type Config struct {
 	// NoEarlyStream waits for dockerd to finish a checkpoint before
 	// streaming it (see early.go), for comparison.
 	NoEarlyStream bool
+	// Policy is this host's restore policy (policy.go); the zero value
+	// refuses privileged containers, host binds, devices and added
+	// capabilities.
+	Policy engine.RestorePolicy
 }
 
 // DefaultConfig returns the defaults for a rootful dockerd.

@@ -57,6 +57,10 @@ type Config struct {
 	Logger *slog.Logger
 	// ConnectTimeout bounds the first ping of the service.
 	ConnectTimeout time.Duration
+	// Policy is this host's restore policy (policy.go); the zero value
+	// refuses privileged containers, host binds, devices and added
+	// capabilities.
+	Policy engine.RestorePolicy
 }
 
 // DefaultConfig returns the defaults for a rootful Podman service.
@@ -298,7 +302,7 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	if opts.Name != "" {
 		q.Set("name", opts.Name)
 	}
-	src := &stickyReader{r: r}
+	src := &stickyReader{r: e.checkArchive(r)} // the restore policy (policy.go)
 	sc := newScanner()
 	resp, err := e.do(ctx, http.MethodPost, "/containers/import/restore", q, io.TeeReader(src, sc))
 	if err == nil {
