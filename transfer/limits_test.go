@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,11 +31,88 @@ func rawConn(t *testing.T, mutate func(*ServerConfig)) (*testServer, *ssh.Client
 	return ts, c
 }
 
-// A sender that stops sending (SIGSTOP, a hung dump) fails the stream
-// after StallTimeout: the handler's reader returns ErrStalled, so whatever
-// the handler holds is released.
+// freezer forwards TCP to target until frozen, then forwards nothing more
+// in either direction and keeps the connections open: a peer that was
+// stopped (SIGSTOP) as the other end sees it.
+type freezer struct {
+	ln     net.Listener
+	frozen chan struct{}
+}
+
+func newFreezer(t *testing.T, target string) *freezer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{ln: ln, frozen: make(chan struct{})}
+	var conns []net.Conn
+	var mu sync.Mutex
+	pump := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			select {
+			case <-f.frozen:
+				return // swallow, keep both open
+			default:
+			}
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				dst.Close()
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, u)
+			mu.Unlock()
+			go pump(u, c)
+			go pump(c, u)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return f
+}
+
+// A sender that stops (SIGSTOP) mid-stream fails the stream after
+// StallTimeout: the handler's reader returns ErrStalled, so whatever the
+// handler holds is released, although the stopped peer never answers the
+// channel's close.
 func TestStreamStallFails(t *testing.T) {
-	ts, c := rawConn(t, func(cfg *ServerConfig) { cfg.StallTimeout = 300 * time.Millisecond })
+	ck := newSigner(t)
+	ts := startServer(t, []ssh.PublicKey{ck.PublicKey()}, func(cfg *ServerConfig) { cfg.StallTimeout = 300 * time.Millisecond })
+	fz := newFreezer(t, ts.addr)
+	c, err := ssh.Dial("tcp", fz.ln.Addr().String(), &ssh.ClientConfig{
+		User: "x", Auth: []ssh.AuthMethod{ssh.PublicKeys(ck)},
+		HostKeyCallback: ssh.FixedHostKey(ts.hostKey.PublicKey()), Timeout: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	got := make(chan error, 1)
 	ts.srv.Handle("restore", func(ctx context.Context, h StreamHeader, r io.Reader) ([]byte, error) {
 		_, err := io.Copy(io.Discard, r)
@@ -52,6 +130,8 @@ func TestStreamStallFails(t *testing.T) {
 	if err := writeFrame(ch, frameRaw, payload(1000)); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(50 * time.Millisecond)
+	close(fz.frozen)
 	start := time.Now()
 	select {
 	case err := <-got:

@@ -357,7 +357,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			go func() {
 				defer wg.Done()
 				defer open.Add(-1)
-				s.serveStream(ctx, log, ch)
+				s.serveStream(ctx, log, ch, func() { sc.Close() })
 			}()
 		case "session":
 			if s.root == nil {
@@ -455,9 +455,10 @@ func (s *Server) serveSession(ctx context.Context, log *slog.Logger, ch ssh.Chan
 }
 
 // serveStream reads a header, runs the handler and writes the reply.
-func (s *Server) serveStream(ctx context.Context, log *slog.Logger, ch ssh.Channel) {
+// dropConn closes the stream's whole connection (see stallReader).
+func (s *Server) serveStream(ctx context.Context, log *slog.Logger, ch ssh.Channel, dropConn func()) {
 	defer ch.Close()
-	stall := &stallReader{ch: ch, timeout: s.cfg.StallTimeout}
+	stall := &stallReader{ch: ch, timeout: s.cfg.StallTimeout, drop: dropConn}
 	br := bufio.NewReaderSize(stall, 256<<10)
 	h, err := readHeader(br)
 	if err != nil {
@@ -521,12 +522,17 @@ func writeReply(ch ssh.Channel, status byte, body []byte) {
 }
 
 // stallReader is a stream channel whose every Read must return within
-// timeout: a Read that waits longer closes the channel, which fails it (and
-// the stream) with ErrStalled. Only a waiting Read counts, so a handler
-// that is slow to consume never trips it.
+// timeout. A Read that waits longer means the sender is stopped, hung or
+// cut off (a live sender sends an empty frame every second, whatever its
+// producer does), so its whole connection is closed: that is what ends a
+// Read waiting on an SSH channel, and every other stream on the
+// connection is waiting on the same dead peer. The Read then fails with
+// ErrStalled. Only a waiting Read counts: a handler that is slow to
+// consume never trips it.
 type stallReader struct {
 	ch      ssh.Channel
 	timeout time.Duration
+	drop    func()
 	stalled atomic.Bool
 }
 
@@ -534,6 +540,9 @@ func (s *stallReader) Read(p []byte) (int, error) {
 	t := time.AfterFunc(s.timeout, func() {
 		s.stalled.Store(true)
 		s.ch.Close()
+		if s.drop != nil {
+			s.drop()
+		}
 	})
 	n, err := s.ch.Read(p)
 	t.Stop()
