@@ -21,6 +21,7 @@ const testHooks = true
 //
 //	ORCHESTRATE_FAULT_CORRUPT_STREAM_AFTER=N  flip a bit of the first stream frame after N bytes (transfer.ClientConfig.CorruptAfter)
 func applyFaults(ccfg *transfer.ClientConfig, logger *slog.Logger) error {
+	logger.Warn("this binary was built with the testhooks tag: fault injection is live; never run it in production")
 	if v := os.Getenv("ORCHESTRATE_FAULT_CORRUPT_STREAM_AFTER"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
