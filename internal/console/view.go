@@ -206,6 +206,20 @@ func BuildView(r Raw, window int) View {
 	v.Downtime = downtime(recs, window)
 
 	if r.PS != nil {
+		// The hosts' own lists are fresher than the counts in gossip, which
+		// follow them at the next stats round.
+		listed, failed := map[string]int{}, map[string]bool{}
+		for _, c := range r.PS.Containers {
+			listed[c.Host]++
+		}
+		for _, he := range r.PS.Errors {
+			failed[he.Host] = true
+		}
+		for i, h := range v.Hosts {
+			if h.Status == "alive" && !failed[h.Name] {
+				v.Hosts[i].Containers = listed[h.Name]
+			}
+		}
 		for _, c := range r.PS.Containers {
 			cv := ContainerView{Host: c.Host, Name: c.Name, ID: short(c.ID), Image: c.Image, State: c.State}
 			if m, ok := moving[c.ID]; ok {

@@ -29,9 +29,9 @@ func TestBuildViewHostsAndContainers(t *testing.T) {
 	raw := Raw{
 		Status: &cluster.Status{Node: "h2", Leader: "h1", Term: "4"},
 		Members: []cluster.Member{
-			{Name: "h3", Addr: "10.99.0.3:7946", Status: "dead", Role: "follower"},
+			{Name: "h3", Addr: "10.99.0.3:7946", Status: "dead", Role: "follower", Containers: 4}, // its last count stays
 			{Name: "h1", Addr: "10.99.0.1:7946", Status: "alive", Role: "leader", Cordoned: true, Engine: "podman", CRIUVersion: "4.2.1",
-				Kernel: "6.18", CPUs: 2, MemoryUsed: 1 << 30, MemoryTotal: 4 << 30, Containers: 2, HostKey: "ssh-ed25519 AAAA"},
+				Kernel: "6.18", CPUs: 2, MemoryUsed: 1 << 30, MemoryTotal: 4 << 30, Containers: 5, HostKey: "ssh-ed25519 AAAA"},
 		},
 		Hosts: []cluster.Host{{Name: "h1", Cordoned: true, Reason: "maintenance"}},
 		Migrations: []cluster.MigrationRecord{
@@ -48,9 +48,10 @@ func TestBuildViewHostsAndContainers(t *testing.T) {
 	if v.Agent != "h2" || v.Leader != "h1" || v.Term != "4" {
 		t.Errorf("status: %q %q %q", v.Agent, v.Leader, v.Term)
 	}
-	if len(v.Hosts) != 2 || v.Hosts[0].Name != "h1" || v.Hosts[1].Name != "h3" {
+	if len(v.Hosts) != 2 || v.Hosts[0].Name != "h1" || v.Hosts[1].Name != "h3" || v.Hosts[1].Containers != 4 {
 		t.Fatalf("hosts not sorted by name: %+v", v.Hosts)
 	}
+	// h1's own list (2 containers) wins over gossip's count (5).
 	want := HostView{Name: "h1", Addr: "10.99.0.1", Status: "alive", Role: "leader", Cordoned: true, Reason: "maintenance", Engine: "podman",
 		CRIU: "4.2.1", Kernel: "6.18", CPUs: 2, MemoryUsed: 1 << 30, MemoryTotal: 4 << 30, Containers: 2}
 	if !reflect.DeepEqual(v.Hosts[0], want) {

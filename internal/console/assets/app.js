@@ -247,7 +247,7 @@ const pages = {
         el("td", {}, el("b", {}, h.name), el("div", { class: "tag mono" }, h.addr)),
         el("td", {}, pill(h.status, statusKind(h.status)), el("div", { class: "tag" }, "since " + ago(h.since))),
         el("td", {}, h.role === "leader" ? pill("leader", "info") : el("span", { class: "muted" }, h.role || "–")),
-        el("td", {}, h.cordoned ? pill(h.draining ? "draining" : "cordoned", "warn") : el("span", { class: "muted" }, "schedulable"),
+        el("td", {}, h.cordoned ? pill(draining(v, h) ? "draining" : "cordoned", "warn") : el("span", { class: "muted" }, "schedulable"),
           h.reason ? el("div", { class: "tag wrap" }, h.reason) : null),
         el("td", {}, h.engine || "–", el("div", { class: "tag" }, h.criu ? "CRIU " + h.criu : "no CRIU")),
         el("td", { class: "mono" }, h.kernel || "–"),
@@ -413,6 +413,11 @@ const pages = {
     ];
   },
 };
+
+// draining: a drain marked the host and its migrations are still running.
+function draining(v, h) {
+  return h.draining && v.migrations.some((m) => !m.ended && m.from === h.name);
+}
 
 function steps(m) {
   return el("div", { class: "steps", title: STEPS[m.step] },
