@@ -55,8 +55,12 @@ type Tab struct {
 
 // New starts Chromium with a fresh profile under the test's temp dir and
 // opens one tab of the given size. Everything stops when the test ends.
+// With -short the test is skipped.
 func New(t testing.TB, width, height int) *Tab {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("browser test (-short)")
+	}
 	Require(t)
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(Path()),

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -127,7 +128,51 @@ func TestPagesInChromium(t *testing.T) {
 	if len(c) != 2 || c[1].Path != "/v1/drain" || json.Unmarshal([]byte(c[1].Body), &req) != nil || req.Host != "edge-1" || req.DryRun || req.Deadline != 5*time.Minute || req.Parallel != 2 {
 		t.Fatalf("after confirming, the agent got %+v", c)
 	}
+	// Migrate from the containers page: the dialog offers only alive,
+	// schedulable targets (edge-2 is cordoned, edge-3 dead); Cancel sends
+	// nothing, Confirm sends one migrate.
+	migrate := `tr[data-container="sensor-gw"] button[data-action="migrate"]`
+	if err := tab.Do(10*time.Second, chromedp.Click(`a[data-page="containers"]`), chromedp.Click(migrate), chromedp.WaitVisible(`#migrate-to`),
+		chromedp.Click(`#modal-cancel`), chromedp.WaitNotVisible(`#modal`)); err != nil {
+		t.Fatal(err)
+	}
+	if c := f.posted(); len(c) != 2 {
+		t.Fatalf("Cancel sent %+v", c[2:])
+	}
+	if err := tab.Do(10*time.Second, chromedp.Click(migrate), chromedp.WaitVisible(`#migrate-to`)); err != nil {
+		t.Fatal(err)
+	}
+	octx, cancel := context.WithTimeout(tab.Ctx, 10*time.Second)
+	options, err := chromedp.Run(octx, chromedp.Evaluate[[]string](`[...document.querySelectorAll('#migrate-to option')].map(o => o.value)`))
+	cancel()
+	if err != nil || len(options) != 1 || options[0] != "" {
+		t.Fatalf("target options %q (%v), want only the leader's choice", options, err)
+	}
+	shot(t, tab, dir, extra, "fake-migrate-confirm")
+	if err := tab.Do(10*time.Second, chromedp.Click(`#modal-confirm`), chromedp.WaitNotVisible(`#modal`)); err != nil {
+		t.Fatal(err)
+	}
+	if c := f.posted(); len(c) != 3 || c[2].Path != "/v1/migrate" || c[2].Body != `{"container":"sensor-gw"}` {
+		t.Fatalf("after confirming the migration, the agent got %+v", c)
+	}
 	if p := tab.Problems(); len(p) > 0 {
+		t.Fatalf("the pages raised:\n%s", strings.Join(p, "\n"))
+	}
+	// A refusal stays in the dialog, in words (the browser logs the 503).
+	f.mu.Lock()
+	f.errs["/v1/cordon"] = fmt.Errorf("POST /v1/cordon: %w: no quorum", cluster.ErrNoLeader)
+	f.mu.Unlock()
+	if err := tab.Do(10*time.Second, chromedp.Click(`a[data-page="hosts"]`), chromedp.Click(`tr[data-host="edge-1"] td.actions button`),
+		chromedp.WaitVisible(`#modal-confirm`), chromedp.Click(`#modal-confirm`), chromedp.WaitVisible(`#modal-body .banner.bad`)); err != nil {
+		t.Fatal(err)
+	}
+	ectx, cancel := context.WithTimeout(tab.Ctx, 5*time.Second)
+	msg, err := chromedp.Run(ectx, chromedp.Text(`#modal-body .banner.bad`))
+	cancel()
+	if err != nil || !strings.Contains(msg, "no quorum") {
+		t.Errorf("the dialog shows %q (%v), want the agent's error", msg, err)
+	}
+	if p := tab.Problems(); len(p) != 1 || !strings.Contains(p[0], "503") {
 		t.Fatalf("the pages raised:\n%s", strings.Join(p, "\n"))
 	}
 }

@@ -123,12 +123,14 @@ function toast(text, bad) {
 // ---- confirmation dialog -------------------------------------------------
 
 const modal = {
-  open(title, body, confirmText, onConfirm) {
+  // open shows the dialog; danger paints the confirm button red (drains).
+  open(title, body, confirmText, onConfirm, danger) {
     document.getElementById("modal-title").textContent = title;
     const b = document.getElementById("modal-body");
     b.replaceChildren(...[body].flat());
     const ok = document.getElementById("modal-confirm");
     ok.textContent = confirmText;
+    ok.className = "btn " + (danger ? "danger" : "primary");
     ok.disabled = false;
     ok.onclick = async () => {
       ok.disabled = true;
@@ -167,7 +169,7 @@ function confirmDrain(host) {
     const res = await post("/api/drain", { host, deadline_seconds: Math.round(+deadline.value * 60), parallel: +parallel.value });
     const n = res.moves.filter((m) => m.migration).length;
     toast("Draining " + host + ": " + n + " migration" + (n === 1 ? "" : "s") + " started");
-  });
+  }, true);
   post("/api/drain", { host, dry_run: true }).then((res) => {
     if (!res.moves.length) {
       plan.replaceChildren(el("p", { class: "note" }, "Nothing runs on " + host + ": it will only be cordoned."));
