@@ -180,6 +180,18 @@ func TestSessionKey(t *testing.T) {
 		!c[0].HttpOnly || c[0].SameSite != http.SameSiteStrictMode || c[0].Value != s.guard.key || !strings.HasPrefix(c[0].Name, "orchestrate_console_") {
 		t.Fatalf("opening with the key: %s, Location %q, cookies %+v", resp.Status, resp.Header.Get("Location"), c)
 	}
+	// The key sends the browser back to one of the console's own pages only.
+	for from, to := range map[string]string{"/events": "/events", "//evil.example/x": "/", "/assets/app.js": "/", "/nope": "/"} {
+		req, _ := http.NewRequest(http.MethodGet, base(s)+from+"?key="+s.guard.key, nil)
+		resp, err := plain.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != to {
+			t.Errorf("key on %s: %s to %q, want %q", from, resp.Status, loc, to)
+		}
+	}
 	hc, _ := session(t, s)
 	for _, path := range []string{"/", "/hosts", "/containers", "/migrations", "/events", "/downtime", "/snapshots", "/assets/app.js", "/assets/app.css", "/assets/favicon.svg"} {
 		if code, body := do(t, hc, http.MethodGet, base(s)+path, nil, ""); code != http.StatusOK {

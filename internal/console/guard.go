@@ -7,7 +7,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
-	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -91,11 +91,13 @@ func (g *guard) wrap(next http.Handler) http.Handler {
 				return
 			}
 			http.SetCookie(w, &http.Cookie{Name: g.cookie, Value: g.key, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
-			u := *r.URL
-			q := u.Query()
-			q.Del(keyParam)
-			u.RawQuery = q.Encode()
-			http.Redirect(w, r, (&url.URL{Path: u.Path, RawQuery: u.RawQuery}).String(), http.StatusSeeOther)
+			// Back to the page asked for, if it is one of ours: never to
+			// a path like //elsewhere, which a browser reads as another site.
+			to := "/"
+			if slices.Contains(pages, r.URL.Path) {
+				to = r.URL.Path
+			}
+			http.Redirect(w, r, to, http.StatusSeeOther)
 			return
 		}
 		c, err := r.Cookie(g.cookie)
