@@ -284,7 +284,7 @@ func newInspectCmd() *cobra.Command {
 	var f clientFlags
 	var o inspectFlags
 	cmd := &cobra.Command{
-		Use:   "inspect ARCHIVE|SNAPSHOT-ID",
+		Use:   "inspect ARCHIVE|SNAPSHOT-ID  |  inspect --diff A B",
 		Short: "Look inside a checkpoint archive offline: processes, memory, files, sockets",
 		Long: `Read a checkpoint archive offline (no engine, no CRIU): Podman's, orchestrate's
 own Docker archives, and the kubelet's from CRI-O and containerd. It shows the
@@ -304,7 +304,12 @@ runs one after the other, and FILE.maps beside it: one line per run,
 "START-END PERMS OFFSET NAME", where OFFSET is the run's place in FILE.
 Otherwise -o chooses the output format (table or json).
 
-The argument is an archive file, or the ID of a snapshot in the cluster's
+--diff A B compares two checkpoints of one container, A the older: processes,
+open files, sockets, environment, rootfs changes, and memory page by page (pages
+changed, added and removed in each mapping). With --grep it searches only the
+pages of B that changed or appeared since A: what arrived between the two.
+
+An argument is an archive file, or the ID of a snapshot in the cluster's
 snapshot store ('orchestrate snapshots'), which is fetched from its store
 host through the agent into a temporary file first.
 
@@ -312,8 +317,16 @@ The analysis holds at most --max-memory MiB (default 256) of the archive in
 memory and refuses an archive that needs more: a decompression bomb is an
 error, not an outage. A corrupted or truncated archive is an error (exit 1)
 naming what is wrong.`,
-		Args: args(cobra.ExactArgs(1)),
+		Args: args(func(cmd *cobra.Command, a []string) error {
+			if o.diff {
+				return cobra.ExactArgs(2)(cmd, a)
+			}
+			return cobra.ExactArgs(1)(cmd, a)
+		}),
 		RunE: func(cmd *cobra.Command, a []string) (err error) {
+			if o.diff {
+				return runDiff(cmd, &f, &o, a[0], a[1])
+			}
 			dumpFile := ""
 			if o.dumpPID != 0 {
 				if f.output == "table" || f.output == "json" || f.output == "" {
@@ -379,7 +392,60 @@ naming what is wrong.`,
 	fl.IntVar(&o.maxMatches, "max-matches", 1000, "stop the search after this many matches")
 	fl.Int64Var(&o.maxMemory, "max-memory", 256, "MiB of the archive the analysis may hold in memory")
 	fl.UintVar(&o.dumpPID, "dump-memory", 0, "write this process's memory to -o FILE, with FILE.maps beside it")
+	fl.BoolVar(&o.diff, "diff", false, "compare two checkpoints A B of one container (A the older)")
 	return cmd
+}
+
+// diffJSON is `inspect --diff -o json`.
+type diffJSON struct {
+	*archive.Diff
+	Matches   []archive.Match `json:"matches,omitempty"`
+	Truncated bool            `json:"matchesTruncated,omitempty"`
+}
+
+func runDiff(cmd *cobra.Command, f *clientFlags, o *inspectFlags, pathA, pathB string) error {
+	if f.output != "table" && f.output != "json" {
+		return usageError{fmt.Errorf("--output %q: expected table or json", f.output)}
+	}
+	var q archive.Query
+	var err error
+	if o.grep != "" {
+		if q, err = o.query(); err != nil {
+			return err
+		}
+	}
+	a, _, cleanA, err := openArchive(cmd, f, pathA, o.config())
+	if err != nil {
+		return err
+	}
+	defer cleanA()
+	b, _, cleanB, err := openArchive(cmd, f, pathB, o.config())
+	if err != nil {
+		return err
+	}
+	defer cleanB()
+	d, err := archive.Compare(a, b)
+	if err != nil {
+		return err
+	}
+	var res archive.SearchResult
+	if o.grep != "" {
+		q.Pages = d.ChangedPages
+		if res, err = b.Search(q); err != nil {
+			return err
+		}
+	}
+	out := cmd.OutOrStdout()
+	if f.output == "json" {
+		return printJSON(out, diffJSON{Diff: d, Matches: res.Matches, Truncated: res.Truncated})
+	}
+	if err := archive.RenderDiff(out, d); err != nil {
+		return err
+	}
+	if o.grep != "" {
+		printMatches(out, o.grep+" (on pages changed since A)", res)
+	}
+	return nil
 }
 
 // openArchive opens an archive file, or fetches a stored snapshot by ID

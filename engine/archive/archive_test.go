@@ -425,3 +425,74 @@ func TestDumpMemory(t *testing.T) {
 		t.Fatal("no error for a pid not in the checkpoint")
 	}
 }
+
+// TestCompare diffs the synthetic checkpoint against a later one in which
+// a heap page changed, a page appeared, the environment and a socket
+// changed, a file appeared in the rootfs and a process went away; --grep
+// limited to changed pages finds only what is new.
+func TestCompare(t *testing.T) {
+	before := synthMembers(t)
+	after := synthMembers(t)
+	for i, m := range after {
+		switch m.name {
+		case "checkpoint/pages-1.img":
+			data := slices.Clone(m.data)
+			// Heap page 5 gets a new secret (the heap run starts after the
+			// two pages of run 1).
+			copy(data[(2+5)*4096+100:], "NEW-SECRET")
+			after[i].data = data
+		case "spec.dump":
+			after[i].data = bytes.Replace(m.data, []byte("MODE=spec"), []byte("MODE=later"), 1)
+		case "rootfs-diff.tar":
+			after[i].data = bytes.Replace(m.data, []byte("hello\n"), []byte("HELLO\n"), 1)
+		}
+	}
+	// pid 7 gone: keep only pid 1's pstree entry.
+	for i, m := range after {
+		if m.name == "checkpoint/pstree.img" {
+			raw, err := imageEntries(synthImage(t, m.name), "PSTREE")
+			if err != nil {
+				t.Fatal(err)
+			}
+			after[i].data = image("PSTREE", raw[0])
+		}
+	}
+	a, err := readBytes(t, tarOf(t, before))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := readBytes(t, tarOf(t, after))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	d, err := Compare(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.PagesChanged != 1 || d.PagesAdded != 0 || d.PagesRemoved != 0 {
+		t.Fatalf("pages changed %d added %d removed %d, want 1 0 0; memory %+v", d.PagesChanged, d.PagesAdded, d.PagesRemoved, d.Memory)
+	}
+	if len(d.Memory) != 1 || d.Memory[0].Mapping != "[heap]" || d.Memory[0].Changed != 1 {
+		t.Fatalf("memory diff %+v", d.Memory)
+	}
+	if len(d.Processes) != 1 || d.Processes[0].PID != 7 || d.Processes[0].Kind != "removed" {
+		t.Fatalf("process diff %+v", d.Processes)
+	}
+	// The old secret is everywhere in B; only the new one is on a changed page.
+	res, err := b.Search(Query{Regexp: regexp.MustCompile(`[A-Z]+-SECRET|SECRET-[A-Z]+`), Pages: d.ChangedPages})
+	if err != nil || len(res.Matches) != 1 || res.Matches[0].Text != "NEW-SECRET" {
+		t.Fatalf("search of changed pages = %+v, %v", res, err)
+	}
+	var out bytes.Buffer
+	if err := RenderDiff(&out, d); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Memory: 1 pages changed", "[heap]: 1 changed", "[7] sleeper (removed)",
+		"~ spec env MODE spec -> later", "~ data/hello.txt file 0644 6 B sha256:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("diff rendering lacks %q:\n%s", want, out.String())
+		}
+	}
+}
