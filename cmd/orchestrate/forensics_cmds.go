@@ -302,6 +302,10 @@ shows N bytes either side. The search stops at --max-matches and says so.
 --dump-memory PID -o FILE writes that process's dumped memory to FILE, page
 runs one after the other, and FILE.maps beside it: one line per run,
 "START-END PERMS OFFSET NAME", where OFFSET is the run's place in FILE.
+
+--core DIR writes DIR/core.PID for each process (or those of --pid): ELF core
+files with every thread's registers, which gdb loads with the container's
+executable: gdb BINARY DIR/core.PID, then info registers, bt.
 Otherwise -o chooses the output format (table or json).
 
 --diff A B compares two checkpoints of one container, A the older: processes,
@@ -359,6 +363,20 @@ naming what is wrong.`,
 			if dumpFile != "" {
 				return dumpMemory(out, ar, uint32(o.dumpPID), dumpFile)
 			}
+			if o.coreDir != "" {
+				if err := os.MkdirAll(o.coreDir, 0o700); err != nil {
+					return err
+				}
+				paths, err := ar.WriteCores(o.coreDir, o.pidList())
+				for _, p := range paths {
+					fmt.Fprintf(out, "wrote %s\n", p)
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "load one with: gdb EXECUTABLE %s (the container's binary, unstripped for symbols)\n", filepath.Join(o.coreDir, "core.PID"))
+				return nil
+			}
 			var res archive.SearchResult
 			if o.grep != "" {
 				if res, err = ar.Search(q); err != nil {
@@ -392,6 +410,7 @@ naming what is wrong.`,
 	fl.IntVar(&o.maxMatches, "max-matches", 1000, "stop the search after this many matches")
 	fl.Int64Var(&o.maxMemory, "max-memory", 256, "MiB of the archive the analysis may hold in memory")
 	fl.UintVar(&o.dumpPID, "dump-memory", 0, "write this process's memory to -o FILE, with FILE.maps beside it")
+	fl.StringVar(&o.coreDir, "core", "", "write an ELF core file per process into this directory, for gdb")
 	fl.BoolVar(&o.diff, "diff", false, "compare two checkpoints A B of one container (A the older)")
 	return cmd
 }
