@@ -65,6 +65,7 @@ func (s *Service) Register(mux Mux) {
 		cluster.WriteJSON(w, http.StatusOK, rec)
 	})
 	mux.HandleFunc("GET /v1/snapshots/{id}/archive", s.archive)
+	mux.HandleFunc("POST /v1/snapshots/grep", s.grep)
 	mux.HandleFunc("DELETE /v1/snapshots/{id}", s.remove)
 }
 

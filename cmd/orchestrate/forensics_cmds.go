@@ -188,7 +188,65 @@ func newSnapshotsCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd)
-	cmd.AddCommand(newSnapshotsRmCmd())
+	cmd.AddCommand(newSnapshotsRmCmd(), newSnapshotsGrepCmd())
+	return cmd
+}
+
+func newSnapshotsGrepCmd() *cobra.Command {
+	var f clientFlags
+	var req forensics.GrepRequest
+	cmd := &cobra.Command{
+		Use:   "grep PATTERN",
+		Short: "Search the memory of every stored snapshot, where each is stored",
+		Long: `Search the dumped memory (private, shared and /dev/shm) of every snapshot in
+the cluster's snapshot store. Each store host searches the archives it holds;
+no archive moves. Matches come back tagged with the snapshot, the host the
+container ran on, the host that stores it, and the process. --regexp makes
+PATTERN a regular expression (RE2); --max-matches bounds the matches per
+snapshot, and a snapshot whose search stopped there is named.`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			cl, err := f.client()
+			if err != nil {
+				return err
+			}
+			req.Pattern = a[0]
+			res, err := forensics.GrepSnapshots(cmd.Context(), cl, req)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if f.output == "json" {
+				return printJSON(out, res)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SNAPSHOT\tCONTAINER\tHOST\tSTORED ON\tMATCH")
+			for _, m := range res.Matches {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Snapshot, m.Container, m.Host, m.StoreHost, archive.MatchLine(m.Match))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "%d matches in %d snapshots (%s of memory searched)\n", len(res.Matches), res.Searched, bytesHuman(res.Bytes))
+			for _, id := range res.Truncated {
+				fmt.Fprintf(out, "%s: stopped at --max-matches: there are more\n", id)
+			}
+			for id, e := range res.Errors {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", id, e)
+			}
+			for h, e := range res.HostErrors {
+				fmt.Fprintf(cmd.ErrOrStderr(), "store host %s did not answer: %s\n", h, e)
+			}
+			if len(res.HostErrors) > 0 {
+				return fmt.Errorf("%d store host(s) did not answer: their snapshots were not searched", len(res.HostErrors))
+			}
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&req.Regexp, "regexp", false, "PATTERN is a regular expression (RE2)")
+	cmd.Flags().IntVar(&req.MaxMatches, "max-matches", 1000, "stop each snapshot's search after this many matches")
+	cmd.Flags().IntVar(&req.Context, "context", 24, "bytes of context either side of a match")
 	return cmd
 }
 

@@ -35,6 +35,10 @@ func (a clusterAuthorizer) Authorized(key ssh.PublicKey) bool {
 	return ok
 }
 
+// Identify names the member a client key belongs to (transfer.Identifier):
+// stream handlers check the sender against the replicated state.
+func (a clusterAuthorizer) Identify(key ssh.PublicKey) (string, bool) { return a.c.Authorized(key) }
+
 // runAgent wires one agent: the cluster (gossip, raft, API), the transfer
 // endpoint, and the migration steps and coordinator, and runs them until
 // ctx ends. Every part's goroutines belong to the errgroup.

@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -202,5 +204,68 @@ func TestDockerArchive(t *testing.T) {
 	}
 	if ms, err := a.Grep(synthShmMarker); err != nil || len(ms) != 1 {
 		t.Errorf("grep = %+v, %v", ms, err)
+	}
+
+	// Host facts go in before the trailer, which then counts them.
+	var with bytes.Buffer
+	fw := HostFactsWriter(&with, HostFacts{Host: "d1", CRIUVersion: "4.2.1", Kernel: "6.18.0"})
+	fw.Write(b.Bytes())
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(&with)
+	var names []string
+	var last []byte
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		names = append(names, h.Name)
+		last, _ = io.ReadAll(tr)
+	}
+	if len(names) < 2 || names[len(names)-2] != HostFactsFile || names[len(names)-1] != DockerTrailerFile ||
+		string(last) != fmt.Sprintf(`{"entries":%d}`, n+6) {
+		t.Fatalf("entries end with %q, trailer %s", names[max(0, len(names)-3):], last)
+	}
+}
+
+// TestHostFacts: the facts an agent adds to a Podman archive and to a
+// Docker archive (before its trailer, which still counts every entry) fill
+// the CRIU and kernel version fields.
+func TestHostFacts(t *testing.T) {
+	hf := HostFacts{Host: "edge-1", At: time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC), CRIUVersion: "4.2.1", Kernel: "6.18.0", Arch: "amd64", EngineVersion: "4.3.1"}
+	// The synthetic Podman archive names versions in its annotations; drop
+	// them so that the facts are what fills the fields.
+	ms := synthMembers(t)
+	for i, m := range ms {
+		if m.name == "spec.dump" {
+			ms[i].data = bytes.ReplaceAll(bytes.ReplaceAll(m.data, []byte(annotationCRIUVersion), []byte("x.criu")), []byte(annotationKernel), []byte("x.kernel"))
+		}
+	}
+	podman := tarOf(t, ms)
+	var out bytes.Buffer
+	fw := HostFactsWriter(&out, hf)
+	if _, err := fw.Write(podman); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := readBytes(t, out.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ck := a.Report().Checkpoint
+	if ck.CRIUVersion != "4.2.1" || ck.Kernel != "6.18.0" || ck.HostArch != "amd64" || ck.Host != "edge-1" {
+		t.Fatalf("checkpoint = %+v", ck)
+	}
+
+	// Not a tar: the write or the close fails.
+	fw = HostFactsWriter(io.Discard, hf)
+	_, werr := fw.Write(bytes.Repeat([]byte{1}, 4096))
+	if cerr := fw.Close(); werr == nil && cerr == nil {
+		t.Fatal("a stream that is not a tar passed")
 	}
 }
