@@ -55,7 +55,8 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	co.Register(c, c)
 	forensics.NewService(c, cfg.Forensics.StoreHost).Register(c)
 	if cfg.Policy.Forensics.BeforeEvacuation {
-		co.Snapshots = &forensics.Snapshotter{C: c, StoreHost: cfg.Forensics.StoreHost}
+		co.Snapshots = &forensics.Snapshotter{C: c, StoreHost: cfg.Forensics.StoreHost,
+			Budget: migrate.SnapshotBudget{Share: cfg.Policy.Forensics.BeforeEvacuationShare, Parallel: cfg.Policy.Forensics.BeforeEvacuationParallel}}
 	}
 	co.RegisterPolicy(c, c)
 	reg := prometheus.NewRegistry()
