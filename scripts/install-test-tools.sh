@@ -3,6 +3,9 @@
 # Idempotent: each tool is checked first, and a second run installs nothing.
 #
 #   vagrant            so that `vagrant validate` checks vagrant/Vagrantfile
+#   gdb                loads the core files `orchestrate inspect --core` writes
+#   docker-registry    Docker's distribution registry, a real registry the
+#                      checkpoint-image tests push to on loopback
 #   chromium,          the console's browser test drives headless Chromium
 #   chromium-driver    (/usr/bin/chromium) over the DevTools protocol; its
 #   fonts-liberation,  screenshots need real fonts (Chromium only recommends
@@ -39,11 +42,11 @@ apt_install() {
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for p in vagrant chromium chromium-driver fonts-liberation fonts-dejavu-core; do
+for p in vagrant gdb docker-registry chromium chromium-driver fonts-liberation fonts-dejavu-core; do
   installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  say "vagrant, chromium, chromium-driver, fonts present"
+  say "vagrant, gdb, docker-registry, chromium, chromium-driver, fonts present"
 else
   apt_install "${missing[@]}"
 fi
