@@ -60,6 +60,7 @@ func busyFake() *fakeAgent {
 		{ID: "aws-1f2e", Kind: "trigger/spot-terminate", Host: "edge-3", At: now.Add(-9 * time.Minute), Message: "instance-action terminate", Data: map[string]string{"action": "received", "source": "aws", "deadline": now.Add(-7 * time.Minute).Format(time.RFC3339)}},
 		{ID: "evac-1f2e", Kind: "evacuate", Host: "edge-3", At: now.Add(-9 * time.Minute), Data: map[string]string{"action": "evacuate", "result": "1 to move, 1 at a time"}},
 		{ID: "rb-77", Kind: "reboot", Host: "edge-2", At: now.Add(-30 * time.Minute), Data: map[string]string{"action": "lock", "result": "acquired"}},
+		{ID: "snap-ev-1", Kind: "forensics/snapshot", Host: "edge-3", At: now.Add(-9 * time.Minute), Message: "stored snap-8c1d on edge-2", Data: map[string]string{"action": "snapshot", "result": "stored"}},
 		{ID: "reb-3", Kind: "rebalance", At: now.Add(-20 * time.Minute), Data: map[string]string{"action": "rebalance", "result": "2 moves"}},
 	}
 	f.get["/v1/snapshots"] = []cluster.SnapshotRecord{

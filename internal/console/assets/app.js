@@ -6,7 +6,7 @@
 
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const STEPS = ["Planned", "Checkpointing", "Transferring", "Restoring", "Confirming", "Done"];
-const CATEGORIES = ["spot", "maintenance", "reboot", "rebalance", "evacuation", "other"];
+const CATEGORIES = ["spot", "maintenance", "reboot", "rebalance", "evacuation", "snapshot", "other"];
 
 const state = {
   view: null,
@@ -354,7 +354,7 @@ const pages = {
       el("button", { class: "chip" + (f === "all" ? " on" : ""), onclick: () => { state.eventFilter = "all"; render(); } }, "All", el("span", { class: "n" }, v.events.length)),
       CATEGORIES.map((c) => el("button", { class: "chip" + (f === c ? " on" : ""), onclick: () => { state.eventFilter = c; render(); } },
         c, el("span", { class: "n" }, v.triggers[c] || 0))));
-    const kind = { spot: "bad", maintenance: "warn", reboot: "warn", rebalance: "info", evacuation: "info" };
+    const kind = { spot: "bad", maintenance: "warn", reboot: "warn", rebalance: "info", evacuation: "info", snapshot: "ok" };
     const rows = evs.map((e) => el("tr", {},
       el("td", { class: "mono" }, stamp(e.at)),
       el("td", {}, pill(e.category, kind[e.category])),
