@@ -105,7 +105,9 @@ type Config struct {
 			MaxMoves  int
 		}
 		Forensics struct {
-			BeforeEvacuation bool
+			BeforeEvacuation         bool
+			BeforeEvacuationShare    float64
+			BeforeEvacuationParallel int
 		}
 	}
 	Forensics struct {
@@ -187,6 +189,8 @@ var keys = func() []key {
 		{"policy.rebalance.threshold", kFloat, 0.2, "memory spread (max-min used/capacity) that triggers moves", func(c *Config, v any) { c.Policy.Rebalance.Threshold = v.(float64) }},
 		{"policy.rebalance.max_moves", kInt, 3, "moves per rebalance at most", func(c *Config, v any) { c.Policy.Rebalance.MaxMoves = v.(int) }},
 		{"policy.forensics.before_evacuation", kBool, false, "keep a leave-running snapshot of each container before a spot evacuation", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuation = v.(bool) }},
+		{"policy.forensics.before_evacuation_share", kFloat, 0.25, "share of the time to a notice's deadline the snapshots before its evacuation may take, all together (0 < share < 1)", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuationShare = v.(float64) }},
+		{"policy.forensics.before_evacuation_parallel", kInt, 4, "snapshots taken at once before an evacuation", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuationParallel = v.(int) }},
 		{"forensics.store_host", kString, "", "snapshot store host for `checkpoint --store` without --store-host (default: the container's host)", func(c *Config, v any) { c.Forensics.StoreHost = v.(string) }},
 		{"forensics.retention.count", kInt, 10, "snapshots this host's store keeps at most", func(c *Config, v any) { c.Forensics.Retention.Count = v.(int) }},
 		{"forensics.retention.max_age", kDuration, 7 * 24 * time.Hour, "age after which this host's store drops a snapshot", func(c *Config, v any) { c.Forensics.Retention.MaxAge = v.(time.Duration) }},
@@ -502,6 +506,12 @@ func (c Config) Validate() error {
 	}
 	if c.Node.DataDir == "" {
 		bad("node.data_dir", "empty")
+	}
+	if f := c.Policy.Forensics.BeforeEvacuationShare; f <= 0 || f >= 1 {
+		bad("policy.forensics.before_evacuation_share", "%g (must be between 0 and 1, exclusive)", f)
+	}
+	if c.Policy.Forensics.BeforeEvacuationParallel < 1 {
+		bad("policy.forensics.before_evacuation_parallel", "%d (at least 1)", c.Policy.Forensics.BeforeEvacuationParallel)
 	}
 	if c.Forensics.Retention.Count < 1 {
 		bad("forensics.retention.count", "%d (keep at least 1)", c.Forensics.Retention.Count)

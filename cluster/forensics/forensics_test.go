@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -143,6 +144,7 @@ type world struct {
 	t     *testing.T
 	mu    sync.Mutex
 	recs  map[string]cluster.SnapshotRecord
+	locks map[string]cluster.Lock
 	migs  []cluster.MigrationRecord
 	hosts map[string]*simHost
 }
@@ -158,7 +160,7 @@ type simHost struct {
 }
 
 func newWorld(t *testing.T, names ...string) *world {
-	w := &world{t: t, recs: map[string]cluster.SnapshotRecord{}, hosts: map[string]*simHost{}}
+	w := &world{t: t, recs: map[string]cluster.SnapshotRecord{}, locks: map[string]cluster.Lock{}, hosts: map[string]*simHost{}}
 	dir, err := os.MkdirTemp("", "fx")
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +174,8 @@ func newWorld(t *testing.T, names ...string) *world {
 		w.hosts[n] = h
 		cfg := DefaultConfig()
 		cfg.Host, cfg.DataDir = n, filepath.Join(dir, n)
-		h.agent = NewAgent(cfg, engineOf(h), w, (*hostView)(h))
+		cfg.ReplicaWait = 200 * time.Millisecond
+		h.agent = NewAgent(cfg, engineOf(h), hostStreamer{w, n}, (*hostView)(h))
 		h.agent.Register(h.mux, h)
 		NewService((*hostView)(h), "").Register(h.mux)
 		ln, err := net.Listen("unix", h.sock)
@@ -208,6 +211,17 @@ func (w *world) client(host string) *cluster.Client {
 		w.t.Fatal(err)
 	}
 	return cl
+}
+
+// hostStreamer is one host's Streamer: its streams carry its name as the
+// sender, as the transfer server's key binding does.
+type hostStreamer struct {
+	w    *world
+	from string
+}
+
+func (s hostStreamer) Stream(ctx context.Context, peer string, h transfer.StreamHeader, produce func(io.Writer) error) ([]byte, transfer.StreamStats, error) {
+	return s.w.Stream(transfer.ContextWithSender(ctx, s.from), peer, h, produce)
 }
 
 // Stream implements Streamer: produce's output goes to the target's handler;
@@ -304,6 +318,44 @@ func (v *hostView) DeleteSnapshots(ctx context.Context, ids []string) error {
 		delete(v.w.recs, id)
 	}
 	return nil
+}
+
+func (v *hostView) AcquireLock(ctx context.Context, req cluster.AcquireLockRequest) error {
+	v.w.mu.Lock()
+	defer v.w.mu.Unlock()
+	l, ok := v.w.locks[req.Name]
+	if !ok {
+		l = cluster.Lock{Name: req.Name, Limit: req.Limit, Holders: map[string]cluster.LockHolder{}}
+	}
+	if _, held := l.Holders[req.Holder]; !held && len(l.Holders) >= l.Limit {
+		return cluster.ErrConflict
+	}
+	l.Holders[req.Holder] = cluster.LockHolder{Holder: req.Holder, Reason: req.Reason, AcquiredAt: req.At}
+	v.w.locks[req.Name] = l
+	return nil
+}
+func (v *hostView) ReleaseLock(ctx context.Context, name, holder string) error {
+	v.w.mu.Lock()
+	defer v.w.mu.Unlock()
+	l, ok := v.w.locks[name]
+	if _, held := l.Holders[holder]; !ok || !held {
+		return cluster.ErrNotFound
+	}
+	delete(l.Holders, holder)
+	if len(l.Holders) == 0 {
+		delete(v.w.locks, name)
+	}
+	return nil
+}
+func (v *hostView) Locks() []cluster.Lock {
+	v.w.mu.Lock()
+	defer v.w.mu.Unlock()
+	var out []cluster.Lock
+	for _, l := range v.w.locks {
+		l.Holders = maps.Clone(l.Holders)
+		out = append(out, l)
+	}
+	return out
 }
 
 // brokenEngine writes part of an archive and then fails.

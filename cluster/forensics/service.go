@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/cluster/migrate"
 )
 
 // ErrIncomplete: a streamed archive ended without its outcome, or with a
@@ -65,6 +66,7 @@ func (s *Service) Register(mux Mux) {
 		cluster.WriteJSON(w, http.StatusOK, rec)
 	})
 	mux.HandleFunc("GET /v1/snapshots/{id}/archive", s.archive)
+	mux.HandleFunc("POST /v1/snapshots/grep", s.grep)
 	mux.HandleFunc("DELETE /v1/snapshots/{id}", s.remove)
 }
 
@@ -296,7 +298,13 @@ type Snapshotter struct {
 	StoreHost string
 	// Retention overrides the store host's default when non-nil.
 	Retention *Retention
+	// Budget bounds the snapshots the coordinator takes before an
+	// evacuation (migrate.SnapshotBudgeter); zero fields take defaults.
+	Budget migrate.SnapshotBudget
 }
+
+// SnapshotBudget implements migrate.SnapshotBudgeter.
+func (s *Snapshotter) SnapshotBudget() migrate.SnapshotBudget { return s.Budget }
 
 // Snapshot stores a leave-running snapshot of container on host.
 func (s *Snapshotter) Snapshot(ctx context.Context, host, container, reason string) error {

@@ -32,6 +32,10 @@ func (a clusterAuthorizer) Authorized(key ssh.PublicKey) bool {
 	return ok
 }
 
+// Identify names the member a client key belongs to (transfer.Identifier):
+// stream handlers check the sender against the replicated state.
+func (a clusterAuthorizer) Identify(key ssh.PublicKey) (string, bool) { return a.c.Authorized(key) }
+
 // runAgent wires one agent: the cluster (gossip, raft, API), the transfer
 // endpoint, and the migration steps and coordinator, and runs them until
 // ctx ends. Every part's goroutines belong to the errgroup.
@@ -48,7 +52,8 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	co.Register(c, c)
 	forensics.NewService(c, cfg.Forensics.StoreHost).Register(c)
 	if cfg.Policy.Forensics.BeforeEvacuation {
-		co.Snapshots = &forensics.Snapshotter{C: c, StoreHost: cfg.Forensics.StoreHost}
+		co.Snapshots = &forensics.Snapshotter{C: c, StoreHost: cfg.Forensics.StoreHost,
+			Budget: migrate.SnapshotBudget{Share: cfg.Policy.Forensics.BeforeEvacuationShare, Parallel: cfg.Policy.Forensics.BeforeEvacuationParallel}}
 	}
 	co.RegisterPolicy(c, c)
 	reg := prometheus.NewRegistry()
