@@ -533,6 +533,9 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		if strings.ContainsAny(v.Name, "/\\") || v.Name == "" || v.Name == "." || v.Name == ".." {
 			return failClean(bad("manifest", fmt.Errorf("volume name %q", v.Name)))
 		}
+		if v.Driver != "local" && v.Driver != "" {
+			return failClean(fmt.Errorf("%w: volume %s uses driver %q; only local volumes' contents can be carried", ErrUnsupported, v.Name, v.Driver))
+		}
 		if existing, err := e.cli.VolumeInspect(ctx, v.Name); err == nil {
 			users, _ := e.cli.ContainerList(ctx, types.ContainerListOptions{All: true, Filters: volumeFilter(v.Name)})
 			if len(users) > 0 {

@@ -72,9 +72,17 @@ func restoreSpecOf(hc *container.HostConfig) engine.RestoreSpec {
 			s.Binds = append(s.Binds, src)
 		}
 	}
+	if hc.MaskedPaths != nil && len(hc.MaskedPaths) == 0 || hc.ReadonlyPaths != nil && len(hc.ReadonlyPaths) == 0 {
+		s.Unconfined = append(s.Unconfined, "systempaths=unconfined")
+	}
 	for _, m := range hc.Mounts {
-		if m.Type == mount.TypeBind {
+		switch {
+		case m.Type == mount.TypeBind:
 			s.Binds = append(s.Binds, m.Source)
+		case m.Type == mount.TypeVolume && m.VolumeOptions != nil && m.VolumeOptions.DriverConfig != nil &&
+			(len(m.VolumeOptions.DriverConfig.Options) > 0 || m.VolumeOptions.DriverConfig.Name != "" && m.VolumeOptions.DriverConfig.Name != "local"):
+			// A local volume with options can mount any host path or device.
+			s.Unconfined = append(s.Unconfined, "volume "+m.Source+" with driver options")
 		}
 	}
 	for _, d := range hc.Devices {

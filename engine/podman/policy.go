@@ -95,6 +95,9 @@ func specFromDumps(cfgJSON, specJSON []byte) (engine.RestoreSpec, error) {
 			if l.Seccomp == nil {
 				s.Unconfined = append(s.Unconfined, "seccomp=unconfined")
 			}
+			if len(l.MaskedPaths) == 0 || len(l.ReadonlyPaths) == 0 {
+				s.Unconfined = append(s.Unconfined, "systempaths=unconfined")
+			}
 			for _, d := range l.Devices {
 				s.Devices = append(s.Devices, d.Path)
 				devices[fmt.Sprintf("%s %d:%d", d.Type, d.Major, d.Minor)] = true

@@ -117,6 +117,7 @@ func TestSpecFromForgedDumps(t *testing.T) {
 			linux(m)["namespaces"] = append(linux(m)["namespaces"].([]any), map[string]any{"type": "mount", "path": "/proc/1/ns/mnt"})
 		}, "mount (/proc/1/ns/mnt)"},
 		{"no seccomp", func(m map[string]any) { delete(linux(m), "seccomp") }, "seccomp=unconfined"},
+		{"/proc unmasked", func(m map[string]any) { delete(linux(m), "maskedPaths") }, "systempaths=unconfined"},
 		{"all capabilities", func(m map[string]any) {
 			m["process"].(map[string]any)["capabilities"].(map[string]any)["effective"] = []any{"CAP_SYS_MODULE"}
 		}, "CAP_SYS_MODULE"},
