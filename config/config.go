@@ -99,8 +99,10 @@ type Config struct {
 		}
 	}
 	Forensics struct {
-		StoreHost string
-		Retention struct {
+		StoreHost              string
+		ImageRegistry          string
+		ImageRegistryTLSVerify bool
+		Retention              struct {
 			Count  int
 			MaxAge time.Duration
 		}
@@ -173,6 +175,8 @@ var keys = func() []key {
 		{"policy.forensics.before_evacuation_share", kFloat, 0.25, "share of the time to a notice's deadline the snapshots before its evacuation may take, all together (0 < share < 1)", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuationShare = v.(float64) }},
 		{"policy.forensics.before_evacuation_parallel", kInt, 4, "snapshots taken at once before an evacuation", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuationParallel = v.(int) }},
 		{"forensics.store_host", kString, "", "snapshot store host for `checkpoint --store` without --store-host (default: the container's host)", func(c *Config, v any) { c.Forensics.StoreHost = v.(string) }},
+		{"forensics.image_registry", kString, "", "registry (host[:port][/path]) that `checkpoint --image` pushes images built on this host to; empty: they are only loaded into its Podman", func(c *Config, v any) { c.Forensics.ImageRegistry = v.(string) }},
+		{"forensics.image_registry_tls_verify", kBool, true, "verify the image registry's TLS certificate; false also allows plain HTTP (a local test registry only)", func(c *Config, v any) { c.Forensics.ImageRegistryTLSVerify = v.(bool) }},
 		{"forensics.retention.count", kInt, 10, "snapshots this host's store keeps at most", func(c *Config, v any) { c.Forensics.Retention.Count = v.(int) }},
 		{"forensics.retention.max_age", kDuration, 7 * 24 * time.Hour, "age after which this host's store drops a snapshot", func(c *Config, v any) { c.Forensics.Retention.MaxAge = v.(time.Duration) }},
 	}
@@ -499,6 +503,9 @@ func (c Config) Validate() error {
 	}
 	if c.Forensics.Retention.MaxAge <= 0 {
 		bad("forensics.retention.max_age", "%s (must be positive)", c.Forensics.Retention.MaxAge)
+	}
+	if r := c.Forensics.ImageRegistry; strings.Contains(r, "://") || strings.ContainsAny(r, " \t") {
+		bad("forensics.image_registry", "%q (give host[:port][/path], without a scheme)", r)
 	}
 	if c.Cluster.SecretFile == "" {
 		bad("cluster.secret_file", "not set: every agent needs the cluster secret (create one with `orchestrate keygen FILE`)")

@@ -85,7 +85,16 @@ type Config struct {
 	// the pending upload that authorises an arriving stream.
 	ReplicaWait time.Duration
 	// Grep bounds a fleet-wide search on this store host.
-	Grep   GrepLimits
+	Grep GrepLimits
+	// ImageRegistry is where checkpoint images built on this host are
+	// pushed (forensics.image_registry, "host[:port][/path]"); empty: they
+	// are only loaded into the host's engine.
+	ImageRegistry string
+	// InsecureRegistry turns off TLS verification (and allows plain HTTP)
+	// for pushes (forensics.image_registry_tls_verify: false). Only for a
+	// local test registry.
+	InsecureRegistry bool
+
 	Logger *slog.Logger
 	// Now is the clock (tests may replace it).
 	Now func() time.Time
@@ -153,6 +162,7 @@ func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	mux.HandleFunc("GET /v1/agent/forensics/file/{id}", a.file)
 	mux.HandleFunc("POST /v1/agent/forensics/remove", a.remove)
 	mux.HandleFunc("POST /v1/agent/forensics/grep", a.grep)
+	mux.HandleFunc("POST /v1/agent/forensics/image", a.image)
 }
 
 // RemoveRequest names a snapshot to remove.
@@ -504,6 +514,7 @@ func (a *Agent) prune(ctx context.Context, ret Retention) ([]string, error) {
 		a.log.Info("removing unrecorded snapshot file", "path", path)
 		_ = os.Remove(path)
 	}
+	a.staleSpools(now, a.cfg.OrphanGrace)
 	return drop, nil
 }
 

@@ -112,7 +112,8 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		ma.Register(c, srv)
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),
-			Retention: forensics.Retention{Count: cfg.Forensics.Retention.Count, MaxAge: cfg.Forensics.Retention.MaxAge}}
+			Retention:     forensics.Retention{Count: cfg.Forensics.Retention.Count, MaxAge: cfg.Forensics.Retention.MaxAge},
+			ImageRegistry: cfg.Forensics.ImageRegistry, InsecureRegistry: !cfg.Forensics.ImageRegistryTLSVerify}
 		fa := forensics.NewAgent(fcfg, eng, client, c)
 		fa.Register(c, srv)
 		g.Go(func() error { return fa.Run(gctx) })
