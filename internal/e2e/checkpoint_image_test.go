@@ -1,0 +1,223 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgemigrate/orchestrate/cluster/forensics"
+	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/engine/archive"
+	"github.com/edgemigrate/orchestrate/engine/podman"
+	"github.com/edgemigrate/orchestrate/internal/simhost"
+)
+
+// TestE2ECheckpointImage proves checkpoint images end to end with real
+// Podman, CRIU and a real registry:
+//  1. `orchestrate checkpoint --image` builds one on h1 (asked through h2's
+//     agent) with Podman's annotations;
+//  2. plain Podman moves it to h2 (`podman save --format oci-archive`,
+//     `podman load`) and restores it there (`podman container restore
+//     NAME`): the workload keeps its memory checksum and its counter;
+//  3. with a registry (Debian's docker-registry in h1's network namespace,
+//     its config and storage under the test's temp dir), a push that
+//     verifies TLS is refused and leaves the workload running, and with
+//     --tls-verify=false it is pushed;
+//  4. h1 pulls it back and restores it through
+//     forensics.CheckpointImageArchive and the Podman engine;
+//  5. --output writes the image as an OCI archive that `podman load` reads.
+func TestE2ECheckpointImage(t *testing.T) {
+	c := simhost.NewCluster(t, 2)
+	h1, h2 := c.Hosts[0], c.Hosts[1]
+	port := simhost.Port()
+	h1.RunWorkload(simhost.Workload{Name: "ci1", MiB: 16, Port: port})
+	before, err := h1.Probe(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	workloadID := strings.TrimSpace(h1.MustRun("podman", "image", "inspect", "--format", "{{.Id}}", simhost.WorkloadImage))
+
+	// 1. Built on h1, loaded into its Podman; ci1 stops there.
+	start := time.Now()
+	var res forensics.ImageResult
+	out, errOut, code := h2.CLI("checkpoint", "ci1", "--image", "ckpt-ci1", "--json")
+	if code != 0 {
+		t.Fatalf("checkpoint --image: exit %d\n%s%s", code, out, errOut)
+	}
+	jsonOf(t, out, &res)
+	t.Logf("checkpoint --image: %s (%s, frozen %s)", res.Image, time.Since(start).Round(time.Millisecond), res.Stats.FrozenTime)
+	if res.Image != "localhost/ckpt-ci1:latest" || !res.Loaded || res.Pushed || res.Host != h1.Name || res.Name != "ci1" {
+		t.Fatalf("result %+v", res)
+	}
+	if h1.Running("ci1") {
+		t.Fatal("ci1 runs on h1 after a checkpoint without --leave-running")
+	}
+	ann := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(h1.MustRun("podman", "image", "inspect", "--format",
+		"{{range $k, $v := .Annotations}}{{$k}}={{$v}}\n{{end}}", res.Image)), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		ann[k] = v
+	}
+	for k, want := range map[string]string{archive.AnnotationCheckpointName: "ci1", archive.AnnotationRuntimeName: "runc",
+		archive.AnnotationRootfsImageID: workloadID, archive.AnnotationRootfsImageName: simhost.WorkloadImage, archive.AnnotationPodmanVersion: "4.3.1"} {
+		if ann[k] != want {
+			t.Errorf("annotation %s = %q, want %q", k, ann[k], want)
+		}
+	}
+	if !strings.HasPrefix(ann[archive.AnnotationCRIUVersion], "4") || len(ann[archive.AnnotationCRIUVersion]) != 5 || ann[archive.AnnotationHostKernel] == "" {
+		t.Errorf("annotations %v", ann)
+	}
+
+	// 2. Plain Podman moves it to h2 and restores it there.
+	dir := t.TempDir()
+	file := filepath.Join(dir, "ckpt-ci1.oci.tar")
+	start = time.Now()
+	h1.MustRun("podman", "save", "--format", "oci-archive", "-o", file, res.Image)
+	h2.MustRun("podman", "load", "-i", file)
+	h2.MustRun("podman", "container", "restore", res.Image)
+	restored := continued(t, h2, port, before)
+	t.Logf("podman save, load and restore on %s: %s; counter %d, checksum %s as before", h2.Name, time.Since(start).Round(time.Millisecond), restored.Counter, restored.Checksum)
+
+	// 3. A registry: TLS verification is on unless turned off.
+	reg := startRegistry(t, h1.Host, dir)
+	out, errOut, code = h1.CLI("checkpoint", "ci1", "--host", h2.Name, "--image", "ckpt-ci1:v2", "--registry", reg)
+	if code != 1 || !strings.Contains(errOut, "push") || !strings.Contains(errOut, "HTTP") {
+		t.Fatalf("push to a plain-HTTP registry with TLS verification: exit %d\n%s%s", code, out, errOut)
+	}
+	continued(t, h2, port, restored)
+	start = time.Now()
+	out, errOut, code = h1.CLI("checkpoint", "ci1", "--host", h2.Name, "--image", "ckpt-ci1:v2", "--registry", reg, "--tls-verify=false", "--json")
+	if code != 0 {
+		t.Fatalf("checkpoint --image --registry: exit %d\n%s%s", code, out, errOut)
+	}
+	jsonOf(t, out, &res)
+	t.Logf("checkpoint --image, load and push: %s", time.Since(start).Round(time.Millisecond))
+	if want := reg + "/ckpt-ci1:v2"; res.Image != want || !res.Pushed || res.Host != h2.Name {
+		t.Fatalf("pushed result %+v, want %s pushed from %s", res, want, h2.Name)
+	}
+
+	// 4. h1 pulls it and restores it through the function `orchestrate
+	// restore` uses, once the stopped original is gone.
+	h1.MustRun("podman", "rm", "-f", "-t", "0", "ci1")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	eng, err := podman.New(ctx, podman.Config{Socket: h1.Host.Socket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	rc, info, err := forensics.CheckpointImageArchive(ctx, eng, res.Image, engine.RegistryOptions{TLSVerify: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr, _, err := eng.Restore(ctx, rc, engine.RestoreOptions{})
+	rc.Close()
+	if err != nil {
+		t.Fatalf("restore from %s: %v", res.Image, err)
+	}
+	if info.ID != res.ImageID || ctr.Name != "ci1" {
+		t.Errorf("pulled image %+v, restored %+v", info, ctr)
+	}
+	again := continued(t, h1, port, restored)
+	t.Logf("pull and restore on %s through CheckpointImageArchive: %s; counter %d", h1.Name, time.Since(start).Round(time.Millisecond), again.Counter)
+
+	// 5. --output: an OCI archive podman load reads, names and annotates.
+	oci := filepath.Join(dir, "ci1-oci.tar")
+	out, errOut, code = h2.CLI("checkpoint", "ci1", "--leave-running", "--image", "ckpt-ci1:oci", "--output", oci)
+	if code != 0 {
+		t.Fatalf("checkpoint --image --output: exit %d\n%s%s", code, out, errOut)
+	}
+	h2.MustRun("podman", "load", "-i", oci)
+	if got := strings.TrimSpace(h2.MustRun("podman", "image", "inspect", "--format", "{{index .Annotations \""+archive.AnnotationCheckpointName+"\"}}", "localhost/ckpt-ci1:oci")); got != "ci1" {
+		t.Errorf("loaded OCI archive: checkpoint name %q", got)
+	}
+	continued(t, h1, port, again)
+}
+
+// startRegistry runs Debian's docker-registry inside h's network namespace
+// on h's address, with its config and storage under dir, until the test
+// ends. It returns the registry's host:port.
+func startRegistry(t *testing.T, h *simhost.Host, dir string) string {
+	t.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		t.Fatalf("docker-registry is not installed (scripts/install-test-tools.sh): %v", err)
+	}
+	addr := fmt.Sprintf("%s:%d", h.IP, simhost.Port())
+	cfg := filepath.Join(dir, "registry.yml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+`, filepath.Join(dir, "registry"), addr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := h.Command(context.Background(), bin, "serve", cfg)
+	logf, err := os.Create(filepath.Join(dir, "registry.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	})
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if registryUp(h, addr) {
+			return addr
+		}
+		select {
+		case <-done:
+			b, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
+			t.Fatalf("docker-registry exited:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("docker-registry on %s did not answer", addr)
+		}
+	}
+}
+
+// registryUp asks the registry's API root from inside h.
+func registryUp(h *simhost.Host, addr string) bool {
+	conn, err := simhost.DialInNetns(simhost.NetnsPath(h.Name), addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintf(conn, "GET /v2/ HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", addr); err != nil {
+		return false
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
