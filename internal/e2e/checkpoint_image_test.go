@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -220,4 +221,63 @@ func registryUp(h *simhost.Host, addr string) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
+}
+
+// TestBenchCheckpointImage is part of `make bench`: the wall time of a
+// leave-running checkpoint image (`orchestrate checkpoint --image`: dump,
+// spool, build, load into Podman), against, in the same run, a
+// leave-running snapshot to a file (`checkpoint --output`) and Podman's own
+// `podman container checkpoint --create-image` on the host, at 64 and 256
+// MiB. It prints min / median of 3.
+func TestBenchCheckpointImage(t *testing.T) {
+	if os.Getenv("ORCHESTRATE_BENCH") == "" {
+		t.Skip("set ORCHESTRATE_BENCH=1 (make bench)")
+	}
+	c := simhost.NewCluster(t, 1)
+	h := c.Hosts[0]
+	dir := t.TempDir()
+	var rows []string
+	for _, mib := range []int{64, 256} {
+		name := fmt.Sprintf("bi%d", mib)
+		h.RunWorkload(simhost.Workload{Name: name, MiB: mib, Port: simhost.Port()})
+		cli := func(args ...string) func() {
+			return func() {
+				if out, errOut, code := h.CLI(args...); code != 0 {
+					t.Fatalf("%v: exit %d\n%s%s", args, code, out, errOut)
+				}
+			}
+		}
+		file := filepath.Join(dir, name+".tar")
+		img := "localhost/bench-" + name + ":latest"
+		variants := []struct {
+			what  string
+			run   func()
+			after func()
+		}{
+			{"checkpoint --output FILE", cli("checkpoint", name, "--leave-running", "--output", file), func() { _ = os.Remove(file) }},
+			{"checkpoint --image NAME", cli("checkpoint", name, "--leave-running", "--image", img), func() { h.MustRun("podman", "rmi", img) }},
+			{"podman checkpoint --create-image", func() {
+				h.MustRun("podman", "container", "checkpoint", "--leave-running", "--create-image", img, name)
+			}, func() { h.MustRun("podman", "rmi", img) }},
+		}
+		for _, v := range variants {
+			var ds []time.Duration
+			for i := 0; i < 3; i++ {
+				start := time.Now()
+				v.run()
+				ds = append(ds, time.Since(start))
+				v.after()
+			}
+			slices.Sort(ds)
+			rows = append(rows, fmt.Sprintf("| %d MiB | %s | %s / %s |", mib, v.what, ds[0].Round(time.Millisecond), ds[1].Round(time.Millisecond)))
+		}
+		h.MustRun("podman", "rm", "-f", "-t", "0", name)
+	}
+	fmt.Println("\nLeave-running checkpoint image against a snapshot to a file and Podman's own --create-image, wall time, min / median of 3:")
+	fmt.Println()
+	fmt.Println("| workload | command | wall time |")
+	fmt.Println("|---|---|---|")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
 }
