@@ -140,9 +140,9 @@ func (a *Agent) image(w http.ResponseWriter, r *http.Request) {
 // CheckpointImage checkpoints a container on this host and builds its
 // checkpoint image. With out nil the image is loaded into this host's
 // engine and pushed when a registry is configured or requested; otherwise
-// the OCI archive is written to out, after begin is called (once the
-// checkpoint is done: an error before it means nothing was written). On
-// error the container is running as before.
+// the OCI archive is written to out, after begin (if not nil) is called
+// once the checkpoint is done: an error before it means nothing was
+// written. On error the container is running as before.
 func (a *Agent) CheckpointImage(ctx context.Context, req ImageRequest, out io.Writer, begin func()) (res ImageResult, err error) {
 	ib, ok := a.eng.(ImageBuilder)
 	if !ok {
@@ -207,7 +207,9 @@ func (a *Agent) CheckpointImage(ctx context.Context, req ImageRequest, out io.Wr
 	layer := io.NewSectionReader(spool, 0, cw.n)
 
 	if out != nil {
-		begin()
+		if begin != nil {
+			begin()
+		}
 		asum := sha256.New()
 		aw := &countWriter{w: io.MultiWriter(out, asum)}
 		dg, err := archive.WriteOCIArchive(aw, img, layer)
