@@ -141,6 +141,18 @@ func TestE2ECheckpointImage(t *testing.T) {
 		t.Errorf("loaded OCI archive: checkpoint name %q", got)
 	}
 	continued(t, h1, port, again)
+
+	// Usage errors: exit 2, before anything is asked of an agent.
+	for _, args := range [][]string{
+		{"checkpoint", "ci1", "--image", "x", "--store"},
+		{"checkpoint", "ci1", "--image", "x", "--output", oci, "--registry", reg},
+		{"checkpoint", "ci1", "--output", oci, "--registry", reg},
+		{"checkpoint", "ci1", "--store", "--tls-verify=false"},
+	} {
+		if out, errOut, code := h1.CLI(args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2\n%s%s", args, code, out, errOut)
+		}
+	}
 }
 
 // startRegistry runs Debian's docker-registry inside h's network namespace
