@@ -2,7 +2,15 @@ module github.com/edgemigrate/orchestrate
 
 go 1.26.8
 
-require github.com/restic/chunker v0.4.0
+require (
+	github.com/chromedp/chromedp v0.23.0
+	github.com/restic/chunker v0.4.0
+)
+
+require (
+	github.com/chromedp/cdproto v0.159.0 // indirect
+	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
+)
 
 require (
 	dario.cat/mergo v1.0.0 // indirect
