@@ -19,6 +19,7 @@ import (
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/cluster/forensics"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
+	"github.com/edgemigrate/orchestrate/cluster/reboot"
 	"github.com/edgemigrate/orchestrate/config"
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/policy"
@@ -61,8 +62,14 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	c.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 
 	pa := &migrate.PolicyAgent{Host: cfg.Node.Name, Store: c, Lead: c, Log: logger.With("part", "policy"),
-		Reboot: cfg.RebootConfig(), CheckInterval: cfg.Policy.Reboot.CheckInterval}
+		Reboot: cfg.RebootConfig(), CheckInterval: cfg.Policy.Reboot.CheckInterval, Dir: filepath.Join(cfg.Node.DataDir, "reboot")}
 	pa.Checker = policy.NewRebootChecker(pa.Reboot)
+	if eng != nil {
+		rcfg := reboot.DefaultConfig()
+		rcfg.Dir, rcfg.Host, rcfg.Logger, rcfg.Metrics = pa.Dir, cfg.Node.Name, logger.With("part", "reboot"), reboot.NewMetrics(reg)
+		pa.Local, pa.Containers = reboot.NewStore(rcfg, eng), eng
+	}
+	pa.RegisterReboot(c)
 	if cfg.Policy.Spot.Provider != spot.None {
 		sc := cfg.SpotConfig()
 		sc.Logger = logger.With("part", "spot")
