@@ -157,7 +157,9 @@ func NewStore(cfg Config, eng Engine) *Store {
 	if cfg.Free == nil {
 		cfg.Free = d.Free
 	}
-	return &Store{cfg: cfg, eng: eng, log: cfg.Logger}
+	s := &Store{cfg: cfg, eng: eng, log: cfg.Logger}
+	cfg.Metrics.kept(s.countKept())
+	return s
 }
 
 func (s *Store) saveDir() string      { return filepath.Join(s.cfg.Dir, "save") }
@@ -519,7 +521,7 @@ func (s *Store) restoreEntry(ctx context.Context, dir string, e Entry) (engine.C
 		if now, ierr := s.eng.Inspect(ctx, e.Container); ierr == nil && now.Running && mismatch(now, e) == "" {
 			return now, st, nil
 		}
-		return c, st, fmt.Errorf("restore %s: %w", e.Name, err)
+		return c, st, err // the engine names the container
 	}
 	if why := mismatch(c, e); why != "" || !c.Running {
 		if why == "" {

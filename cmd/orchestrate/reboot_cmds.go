@@ -18,7 +18,7 @@ import (
 
 func newRebootCmd() *cobra.Command {
 	var f clientFlags
-	var local, drain, auto, noWait bool
+	var local, drain, auto, noWait, showStatus bool
 	var req migrate.RebootRequest
 	var command string
 	cmd := &cobra.Command{
@@ -40,7 +40,9 @@ to their engine. --dry-run shows the plan and changes nothing. --command
 replaces policy.reboot.command for this reboot (only over the local socket).
 
 The command returns once the reboot command ran (exit 0), or when the
-sequence was called off (exit 1: the containers run here as before).`,
+sequence was called off (exit 1: the containers run here as before).
+--status shows the host's sequence, its local save and the checkpoints kept
+after failed restores (retry them with orchestrate restore ID).`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n := 0
@@ -62,6 +64,17 @@ sequence was called off (exit 1: the containers run here as before).`,
 				return err
 			}
 			ctx := cmd.Context()
+			if showStatus {
+				var st migrate.RebootStatus
+				if err := cl.Do(ctx, http.MethodGet, "/v1/agent/reboot", nil, &st); err != nil {
+					return err
+				}
+				if f.output == "json" {
+					return printJSON(cmd.OutOrStdout(), st)
+				}
+				printRebootStatus(cmd.OutOrStdout(), st)
+				return nil
+			}
 			var plan migrate.RebootPlan
 			if err := cl.Do(ctx, http.MethodPost, "/v1/agent/reboot", req, &plan); err != nil {
 				return err
@@ -135,6 +148,7 @@ sequence was called off (exit 1: the containers run here as before).`,
 	cmd.Flags().StringVar(&command, "command", "", "reboot command for this reboot (default policy.reboot.command)")
 	cmd.Flags().StringVar(&req.Reason, "reason", "", "why, for the event log")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the sequence started")
+	cmd.Flags().BoolVar(&showStatus, "status", false, "show this host's reboot sequence and kept checkpoints")
 	f.add(cmd)
 	return cmd
 }
@@ -171,4 +185,32 @@ func printRebootPlan(w io.Writer, p migrate.RebootPlan) {
 		_ = tw.Flush()
 	}
 	fmt.Fprintf(w, "command: %s\n", strings.Join(p.Command, " "))
+}
+
+func printRebootStatus(w io.Writer, st migrate.RebootStatus) {
+	if seq := st.Sequence; seq == nil {
+		fmt.Fprintf(w, "%s: no reboot sequence\n", st.Host)
+	} else {
+		fmt.Fprintf(w, "%s: %s reboot, %s since %s (%s)\n", st.Host, seq.Mode, seq.Phase, seq.Started.Format(time.RFC3339), seq.Reason)
+		if seq.Stuck != "" {
+			fmt.Fprintf(w, "  stuck: %s\n", seq.Stuck)
+		}
+		if seq.Outcome != "" {
+			fmt.Fprintf(w, "  outcome: %s\n", seq.Outcome)
+		}
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if st.Save != nil && len(st.Save.Entries) > 0 {
+		fmt.Fprintln(tw, "SAVED\tSTATE\tSIZE\tCHECKPOINT")
+		for _, e := range st.Save.Entries {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name, e.State, bytesHuman(e.Size), e.ID)
+		}
+	}
+	if len(st.Kept) > 0 {
+		fmt.Fprintln(tw, "KEPT\tCHECKPOINT\tERROR")
+		for _, e := range st.Kept {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", e.Name, e.ID, e.Error)
+		}
+	}
+	_ = tw.Flush()
 }

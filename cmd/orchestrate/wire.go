@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/cluster/copies"
 	"github.com/edgemigrate/orchestrate/cluster/forensics"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
 	"github.com/edgemigrate/orchestrate/cluster/reboot"
@@ -84,6 +85,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 	}
 
+	cpcfg := copies.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "copies")}
+	var copier *copies.Agent
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Run(gctx) })
 	g.Go(func() error { return pa.Run(gctx) })
@@ -119,6 +123,11 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		fa.Register(c, srv)
 		g.Go(func() error { return fa.Run(gctx) })
 		g.Go(func() error { return srv.Run(gctx) })
+		copier = copies.NewAgent(cpcfg, c, eng, srv, client)
+	} else {
+		copier = copies.NewAgent(cpcfg, c, nil, nil, nil)
 	}
+	copier.Register(c)
+	copies.NewService(c, copier).Register(c)
 	return g.Wait()
 }
