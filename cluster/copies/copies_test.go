@@ -75,10 +75,12 @@ func TestMakePlan(t *testing.T) {
 
 type fakeCluster struct{ members []cluster.Member }
 
-func (f fakeCluster) Name() string                                    { return "h1" }
-func (f fakeCluster) Members() []cluster.Member                       { return f.members }
-func (f fakeCluster) PeerClient(string) (*cluster.Client, error)      { return nil, cluster.ErrNotFound }
-func (f fakeCluster) Snapshot(string) (cluster.SnapshotRecord, error) { return cluster.SnapshotRecord{}, cluster.ErrNotFound }
+func (f fakeCluster) Name() string                               { return "h1" }
+func (f fakeCluster) Members() []cluster.Member                  { return f.members }
+func (f fakeCluster) PeerClient(string) (*cluster.Client, error) { return nil, cluster.ErrNotFound }
+func (f fakeCluster) Snapshot(string) (cluster.SnapshotRecord, error) {
+	return cluster.SnapshotRecord{}, cluster.ErrNotFound
+}
 func (f fakeCluster) AppendEvent(context.Context, cluster.Event) error {
 	return nil
 }

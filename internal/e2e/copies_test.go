@@ -116,4 +116,3 @@ func countContainers(t *testing.T, h *simhost.AgentHost) int {
 	out := h.MustRun("podman", "ps", "-aq")
 	return len(strings.Fields(out))
 }
-
