@@ -115,11 +115,13 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		defer client.Close()
 		ma := migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate"))
+		ma.SetImageStage(filepath.Join(cfg.Node.DataDir, "stage"))
 		ma.Register(c, srv)
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),
 			Retention: forensics.Retention{Count: cfg.Forensics.Retention.Count, MaxAge: cfg.Forensics.Retention.MaxAge}}
 		fa := forensics.NewAgent(fcfg, eng, client, c)
+		fa.SetStage(filepath.Join(cfg.Node.DataDir, "stage"))
 		fa.Register(c, srv)
 		g.Go(func() error { return fa.Run(gctx) })
 		g.Go(func() error { return srv.Run(gctx) })
