@@ -682,7 +682,7 @@ func (p *PolicyAgent) returnMoves(ctx context.Context, moves []reboot.Move) stri
 			continue
 		}
 		var rec cluster.MigrationRecord
-		err := p.leaderCall(ctx, "/v1/migrate", MigrateRequest{Container: mv.Container, To: p.Host}, &rec)
+		err := p.returnOne(ctx, mv, &rec)
 		if err == nil {
 			var recs []cluster.MigrationRecord
 			recs, err = WaitVia(ctx, p.Lead.LeaderClient, []string{rec.ID}, 500*time.Millisecond, nil)
@@ -702,4 +702,25 @@ func (p *PolicyAgent) returnMoves(ctx context.Context, moves []reboot.Move) stri
 		p.event(ctx, EventReboot, "returned", fmt.Sprintf("%s from %s", mv.Name, mv.To), map[string]string{"container": mv.Name, "migration": rec.ID})
 	}
 	return fmt.Sprintf("%d returned, %d stayed", back, skipped)
+}
+
+// returnWait bounds how long a return is retried while placement refuses
+// it: right after the boot, this host's gossiped facts (engine, CRIU
+// version, memory) may not have reached the leader yet.
+const returnWait = 2 * time.Minute
+
+func (p *PolicyAgent) returnOne(ctx context.Context, mv reboot.Move, rec *cluster.MigrationRecord) error {
+	until := p.Now().Add(returnWait)
+	for attempt := 0; ; attempt++ {
+		err := p.leaderCall(ctx, "/v1/migrate", MigrateRequest{Container: mv.Container, To: p.Host}, rec)
+		if err == nil || !errors.Is(err, cluster.ErrInvalid) && !errors.Is(err, cluster.ErrCordoned) || p.Now().After(until) {
+			return err
+		}
+		if attempt == 0 {
+			p.Log.Info("return refused for now; retrying", "container", mv.Name, "err", err)
+		}
+		if !sleepCtx(ctx, 2*time.Second) {
+			return ctx.Err()
+		}
+	}
 }

@@ -380,3 +380,56 @@ func flipByte(t *testing.T, path string, at int64) {
 		t.Fatal(err)
 	}
 }
+
+// A drain-and-reboot with policy.reboot.return: the container that left
+// for the reboot live-migrates back once the host is up and uncordoned,
+// with its memory and its counter going on.
+func TestE2ERebootReturnAfterDrain(t *testing.T) {
+	c := simhost.NewClusterWith(t, 3, func(i int, h *simhost.Host) string {
+		if i != 1 {
+			return ""
+		}
+		dir := simhost.StateDir(h.Name)
+		script := fmt.Sprintf("#!/bin/sh\n# a fake reboot: record it, clear the sentinel, end the agent (the test restarts it)\ndate +%%s.%%N >>%s/reboots\nrm -f %s/reboot-required\nkill -TERM $PPID\n", dir, dir)
+		if err := os.WriteFile(dir+"/fake-reboot.sh", []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("policy:\n  reboot:\n    enabled: true\n    mode: drain\n    return: true\n    sentinel_file: %s/reboot-required\n    command: %s/fake-reboot.sh\n    check_interval: 500ms\n", dir, dir)
+	})
+	h2 := c.Hosts[1]
+	port := simhost.Port()
+	h2.RunWorkload(simhost.Workload{Name: "ret", MiB: 16, Port: port})
+	before := h2.WaitReport(port, 10*time.Second)
+	if err := os.WriteFile(simhost.StateDir(h2.Name)+"/reboot-required", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h2.Exited():
+	case <-time.After(90 * time.Second):
+		t.Fatal("no reboot within 90 s")
+	}
+	var away *simhost.AgentHost
+	for _, h := range []*simhost.AgentHost{c.Hosts[0], c.Hosts[2]} {
+		if h.Running("ret") {
+			away = h
+		}
+	}
+	if away == nil || h2.Exists("ret") {
+		t.Fatal("the container did not leave before the reboot")
+	}
+	mid := continued(t, away, port, before)
+	h2.StartAgent()
+	waitUntil(t, 90*time.Second, func() error {
+		if !h2.Running("ret") {
+			out, _, _ := h2.CLI("events")
+			return fmt.Errorf("not back on %s yet; events:\n%s", h2.Name, out)
+		}
+		return nil
+	})
+	continued(t, h2, port, mid)
+	onlyOn(t, c, "ret", h2)
+	st := waitDone(t, h2, 60*time.Second)
+	if !strings.HasPrefix(st.Sequence.Outcome, "rebooted; 1 returned") {
+		t.Fatalf("outcome %q", st.Sequence.Outcome)
+	}
+}
