@@ -257,6 +257,11 @@ type Report struct {
 	MaxGapMS int64  `json:"max_gap_ms"`
 	MiB      int    `json:"mib"`
 	SelfConn bool   `json:"self_conn"`
+	// The start-up phase (-startup-work): rounds, their result, and how
+	// long the process took from its start to serving.
+	WarmRounds int    `json:"warm_rounds"`
+	Warm       string `json:"warm"`
+	ReadyMS    int64  `json:"ready_ms"`
 }
 
 // Probe asks the workload listening on 127.0.0.1:port inside the host.
