@@ -92,6 +92,18 @@ func TestBenchLocalReboot(t *testing.T) {
 	localBack := time.Since(boot)
 	waitDone(t, h1, time.Minute)
 
+	var evs []eventRow
+	_ = h1.JSON(&evs, "events")
+	var saved, restored string
+	for _, e := range evs {
+		switch e.Action {
+		case "saved locally":
+			saved = e.Result
+		case "local restore done":
+			restored = e.Result
+		}
+	}
+
 	// Drain, in the same run, of the same containers.
 	start = time.Now()
 	if out, errOut, code := h1.CLI("reboot", "--drain"); code != 0 {
@@ -109,6 +121,7 @@ func TestBenchLocalReboot(t *testing.T) {
 	fmt.Printf("| mode | command to reboot command | agent start to all %d running | each container down |\n|---|---|---|---|\n", n)
 	fmt.Printf("| local | %.1f s | %.1f s | from its checkpoint to its restore: the save, the reboot itself and the restore |\n", localCmd.Seconds(), localBack.Seconds())
 	fmt.Printf("| drain to a peer | %.1f s | 0 (already running on the peer) | %d-%d ms (migration downtime) |\n", drainCmd.Seconds(), downs[0], downs[len(downs)-1])
+	fmt.Printf("local: saved %s; after the boot %s\n", saved, restored)
 }
 
 // TestBenchQuickStartup measures the time to a serving workload that needs
