@@ -437,6 +437,11 @@ func (s *Store) Restore(ctx context.Context, report func(Progress)) (Result, err
 	if err != nil || !ok {
 		return res, err
 	}
+	// Right after a boot the engine may not answer yet (socket activation,
+	// a daemon still starting): that is not a failed restore.
+	if err := s.waitEngine(ctx); err != nil {
+		return res, err
+	}
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		if e.State == StatePending {
@@ -677,4 +682,27 @@ func (s *Store) RetryKept(ctx context.Context, id string) (engine.Container, err
 	s.cfg.Metrics.kept(s.countKept())
 	s.log.Info("kept checkpoint restored", "checkpoint", id, "container", e.Name)
 	return c, nil
+}
+
+// waitEngine waits until the engine answers, retrying with backoff until
+// ctx ends.
+func (s *Store) waitEngine(ctx context.Context) error {
+	wait := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		_, err := s.eng.List(ctx)
+		if err == nil {
+			return nil
+		}
+		if attempt == 3 {
+			s.log.Warn("the engine does not answer yet; the restore waits for it", "err", err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }

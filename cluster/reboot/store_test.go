@@ -388,3 +388,33 @@ func metricValue(c prometheus.Metric) float64 {
 	}
 	return d.Gauge.GetValue()
 }
+
+// slowEngine does not answer its first calls, as an engine still starting
+// after the boot.
+type slowEngine struct {
+	*enginetest.Fake
+	down int
+}
+
+func (s *slowEngine) List(ctx context.Context) ([]engine.Container, error) {
+	if s.down > 0 {
+		s.down--
+		return nil, errors.New("dial unix /run/podman/podman.sock: connect: connection refused")
+	}
+	return s.Fake.List(ctx)
+}
+
+// A restore waits for an engine that does not answer yet instead of
+// counting its containers as failed.
+func TestRestoreWaitsForTheEngine(t *testing.T) {
+	h := newHarness(t)
+	h.run("a", nil)
+	if _, err := h.store.Save(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	after := &slowEngine{Fake: enginetest.NewFake(), down: 3}
+	res, err := h.newStore(after).Restore(context.Background(), nil)
+	if err != nil || len(res.Restored) != 1 || len(res.Failed) != 0 || after.down != 0 {
+		t.Fatalf("restore: %+v %v", res, err)
+	}
+}
