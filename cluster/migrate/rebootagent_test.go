@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -565,5 +566,37 @@ func TestWaitViaFollowsTheLeader(t *testing.T) {
 	l.migrate = nil
 	if _, err := WaitVia(ctx, func() (*cluster.Client, error) { return nil, fmt.Errorf("%w: bad", cluster.ErrInvalid) }, []string{"m1"}, 10*time.Millisecond, nil); !errors.Is(err, cluster.ErrInvalid) {
 		t.Fatalf("invalid: %v", err)
+	}
+}
+
+type muxAdapter struct{ *http.ServeMux }
+
+func (m muxAdapter) HandleFunc(p string, h func(http.ResponseWriter, *http.Request)) {
+	m.ServeMux.HandleFunc(p, h)
+}
+
+// A reboot command can be given only over the local socket: over the
+// cluster's TLS API it would let any member run a command here.
+func TestRebootCommandOnlyOverTheLocalSocket(t *testing.T) {
+	h := newRBHost(t, policy.RebootModeLocal)
+	h.start()
+	defer h.stop()
+	mux := muxAdapter{http.NewServeMux()}
+	h.pa.RegisterReboot(mux)
+	body := `{"mode":"local","dry_run":true,"command":["sh","-c","echo owned"]}`
+	for _, tc := range []struct {
+		addr net.Addr
+		want int
+	}{
+		{&net.TCPAddr{IP: net.IPv4(10, 99, 0, 1), Port: 7948}, http.StatusBadRequest},
+		{&net.UnixAddr{Name: "/run/orchestrate/agent.sock", Net: "unix"}, http.StatusOK},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, "/v1/agent/reboot", strings.NewReader(body))
+		req = req.WithContext(context.WithValue(req.Context(), http.LocalAddrContextKey, tc.addr))
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, req)
+		if rec.Code != tc.want {
+			t.Fatalf("over %s: status %d (%s), want %d", tc.addr.Network(), rec.Code, rec.Body.String(), tc.want)
+		}
 	}
 }
