@@ -47,6 +47,7 @@ type Cluster interface {
 	PeerClient(name string) (*cluster.Client, error)
 	Snapshot(id string) (cluster.SnapshotRecord, error)
 	AppendEvent(ctx context.Context, ev cluster.Event) error
+	LeaderClient() (*cluster.Client, error)
 }
 
 var _ Cluster = (*cluster.Cluster)(nil)

@@ -84,6 +84,7 @@ func (f fakeCluster) Snapshot(string) (cluster.SnapshotRecord, error) {
 func (f fakeCluster) AppendEvent(context.Context, cluster.Event) error {
 	return nil
 }
+func (f fakeCluster) LeaderClient() (*cluster.Client, error) { return nil, cluster.ErrNoLeader }
 
 // A stored checkpoint pushed to the host that starts a copy survives a
 // link cut at half way: the upload resumes where it stopped and sends only

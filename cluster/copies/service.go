@@ -143,7 +143,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest, ref *Ref) (Re
 			s.event(ctx, host, "kept checkpoint restored", fmt.Sprintf("%s as %s", req.Source, c.Name))
 			return res, nil
 		}
-		rec, err := s.c.Snapshot(req.Source)
+		rec, err := s.snapshot(ctx, req.Source)
 		if err != nil {
 			// OCI checkpoint images (fx, engine/archive) resolve here:
 			// a source that names one becomes a Ref its holder can inspect
@@ -348,4 +348,23 @@ func (s *Service) event(ctx context.Context, host, action, result string) {
 	}
 	_ = s.c.AppendEvent(ctx, cluster.Event{ID: cluster.EventID(host, "restore", action, result, at.Format(time.RFC3339Nano)), Kind: "restore",
 		Host: host, At: at, Message: action + ": " + result, Data: map[string]string{"action": action, "result": result}})
+}
+
+// snapshot reads a snapshot record from this agent's replica, or from the
+// leader when the replica has not caught up with a snapshot just taken.
+func (s *Service) snapshot(ctx context.Context, id string) (cluster.SnapshotRecord, error) {
+	rec, err := s.c.Snapshot(id)
+	if err == nil || !errors.Is(err, cluster.ErrNotFound) {
+		return rec, err
+	}
+	cl, lerr := s.c.LeaderClient()
+	if lerr != nil {
+		return rec, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.step)
+	defer cancel()
+	if lerr := cl.Do(ctx, http.MethodGet, "/v1/snapshots/"+id, nil, &rec); lerr != nil {
+		return rec, err
+	}
+	return rec, nil
 }
