@@ -255,11 +255,16 @@ func (a *Agent) inspect(ctx context.Context, ref Ref) (Facts, error) {
 	return InspectArchive(h.path, h.size, h.sha256)
 }
 
-// InspectArchive reads what the checks need from a Podman checkpoint
-// archive on disk. An archive that is not Podman's yields facts without
-// an engine (its sockets and network are not known).
+// InspectArchive reads what the checks need from a checkpoint archive on
+// disk: Podman's (engine/archive reads its sockets) or orchestrate's Docker
+// archive (its manifest; its sockets are not read, so a container on the
+// host's network counts as listening). Another archive yields facts
+// without an engine.
 func InspectArchive(path string, size int64, sum string) (Facts, error) {
 	f := Facts{Size: size, SHA256: sum}
+	if ok, err := dockerFacts(path, &f); ok || err != nil {
+		return f, err
+	}
 	arc, err := archive.Open(path, archive.DefaultConfig())
 	if errors.Is(err, archive.ErrNotCheckpoint) {
 		return f, nil
@@ -291,6 +296,45 @@ func InspectArchive(path string, size int64, sum string) (Facts, error) {
 	f.HostNetwork = !cfg.CreateNetNS
 	f.Labels = cfg.Labels
 	return f, nil
+}
+
+// dockerManifestEntry is the first entry of engine/docker's archive.
+const dockerManifestEntry = "orchestrate-docker.json"
+
+// dockerFacts reads engine/docker's manifest when the archive is one.
+func dockerFacts(path string, f *Facts) (bool, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer file.Close()
+	tr := tar.NewReader(file)
+	h, err := tr.Next()
+	if err != nil || h.Name != dockerManifestEntry {
+		return false, nil
+	}
+	var m struct {
+		ID      string `json:"id"`
+		Name    string `json:"name"`
+		Image   string `json:"image"`
+		ImageID string `json:"image_id"`
+		Memory  int64  `json:"memory_bytes"`
+		Config  struct {
+			Labels map[string]string `json:"Labels"`
+		} `json:"config"`
+		HostConfig struct {
+			NetworkMode string `json:"NetworkMode"`
+		} `json:"host_config"`
+	}
+	if err := json.NewDecoder(io.LimitReader(tr, 16<<20)).Decode(&m); err != nil {
+		return true, fmt.Errorf("inspect archive: %s: %w", dockerManifestEntry, err)
+	}
+	f.Engine, f.Name, f.Container, f.Image, f.ImageID, f.MemoryBytes = "docker", m.Name, m.ID, m.Image, m.ImageID, m.Memory
+	f.Labels, f.HostNetwork = m.Config.Labels, m.HostConfig.NetworkMode == "host"
+	if f.HostNetwork {
+		f.Listening = []string{"(ports unknown in a Docker archive)"}
+	}
+	return true, nil
 }
 
 // podmanConfig is the part of config.dump the checks read.

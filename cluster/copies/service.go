@@ -122,43 +122,28 @@ func newID() string {
 // and restores it: a kept checkpoint in place, anything else as copies.
 func (s *Service) Restore(ctx context.Context, req RestoreRequest, ref *Ref) (RestoreResult, error) {
 	res := RestoreResult{Source: req.Source}
-	holder := s.c.Name()
-	switch {
-	case ref != nil:
+	holder, origin := s.c.Name(), ""
+	if ref != nil {
 		res.Kind = "archive"
-	default:
+	} else {
 		// A kept checkpoint first: its IDs never look like snapshot IDs.
 		if host, ok, err := s.findKept(ctx, req.Source, req.Host); err != nil {
 			return res, err
 		} else if ok {
-			res.Kind, res.Host = "kept", host
-			if req.Name != "" || req.Count > 1 {
-				return res, fmt.Errorf("%w: %s is a checkpoint kept after a failed restore: it comes back as itself (no --name or --count)", cluster.ErrInvalid, req.Source)
-			}
-			var c engine.Container
-			if err := s.call(ctx, host, "/v1/agent/checkpoints/restore", map[string]string{"id": req.Source}, &c, 0); err != nil {
-				return res, fmt.Errorf("restore kept checkpoint %s on %s: %w", req.Source, host, err)
-			}
-			res.Restored = &c
-			s.event(ctx, host, "kept checkpoint restored", fmt.Sprintf("%s as %s", req.Source, c.Name))
-			return res, nil
+			return s.restoreKept(ctx, req, host)
 		}
-		rec, err := s.snapshot(ctx, req.Source)
+		src, err := s.resolve(ctx, req.Source)
 		if err != nil {
-			// OCI checkpoint images (fx, engine/archive) resolve here:
-			// a source that names one becomes a Ref its holder can inspect
-			// and push like a snapshot.
-			return res, fmt.Errorf("%w: %s is neither a kept checkpoint nor a snapshot (orchestrate snapshots; orchestrate reboot --status)", cluster.ErrNotFound, req.Source)
+			return res, err
 		}
-		res.Kind, holder = KindSnapshot, rec.StoreHost
-		ref = &Ref{Kind: KindSnapshot, ID: rec.ID}
+		res.Kind, holder, origin, ref = src.ref.Kind, src.holder, src.origin, &src.ref
 	}
 	var facts Facts
 	if err := s.call(ctx, holder, "/v1/agent/copies/inspect", HolderRequest{Ref: *ref}, &facts, s.step); err != nil {
 		return res, fmt.Errorf("inspect %s on %s: %w", req.Source, holder, err)
 	}
 	if facts.Engine == "" {
-		facts.Engine = s.engineOf(holder)
+		facts.Engine = s.engineOf(firstNonEmpty(origin, holder))
 	}
 	hosts, containers := s.view(ctx)
 	plan, err := MakePlan(PlanInput{Facts: facts, Host: req.Host, Name: req.Name, Count: req.Count, Hosts: hosts, Containers: containers})
@@ -206,6 +191,50 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest, ref *Ref) (Re
 	}
 	s.event(ctx, "", "copies", result)
 	return res, err
+}
+
+// source is an archive some host holds.
+type source struct {
+	ref    Ref
+	holder string // the host that keeps the file and pushes it
+	origin string // where the container ran, when known
+}
+
+// resolve names the holder of a stored archive. Snapshots live on their
+// store host. OCI checkpoint images (engine/archive, being added) resolve
+// here too: a source naming one becomes a Ref of a new kind whose holder
+// inspects and pushes it like a snapshot (Agent.resolve maps the kind to
+// the file).
+func (s *Service) resolve(ctx context.Context, id string) (source, error) {
+	if rec, err := s.snapshot(ctx, id); err == nil {
+		return source{ref: Ref{Kind: KindSnapshot, ID: rec.ID}, holder: rec.StoreHost, origin: rec.Host}, nil
+	}
+	return source{}, fmt.Errorf("%w: %s is neither a kept checkpoint nor a snapshot (orchestrate snapshots; orchestrate reboot --status)", cluster.ErrNotFound, id)
+}
+
+// restoreKept brings a kept checkpoint back as itself on the host that
+// keeps it.
+func (s *Service) restoreKept(ctx context.Context, req RestoreRequest, host string) (RestoreResult, error) {
+	res := RestoreResult{Source: req.Source, Kind: "kept", Host: host}
+	if req.Name != "" || req.Count > 1 {
+		return res, fmt.Errorf("%w: %s is a checkpoint kept after a failed restore: it comes back as itself (no --name or --count)", cluster.ErrInvalid, req.Source)
+	}
+	var c engine.Container
+	if err := s.call(ctx, host, "/v1/agent/checkpoints/restore", map[string]string{"id": req.Source}, &c, 0); err != nil {
+		return res, fmt.Errorf("restore kept checkpoint %s on %s: %w", req.Source, host, err)
+	}
+	res.Restored = &c
+	s.event(ctx, host, "kept checkpoint restored", fmt.Sprintf("%s as %s", req.Source, c.Name))
+	return res, nil
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, x := range s {
+		if x != "" {
+			return x
+		}
+	}
+	return ""
 }
 
 // findKept finds the host keeping checkpoint id: host when given, else
