@@ -1,11 +1,13 @@
 package copies
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -153,5 +155,22 @@ func TestPushResumesAfterCutAtHalf(t *testing.T) {
 	}
 	if _, err := target.Inspect(context.Background(), "bad-copy"); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("a failed copy left a container: %v", err)
+	}
+}
+
+func TestInspectDockerArchive(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	m := []byte(`{"format":1,"id":"abc","name":"web","image":"img","image_id":"sha256:1","memory_bytes":4096,"config":{"Labels":{"orchestrate.priority":"3"}},"host_config":{"NetworkMode":"host"}}`)
+	_ = tw.WriteHeader(&tar.Header{Name: dockerManifestEntry, Mode: 0o600, Size: int64(len(m)), Typeflag: tar.TypeReg})
+	_, _ = tw.Write(m)
+	_ = tw.Close()
+	path := filepath.Join(t.TempDir(), "d.tar")
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := InspectArchive(path, int64(buf.Len()), "sum")
+	if err != nil || f.Engine != "docker" || f.Container != "abc" || f.ImageID != "sha256:1" || !f.HostNetwork || len(f.Listening) != 1 || f.Labels["orchestrate.priority"] != "3" {
+		t.Fatalf("%+v %v", f, err)
 	}
 }
