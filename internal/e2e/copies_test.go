@@ -72,7 +72,7 @@ func TestE2ECopiesFromSnapshot(t *testing.T) {
 	}
 
 	// A name in use is refused before anything starts.
-	before := countContainers(t, h1) + countContainers(t, h2)
+	before := podmanCount(t, h1) + podmanCount(t, h2)
 	out, errOut, code = h2.CLI("restore", snap.ID, "--name", "cp", "--count", "3", "--host", h1.Name)
 	if code != 1 || !strings.Contains(errOut, "already exists") {
 		t.Fatalf("a clashing name: exit %d\n%s%s", code, out, errOut)
@@ -90,7 +90,7 @@ func TestE2ECopiesFromSnapshot(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "established TCP") {
 		t.Fatalf("a snapshot with a connection: exit %d\n%s%s", code, out, errOut)
 	}
-	if after := countContainers(t, h1) + countContainers(t, h2); after != before+1 {
+	if after := podmanCount(t, h1) + podmanCount(t, h2); after != before+1 {
 		t.Fatalf("refusals started something: %d containers, want %d", after, before+1)
 	}
 
@@ -111,7 +111,7 @@ func TestE2ECopiesFromSnapshot(t *testing.T) {
 	}
 }
 
-func countContainers(t *testing.T, h *simhost.AgentHost) int {
+func podmanCount(t *testing.T, h *simhost.AgentHost) int {
 	t.Helper()
 	out := h.MustRun("podman", "ps", "-aq")
 	return len(strings.Fields(out))

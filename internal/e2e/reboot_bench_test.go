@@ -90,7 +90,7 @@ func TestBenchLocalReboot(t *testing.T) {
 	h1.StartAgent()
 	allBack(h1)
 	localBack := time.Since(boot)
-	waitDone(t, h1, time.Minute)
+	waitRebootDone(t, h1, time.Minute)
 
 	var evs []eventRow
 	_ = h1.JSON(&evs, "events")

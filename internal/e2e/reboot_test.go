@@ -69,7 +69,7 @@ func readManifest(h *simhost.AgentHost) (manifestView, error) {
 	return m, json.Unmarshal(b, &m)
 }
 
-func states(m manifestView) string {
+func manifestStates(m manifestView) string {
 	var s []string
 	for _, e := range m.Entries {
 		s = append(s, e.Name+"="+e.State)
@@ -90,7 +90,7 @@ type rebootStatus struct {
 	} `json:"kept"`
 }
 
-func status(t *testing.T, h *simhost.AgentHost) rebootStatus {
+func rebootStatusOf(t *testing.T, h *simhost.AgentHost) rebootStatus {
 	t.Helper()
 	var st rebootStatus
 	if err := h.JSON(&st, "reboot", "--status"); err != nil {
@@ -100,7 +100,7 @@ func status(t *testing.T, h *simhost.AgentHost) rebootStatus {
 }
 
 // waitDone waits until the host's reboot sequence ended.
-func waitDone(t *testing.T, h *simhost.AgentHost, d time.Duration) rebootStatus {
+func waitRebootDone(t *testing.T, h *simhost.AgentHost, d time.Duration) rebootStatus {
 	t.Helper()
 	var st rebootStatus
 	waitUntil(t, d, func() error {
@@ -197,7 +197,7 @@ func TestE2ELocalRebootPodman(t *testing.T) {
 		}
 	}
 	t.Logf("agent start to all 3 answering: %.2fs", time.Since(boot).Seconds())
-	st := waitDone(t, h, 60*time.Second)
+	st := waitRebootDone(t, h, 60*time.Second)
 	if !strings.HasPrefix(st.Sequence.Outcome, "rebooted") || len(st.Kept) != 0 {
 		t.Fatalf("status %+v", st)
 	}
@@ -253,7 +253,7 @@ func TestE2ELocalRebootDocker(t *testing.T) {
 			t.Fatalf("%s after the reboot: %+v; before: %+v", name, after, reps[name])
 		}
 	}
-	if st := waitDone(t, h, 60*time.Second); !strings.HasPrefix(st.Sequence.Outcome, "rebooted") || len(st.Kept) != 0 {
+	if st := waitRebootDone(t, h, 60*time.Second); !strings.HasPrefix(st.Sequence.Outcome, "rebooted") || len(st.Kept) != 0 {
 		t.Fatalf("status %+v", st)
 	}
 }
@@ -282,7 +282,7 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 	waitUntil(t, 60*time.Second, func() error {
 		m, err := readManifest(h)
 		if err != nil || len(m.Entries) < 2 || m.Entries[0].State != "saved" {
-			return fmt.Errorf("manifest %v (%v)", states(m), err)
+			return fmt.Errorf("manifest %v (%v)", manifestStates(m), err)
 		}
 		fi, err := os.Stat(filepath.Join(rebootDir(h), "save", m.Entries[1].ID+".tar.partial"))
 		if err != nil || fi.Size() < 1<<20 {
@@ -292,7 +292,7 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 	})
 	h.StopAgent(syscall.SIGKILL)
 	m, _ := readManifest(h)
-	t.Logf("agent killed mid-checkpoint: %s", states(m))
+	t.Logf("agent killed mid-checkpoint: %s", manifestStates(m))
 	h.StartAgent()
 	waitRebootCommand(t, h, 90*time.Second)
 	m, err := readManifest(h)
@@ -301,20 +301,20 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 	}
 	// Corrupt the second container's checkpoint.
 	bad := m.Entries[1]
-	flipByte(t, filepath.Join(rebootDir(h), "save", bad.File), bad.Size/2)
+	flipArchiveByte(t, filepath.Join(rebootDir(h), "save", bad.File), bad.Size/2)
 	h.Reboot(t)
 	h.StartAgent()
 	// Kill the agent while the first restore is under way.
 	waitUntil(t, 60*time.Second, func() error {
 		m, err := readManifest(h)
 		if err != nil || len(m.Entries) < 3 || m.Entries[0].State != "restoring" {
-			return fmt.Errorf("manifest %v (%v)", states(m), err)
+			return fmt.Errorf("manifest %v (%v)", manifestStates(m), err)
 		}
 		return nil
 	})
 	m, _ = readManifest(h)
 	h.StopAgent(syscall.SIGKILL)
-	t.Logf("agent killed mid-restore: %s", states(m))
+	t.Logf("agent killed mid-restore: %s", manifestStates(m))
 	h.StartAgent()
 	for _, name := range []string{names[0], names[2]} {
 		after := h.WaitReport(ports[name], 90*time.Second)
@@ -322,7 +322,7 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 			t.Fatalf("%s after the reboot: %+v; before: %+v", name, after, reps[name])
 		}
 	}
-	st := waitDone(t, h, 60*time.Second)
+	st := waitRebootDone(t, h, 60*time.Second)
 	if len(st.Kept) != 1 || st.Kept[0].Name != bad.Name || !strings.Contains(st.Kept[0].Error, "does not match its manifest") {
 		t.Fatalf("kept %+v", st.Kept)
 	}
@@ -351,7 +351,7 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 		t.Fatalf("no event for the failed restore: %+v", evs)
 	}
 	// Repair the checkpoint and restore it by hand.
-	flipByte(t, filepath.Join(rebootDir(h), "kept", bad.ID, "checkpoint.tar"), bad.Size/2)
+	flipArchiveByte(t, filepath.Join(rebootDir(h), "kept", bad.ID, "checkpoint.tar"), bad.Size/2)
 	if out, errOut, code := h.CLI("restore", bad.ID); code != 0 {
 		t.Fatalf("restore %s: exit %d\n%s%s", bad.ID, code, out, errOut)
 	}
@@ -359,12 +359,12 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 	if after.Start != reps[bad.Name].Start || after.Checksum != reps[bad.Name].Checksum {
 		t.Fatalf("%s after `orchestrate restore`: %+v; before: %+v", bad.Name, after, reps[bad.Name])
 	}
-	if st := status(t, h); len(st.Kept) != 0 {
+	if st := rebootStatusOf(t, h); len(st.Kept) != 0 {
 		t.Fatalf("still kept: %+v", st.Kept)
 	}
 }
 
-func flipByte(t *testing.T, path string, at int64) {
+func flipArchiveByte(t *testing.T, path string, at int64) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -428,7 +428,7 @@ func TestE2ERebootReturnAfterDrain(t *testing.T) {
 	})
 	continued(t, h2, port, mid)
 	onlyOn(t, c, "ret", h2)
-	st := waitDone(t, h2, 60*time.Second)
+	st := waitRebootDone(t, h2, 60*time.Second)
 	if !strings.HasPrefix(st.Sequence.Outcome, "rebooted; 1 returned") {
 		t.Fatalf("outcome %q", st.Sequence.Outcome)
 	}
