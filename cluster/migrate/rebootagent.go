@@ -155,7 +155,9 @@ func (p *PolicyAgent) pass(ctx context.Context) time.Duration {
 		p.note(ctx, "waiting: "+why)
 		return min(idle, 5*time.Second)
 	case policy.RebootAcquireLock:
-		p.acquire(ctx, seq, reason)
+		if !p.acquire(ctx, seq, reason) {
+			return 2 * time.Second // another host holds the slot: ask again later, not every pass
+		}
 	case policy.RebootChooseMode:
 		p.chooseMode(ctx, seq)
 	case policy.RebootDrain:
@@ -289,12 +291,12 @@ func (p *PolicyAgent) note(ctx context.Context, what string) {
 }
 
 // acquire starts a sequence (recorded before anything is done for it) and
-// takes a reboot slot.
-func (p *PolicyAgent) acquire(ctx context.Context, seq *reboot.Sequence, reason string) {
+// takes a reboot slot; false when it could not.
+func (p *PolicyAgent) acquire(ctx context.Context, seq *reboot.Sequence, reason string) bool {
 	if !seq.Active() {
 		seq = &reboot.Sequence{Reason: reason, Requested: p.Reboot.Mode, Phase: reboot.PhaseActive, Started: p.Now().UTC()}
 		if p.setSequence(seq) != nil {
-			return
+			return false
 		}
 		p.event(ctx, EventTrigger+"/"+policy.KindRebootPending, "reboot pending", reason, nil)
 	}
@@ -302,9 +304,10 @@ func (p *PolicyAgent) acquire(ctx context.Context, seq *reboot.Sequence, reason 
 		Reason: seq.Reason, At: p.Now().UTC()})
 	if err != nil {
 		p.note(ctx, "waiting for the reboot lock: "+err.Error())
-		return
+		return false
 	}
 	p.event(ctx, EventReboot, "lock acquired", seq.Reason, nil)
+	return true
 }
 
 // chooseMode fixes the sequence's mode; auto asks the leader for a drain
@@ -383,8 +386,7 @@ func ObserveDrain(host string, hosts []cluster.Host, cs []engine.Container, recs
 			d.Left = append(d.Left, c.Name)
 		}
 	}
-	sort := slices.Sorted(slices.Values(d.Left))
-	d.Left = sort
+	slices.Sort(d.Left)
 	d.Drained = d.Cordoned && d.InFlight == 0 && len(d.Left) == 0
 	return d
 }
