@@ -86,6 +86,9 @@ type Config struct {
 			Concurrency     int
 			Window          string
 			CheckInterval   time.Duration
+			Mode            string
+			Return          bool
+			Timeout         time.Duration
 		}
 		Rebalance struct {
 			Schedule  string
@@ -168,6 +171,9 @@ var keys = func() []key {
 		{"policy.reboot.concurrency", kInt, 1, "hosts that may reboot at once", func(c *Config, v any) { c.Policy.Reboot.Concurrency = v.(int) }},
 		{"policy.reboot.window", kString, "", "when reboots may start, e.g. \"Mon-Fri 02:00-05:00 Europe/Berlin\"", func(c *Config, v any) { c.Policy.Reboot.Window = v.(string) }},
 		{"policy.reboot.check_interval", kDuration, time.Minute, "how often to check for a pending reboot", func(c *Config, v any) { c.Policy.Reboot.CheckInterval = v.(time.Duration) }},
+		{"policy.reboot.mode", kString, "drain", "drain, local (checkpoint to this host's disk and restore after the boot) or auto", func(c *Config, v any) { c.Policy.Reboot.Mode = v.(string) }},
+		{"policy.reboot.return", kBool, false, "after a drain and reboot, live-migrate the containers that left back", func(c *Config, v any) { c.Policy.Reboot.Return = v.(bool) }},
+		{"policy.reboot.timeout", kDuration, 10 * time.Minute, "how long the host may take to go down after the reboot command", func(c *Config, v any) { c.Policy.Reboot.Timeout = v.(time.Duration) }},
 		{"policy.rebalance.schedule", kString, "", "cron schedule of rebalancing (empty: off)", func(c *Config, v any) { c.Policy.Rebalance.Schedule = v.(string) }},
 		{"policy.rebalance.threshold", kFloat, 0.2, "memory spread (max-min used/capacity) that triggers moves", func(c *Config, v any) { c.Policy.Rebalance.Threshold = v.(float64) }},
 		{"policy.rebalance.max_moves", kInt, 3, "moves per rebalance at most", func(c *Config, v any) { c.Policy.Rebalance.MaxMoves = v.(int) }},
@@ -572,6 +578,7 @@ func (c Config) RebootConfig() policy.RebootConfig {
 	r := c.Policy.Reboot
 	rc.Enabled, rc.SentinelFile, rc.Concurrency, rc.Window = r.Enabled, r.SentinelFile, r.Concurrency, r.Window
 	rc.SentinelCommand, rc.Command = strings.Fields(r.SentinelCommand), strings.Fields(r.Command)
+	rc.Mode, rc.Return, rc.Timeout = policy.RebootMode(strings.ToLower(strings.TrimSpace(r.Mode))), r.Return, r.Timeout
 	return rc
 }
 

@@ -142,6 +142,7 @@ type Agent struct {
 	c      Cluster
 	st     *store
 	log    *slog.Logger
+	files  snapshotFiles // resumable snapshot transfers (resumable.go)
 
 	pruneMu sync.Mutex
 }
@@ -156,6 +157,7 @@ func NewAgent(cfg Config, eng Engine, sender Streamer, c Cluster) *Agent {
 // Register adds the host's routes and the snapshot stream handler.
 func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindSnapshot, a.handleSnapshot)
+	a.registerSnapshotFiles(streams)
 	mux.HandleFunc("POST /v1/agent/forensics/checkpoint", a.checkpointStream)
 	mux.HandleFunc("POST /v1/agent/forensics/snapshot", a.snapshot)
 	mux.HandleFunc("POST /v1/agent/forensics/commit", a.commit)
@@ -368,7 +370,7 @@ func (a *Agent) Snapshot(ctx context.Context, req HostCheckpointRequest) (rec cl
 	defer done()
 	hdr := transfer.StreamHeader{Kind: KindSnapshot, ID: rec.ID, Meta: map[string]string{"container": c.ID, "name": c.Name}}
 	var st engine.Stats
-	out, _, err := a.sender.Stream(ctx, addr, hdr, func(w io.Writer) error {
+	out, err := a.sendSnapshot(ctx, addr, storeHost, hdr, func(w io.Writer) error {
 		var err error
 		st, err = a.checkpointWithFacts(ctx, c.ID, w, req.LeaveRunning)
 		return err
