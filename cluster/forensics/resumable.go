@@ -85,6 +85,12 @@ func (a *Agent) handleSnapshotFile(ctx context.Context, h transfer.StreamHeader,
 	if !validID(h.ID) {
 		return nil, fmt.Errorf("snapshot file: bad id %q", h.ID)
 	}
+	// The same authorisation as a streamed snapshot: only the member
+	// holding the pending upload for this store host may hand one in.
+	if err := a.authorizeUpload(ctx, h.ID, senderOf(ctx)); err != nil {
+		a.log.Warn("refused snapshot file", "snapshot", h.ID, "sender", senderOf(ctx), "err", err)
+		return nil, err
+	}
 	size, err := strconv.ParseInt(h.Meta["size"], 10, 64)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot file %s: size %q", h.ID, h.Meta["size"])

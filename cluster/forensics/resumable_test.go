@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/engine/enginetest"
 	"github.com/edgemigrate/orchestrate/internal/linkcut"
@@ -23,6 +24,31 @@ import (
 type resMux struct{}
 
 func (resMux) HandleFunc(string, func(http.ResponseWriter, *http.Request)) {}
+
+// pendingLocks is the replicated state a store host reads to authorise an
+// upload: only its locks.
+type pendingLocks []cluster.Lock
+
+func (p pendingLocks) Locks() []cluster.Lock { return p }
+
+// The other Cluster methods are not used by the store side of an upload.
+func (pendingLocks) Name() string                                    { return "h2" }
+func (pendingLocks) Members() []cluster.Member                       { return nil }
+func (pendingLocks) PeerClient(string) (*cluster.Client, error)      { return nil, cluster.ErrNotFound }
+func (pendingLocks) PS(context.Context) cluster.PSResult             { return cluster.PSResult{} }
+func (pendingLocks) Snapshots() []cluster.SnapshotRecord             { return nil }
+func (pendingLocks) Migrations() []cluster.MigrationRecord           { return nil }
+func (pendingLocks) DeleteSnapshots(context.Context, []string) error { return nil }
+func (pendingLocks) ReleaseLock(context.Context, string, string) error {
+	return nil
+}
+func (pendingLocks) Snapshot(id string) (cluster.SnapshotRecord, error) {
+	return cluster.SnapshotRecord{}, cluster.ErrNotFound
+}
+func (pendingLocks) PutSnapshot(context.Context, cluster.SnapshotRecord) error { return nil }
+func (pendingLocks) AcquireLock(context.Context, cluster.AcquireLockRequest) error {
+	return nil
+}
 
 // A snapshot on its way into another host's store survives a link cut at
 // half way: the upload resumes where it stopped, sends only the rest, and
@@ -39,11 +65,15 @@ func TestSnapshotTransferResumesAfterCutAtHalf(t *testing.T) {
 	sum := sha256.Sum256(archive.Bytes())
 	pair := linkcut.NewPair(t, filepath.Join(dir, "store"), size/2)
 	log := slog.New(slog.DiscardHandler)
-	store := NewAgent(Config{Host: "h2", DataDir: filepath.Join(dir, "store"), Logger: log}, nil, nil, nil)
+	id := NewID(time.Now())
+	// The replicated state says the pair's client is sending this snapshot
+	// into h2 (the store host accepts nothing else).
+	pend := pendingLocks{cluster.Lock{Name: uploadLock(id), Limit: 1, Holders: map[string]cluster.LockHolder{
+		linkcut.ClientNode: {Holder: linkcut.ClientNode, Reason: uploadReason("h2", c.ID), AcquiredAt: time.Now()}}}}
+	store := NewAgent(Config{Host: "h2", DataDir: filepath.Join(dir, "store"), Logger: log}, nil, nil, pend)
 	store.Register(resMux{}, pair.Server)
 	src := NewAgent(Config{Host: "h1", DataDir: filepath.Join(dir, "src"), Logger: log}, eng, pair.Client, nil)
 	src.SetStage(filepath.Join(dir, "src", "stage"))
-	id := NewID(time.Now())
 	out, err := src.sendSnapshot(context.Background(), pair.Addr, "h2", transfer.StreamHeader{Kind: KindSnapshot, ID: id},
 		func(w io.Writer) error { _, err := w.Write(archive.Bytes()); return err })
 	if err != nil {

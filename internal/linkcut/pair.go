@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/edgemigrate/orchestrate/transfer"
 )
 
@@ -17,6 +19,20 @@ type Pair struct {
 	Addr     string
 	Dialer   *Dialer
 	SpoolDir string
+}
+
+// ClientNode is the member name the pair's server gives its client (its
+// handlers see it as the stream's sender).
+const ClientNode = "client"
+
+// namedKeys authorises the client key and names it ClientNode.
+type namedKeys struct{ *transfer.KeySet }
+
+func (k namedKeys) Identify(key ssh.PublicKey) (string, bool) {
+	if k.Authorized(key) {
+		return ClientNode, true
+	}
+	return "", false
 }
 
 // NewPair starts a transfer server on loopback with its spool in dir and a
@@ -34,7 +50,8 @@ func NewPair(t testing.TB, dir string, cutAfter int64) *Pair {
 	}
 	p := &Pair{Dialer: &Dialer{After: cutAfter}, SpoolDir: filepath.Join(dir, "spool")}
 	scfg := transfer.DefaultServerConfig()
-	scfg.HostKey, scfg.Authorizer, scfg.SpoolDir = hostKey, transfer.NewKeySet(clientKey.PublicKey()), p.SpoolDir
+	scfg.HostKey, scfg.SpoolDir = hostKey, p.SpoolDir
+	scfg.Authorizer = namedKeys{transfer.NewKeySet(clientKey.PublicKey())}
 	if p.Server, err = transfer.NewServer(scfg); err != nil {
 		t.Fatal(err)
 	}
