@@ -67,6 +67,10 @@ type Config struct {
 	Logger      *slog.Logger
 }
 
+// ImageSource is what turning a checkpoint image into an archive needs
+// from the engine (forensics.ImageSource; engine/podman has it).
+type ImageSource = forensics.ImageSource
+
 // Agent is one host's steps: inspecting and pushing the archives it holds,
 // and starting copies from archives pushed into its spool. eng, spool and
 // up may be nil on a host without an engine (it can still hold uploads).
@@ -97,6 +101,19 @@ func (a *Agent) Register(mux Mux) {
 	mux.HandleFunc("POST /v1/agent/copies/drop", a.route(func(ctx context.Context, req HolderRequest) (any, error) {
 		return nil, a.drop(req.Ref)
 	}))
+	mux.HandleFunc("POST /v1/agent/copies/stage-image", func(w http.ResponseWriter, r *http.Request) {
+		var req StageImageRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil || req.Image == "" {
+			cluster.WriteError(w, fmt.Errorf("%w: want {\"image\": REF}", cluster.ErrInvalid))
+			return
+		}
+		ref, err := a.stageImage(r.Context(), req)
+		if err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		cluster.WriteJSON(w, http.StatusOK, ref)
+	})
 	mux.HandleFunc("POST /v1/agent/copies/restore", func(w http.ResponseWriter, r *http.Request) {
 		var req StartRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Spool == "" || len(req.Names) == 0 {
@@ -215,6 +232,37 @@ func (a *Agent) Stage(id string, r io.Reader) (transfer.Staged, error) {
 		return st, err
 	}
 	return st, nil
+}
+
+// StageImageRequest asks a host to turn a checkpoint image into an archive
+// it holds for copies.
+type StageImageRequest struct {
+	Image     string `json:"image"`
+	TLSVerify *bool  `json:"tls_verify,omitempty"`
+}
+
+// stageImage pulls the checkpoint image when the engine lacks it, and keeps
+// the checkpoint archive it holds as an upload (verified: a wrong layer
+// digest fails the stream, and nothing is kept). The caller drops it once
+// the copies started.
+func (a *Agent) stageImage(ctx context.Context, req StageImageRequest) (Ref, error) {
+	src, ok := a.eng.(ImageSource)
+	if a.eng == nil || !ok {
+		return Ref{}, fmt.Errorf("%w: %s's engine has no checkpoint images", cluster.ErrInvalid, a.cfg.Host)
+	}
+	reg := engine.RegistryOptions{TLSVerify: req.TLSVerify == nil || *req.TLSVerify}
+	rc, info, err := forensics.CheckpointImageArchive(ctx, src, req.Image, reg)
+	if err != nil {
+		return Ref{}, err
+	}
+	defer rc.Close()
+	ref := Ref{Kind: KindUpload, ID: "image-" + newID()}
+	st, err := a.Stage(ref.ID, rc)
+	if err != nil {
+		return Ref{}, fmt.Errorf("checkpoint image %s: %w", req.Image, err)
+	}
+	a.log.Info("checkpoint image staged for copies", "image", req.Image, "id", info.ID, "bytes", st.Size)
+	return ref, nil
 }
 
 func (a *Agent) drop(ref Ref) error {

@@ -21,11 +21,17 @@ import (
 // RestoreRequest is POST /v1/restore (and the query of
 // /v1/restore/archive).
 type RestoreRequest struct {
-	// Source is a kept checkpoint's ID or a snapshot's ID.
+	// Source is a kept checkpoint's ID or a snapshot's ID; with Image, it
+	// is the checkpoint image's reference.
 	Source string `json:"source"`
 	Host   string `json:"host,omitempty"`
 	Name   string `json:"name,omitempty"`
 	Count  int    `json:"count,omitempty"`
+	// Image: Source is a checkpoint image (orchestrate checkpoint --image),
+	// on a host's Podman or in a registry. TLSVerify (default true) applies
+	// to a pull.
+	Image     bool  `json:"image,omitempty"`
+	TLSVerify *bool `json:"tls_verify,omitempty"`
 }
 
 // RestoreResult answers a restore.
@@ -125,6 +131,18 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest, ref *Ref) (Re
 	holder, origin := s.c.Name(), ""
 	if ref != nil {
 		res.Kind = "archive"
+	} else if req.Image {
+		// The image's host (--host, else this agent) turns it into an
+		// archive it holds; from there it goes like an uploaded archive.
+		holder = firstNonEmpty(req.Host, s.c.Name())
+		var staged Ref
+		if err := s.call(ctx, holder, "/v1/agent/copies/stage-image", StageImageRequest{Image: req.Source, TLSVerify: req.TLSVerify}, &staged, 0); err != nil {
+			return res, fmt.Errorf("checkpoint image %s on %s: %w", req.Source, holder, err)
+		}
+		defer func() {
+			_ = s.call(context.WithoutCancel(ctx), holder, "/v1/agent/copies/drop", HolderRequest{Ref: staged}, nil, s.step)
+		}()
+		res.Kind, ref = "image", &staged
 	} else {
 		// A kept checkpoint first: its IDs never look like snapshot IDs.
 		if host, ok, err := s.findKept(ctx, req.Source, req.Host); err != nil {

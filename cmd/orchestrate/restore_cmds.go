@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -17,9 +18,10 @@ import (
 func newRestoreCmd() *cobra.Command {
 	var f clientFlags
 	var req copies.RestoreRequest
+	tlsVerify := true
 	cmd := &cobra.Command{
-		Use:   "restore SNAPSHOT-ID|CHECKPOINT-ID|ARCHIVE [--host H] [--name N] [--count K]",
-		Short: "Start copies from a snapshot or archive, or retry a kept checkpoint",
+		Use:   "restore SNAPSHOT-ID|CHECKPOINT-ID|ARCHIVE|--image IMAGE [--host H] [--name N] [--count K]",
+		Short: "Start copies from a snapshot, archive or checkpoint image, or retry a kept checkpoint",
 		Long: `Restore starts copies of a container from a stored snapshot (orchestrate
 snapshots) or from a checkpoint archive file (orchestrate checkpoint --output):
 each copy gets a new name (--name, numbered with --count; default NAME-copy)
@@ -29,6 +31,12 @@ fitting hosts. Clashes are refused before anything starts: a name in use, a
 checkpoint holding established TCP connections (a copy cannot take them
 over), two copies of a container on the host's network that listens, or one
 next to its original.
+
+With --image, the argument is a checkpoint image (orchestrate checkpoint
+--image): on --host's Podman (default: the agent's own host), or pulled
+from its registry there (--tls-verify=false for a local registry without
+TLS). It must carry Podman's checkpoint annotations and a single layer,
+whose digest is checked before any copy starts.
 
 Given the ID of a checkpoint kept after a failed local restore (orchestrate
 reboot --status, orchestrate events), restore retries it: the container
@@ -43,7 +51,13 @@ Exit 0 when everything started, 1 otherwise.`,
 			}
 			ctx := cmd.Context()
 			var res copies.RestoreResult
-			if fi, err := os.Stat(a[0]); err == nil && fi.Mode().IsRegular() {
+			if req.Image || !tlsVerify {
+				if !req.Image {
+					return usageError{errors.New("--tls-verify applies to --image only")}
+				}
+				req.TLSVerify = &tlsVerify
+			}
+			if fi, err := os.Stat(a[0]); err == nil && fi.Mode().IsRegular() && !req.Image {
 				file, err := os.Open(a[0])
 				if err != nil {
 					return err
@@ -96,6 +110,8 @@ Exit 0 when everything started, 1 otherwise.`,
 	cmd.Flags().StringVar(&req.Host, "host", "", "start the copies on this host (default: placement decides)")
 	cmd.Flags().StringVar(&req.Name, "name", "", "the copy's name; with --count, NAME-1..NAME-K (default: the original's name with -copy)")
 	cmd.Flags().IntVar(&req.Count, "count", 1, "how many copies")
+	cmd.Flags().BoolVar(&req.Image, "image", false, "the argument is a checkpoint image (orchestrate checkpoint --image)")
+	cmd.Flags().BoolVar(&tlsVerify, "tls-verify", true, "with --image: verify the registry's TLS certificate when pulling")
 	f.add(cmd)
 	return cmd
 }

@@ -34,7 +34,9 @@ import (
 //     --tls-verify=false it is pushed;
 //  4. h1 pulls it back and restores it through
 //     forensics.CheckpointImageArchive and the Podman engine;
-//  5. --output writes the image as an OCI archive that `podman load` reads.
+//  5. --output writes the image as an OCI archive that `podman load` reads;
+//  6. `orchestrate restore --image` pulls the pushed image onto h2 and
+//     starts a copy there with a new name and the same memory.
 func TestE2ECheckpointImage(t *testing.T) {
 	c := simhost.NewCluster(t, 2)
 	h1, h2 := c.Hosts[0], c.Hosts[1]
@@ -141,6 +143,24 @@ func TestE2ECheckpointImage(t *testing.T) {
 		t.Errorf("loaded OCI archive: checkpoint name %q", got)
 	}
 	continued(t, h1, port, again)
+
+	// 6. orchestrate restore --image: h2 pulls the pushed image (plain HTTP
+	// registry: --tls-verify=false) and starts a copy under a new name; the
+	// stopped ci1 left on h2 by step 3 goes first, its port is the copy's.
+	h2.MustRun("podman", "rm", "-f", "-t", "0", "ci1")
+	start = time.Now()
+	out, errOut, code = h1.CLI("restore", "--image", res.Image, "--host", h2.Name, "--name", "ci1-copy", "--tls-verify=false")
+	if code != 0 {
+		t.Fatalf("restore --image: exit %d\n%s%s", code, out, errOut)
+	}
+	copied := continued(t, h2, port, restored)
+	t.Logf("restore --image on %s: %s; counter %d, checksum %s\n%s", h2.Name, time.Since(start).Round(time.Millisecond), copied.Counter, copied.Checksum, out)
+	if !h2.Running("ci1-copy") {
+		t.Fatal("no ci1-copy on h2")
+	}
+	if out, errOut, code := h1.CLI("restore", "snap-x", "--tls-verify=false"); code != 2 {
+		t.Errorf("--tls-verify without --image: exit %d, want 2\n%s%s", code, out, errOut)
+	}
 
 	// Usage errors: exit 2, before anything is asked of an agent.
 	for _, args := range [][]string{
