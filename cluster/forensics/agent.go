@@ -85,7 +85,16 @@ type Config struct {
 	// the pending upload that authorises an arriving stream.
 	ReplicaWait time.Duration
 	// Grep bounds a fleet-wide search on this store host.
-	Grep   GrepLimits
+	Grep GrepLimits
+	// ImageRegistry is where checkpoint images built on this host are
+	// pushed (forensics.image_registry, "host[:port][/path]"); empty: they
+	// are only loaded into the host's engine.
+	ImageRegistry string
+	// InsecureRegistry turns off TLS verification (and allows plain HTTP)
+	// for pushes (forensics.image_registry_tls_verify: false). Only for a
+	// local test registry.
+	InsecureRegistry bool
+
 	Logger *slog.Logger
 	// Now is the clock (tests may replace it).
 	Now func() time.Time
@@ -133,6 +142,7 @@ type Agent struct {
 	c      Cluster
 	st     *store
 	log    *slog.Logger
+	files  snapshotFiles // resumable snapshot transfers (resumable.go)
 
 	pruneMu sync.Mutex
 }
@@ -147,12 +157,14 @@ func NewAgent(cfg Config, eng Engine, sender Streamer, c Cluster) *Agent {
 // Register adds the host's routes and the snapshot stream handler.
 func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindSnapshot, a.handleSnapshot)
+	a.registerSnapshotFiles(streams)
 	mux.HandleFunc("POST /v1/agent/forensics/checkpoint", a.checkpointStream)
 	mux.HandleFunc("POST /v1/agent/forensics/snapshot", a.snapshot)
 	mux.HandleFunc("POST /v1/agent/forensics/commit", a.commit)
 	mux.HandleFunc("GET /v1/agent/forensics/file/{id}", a.file)
 	mux.HandleFunc("POST /v1/agent/forensics/remove", a.remove)
 	mux.HandleFunc("POST /v1/agent/forensics/grep", a.grep)
+	mux.HandleFunc("POST /v1/agent/forensics/image", a.image)
 }
 
 // RemoveRequest names a snapshot to remove.
@@ -358,7 +370,7 @@ func (a *Agent) Snapshot(ctx context.Context, req HostCheckpointRequest) (rec cl
 	defer done()
 	hdr := transfer.StreamHeader{Kind: KindSnapshot, ID: rec.ID, Meta: map[string]string{"container": c.ID, "name": c.Name}}
 	var st engine.Stats
-	out, _, err := a.sender.Stream(ctx, addr, hdr, func(w io.Writer) error {
+	out, err := a.sendSnapshot(ctx, addr, storeHost, hdr, func(w io.Writer) error {
 		var err error
 		st, err = a.checkpointWithFacts(ctx, c.ID, w, req.LeaveRunning)
 		return err
@@ -504,6 +516,7 @@ func (a *Agent) prune(ctx context.Context, ret Retention) ([]string, error) {
 		a.log.Info("removing unrecorded snapshot file", "path", path)
 		_ = os.Remove(path)
 	}
+	a.staleSpools(now, a.cfg.OrphanGrace)
 	return drop, nil
 }
 

@@ -25,6 +25,15 @@
 // file, and removes files it holds no record for once they are old enough
 // that no record can still be in flight.
 //
+// A checkpoint image (`orchestrate checkpoint --image NAME`, image.go) is a
+// snapshot wrapped as Podman's own `checkpoint --create-image` wraps one:
+// the container's host spools the archive under <data_dir>/images, builds
+// the OCI image (engine/archive) and loads it into its engine, pushing it
+// to forensics.image_registry when one is set, or streams it back as an OCI
+// archive. CheckpointImageArchive is the other end: it turns a checkpoint
+// image on a host (pulled when missing) back into the archive stream an
+// engine's Restore takes.
+//
 // Snapshots taken through the agent carry its host facts (CRIU and kernel
 // versions, architecture) inside the archive (engine/archive.HostFactsFile),
 // since neither CRIU's images nor Podman's archive record them.
@@ -38,7 +47,9 @@
 // Routes (registered on the cluster API, so they carry its auth):
 //
 //	POST /v1/checkpoint                 CheckpointRequest; answers the archive
-//	                                    (Store false) or a SnapshotRecord (Store true)
+//	                                    (Store false) or a SnapshotRecord (Store true),
+//	                                    or with Image an ImageResult (or the OCI
+//	                                    archive, ImageArchive)
 //	GET  /v1/snapshots                  []cluster.SnapshotRecord, oldest first
 //	GET  /v1/snapshots/{id}             one record
 //	GET  /v1/snapshots/{id}/archive     the stored archive, from its store host
@@ -51,6 +62,8 @@
 //	POST /v1/snapshots/grep             GrepRequest; every store host searches its own
 //	                                    snapshots (no archive moves); GrepResult
 //	POST /v1/agent/forensics/grep       the store host: search the snapshots it holds
+//	POST /v1/agent/forensics/image      the container's host: ImageRequest; a checkpoint
+//	                                    image loaded (and pushed), or streamed
 //
 // A streamed archive's outcome comes in HTTP trailers after the body:
 // TrailerResult (a CheckpointResult as JSON) on success, TrailerError

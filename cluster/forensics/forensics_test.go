@@ -159,7 +159,11 @@ type simHost struct {
 	w       *world
 }
 
-func newWorld(t *testing.T, names ...string) *world {
+func newWorld(t *testing.T, names ...string) *world { return newWorldWith(t, nil, names...) }
+
+// newWorldWith is newWorld with each host's engine made by mk (nil: a
+// plain fake engine holding the image "img").
+func newWorldWith(t *testing.T, mk func(host string) Engine, names ...string) *world {
 	w := &world{t: t, recs: map[string]cluster.SnapshotRecord{}, locks: map[string]cluster.Lock{}, hosts: map[string]*simHost{}}
 	dir, err := os.MkdirTemp("", "fx")
 	if err != nil {
@@ -168,9 +172,13 @@ func newWorld(t *testing.T, names ...string) *world {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	for _, n := range names {
 		h := &simHost{name: n, sock: filepath.Join(dir, n+".sock"), mux: http.NewServeMux(), handler: map[string]transfer.Handler{}, w: w}
-		fake := enginetest.NewFake()
-		fake.AddImage("img")
-		h.eng = fake
+		if mk != nil {
+			h.eng = mk(n)
+		} else {
+			fake := enginetest.NewFake()
+			fake.AddImage("img")
+			h.eng = fake
+		}
 		w.hosts[n] = h
 		cfg := DefaultConfig()
 		cfg.Host, cfg.DataDir = n, filepath.Join(dir, n)
@@ -192,7 +200,26 @@ func newWorld(t *testing.T, names ...string) *world {
 // engineOf lets a test swap a host's engine after the agent was made.
 type engineProxy struct{ h *simHost }
 
-func engineOf(h *simHost) Engine { return engineProxy{h} }
+func engineOf(h *simHost) Engine {
+	if _, ok := h.eng.(engine.CheckpointImages); ok {
+		return imageProxy{engineProxy{h}}
+	}
+	return engineProxy{h}
+}
+
+// imageProxy is engineProxy for an engine that builds checkpoint images.
+type imageProxy struct{ engineProxy }
+
+func (e imageProxy) images() engine.CheckpointImages { return e.h.eng.(engine.CheckpointImages) }
+func (e imageProxy) HostInfo(ctx context.Context) (engine.HostInfo, error) {
+	return e.images().HostInfo(ctx)
+}
+func (e imageProxy) LoadImage(ctx context.Context, r io.Reader) (string, error) {
+	return e.images().LoadImage(ctx, r)
+}
+func (e imageProxy) PushImage(ctx context.Context, ref string, o engine.RegistryOptions) error {
+	return e.images().PushImage(ctx, ref, o)
+}
 
 func (e engineProxy) Checkpoint(ctx context.Context, id string, w io.Writer, o engine.CheckpointOptions) (engine.Stats, error) {
 	return e.h.eng.Checkpoint(ctx, id, w, o)

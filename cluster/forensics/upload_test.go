@@ -60,6 +60,15 @@ func TestSnapshotStreamAuthorization(t *testing.T) {
 	if _, _, err := w.Stream(ctx, "h2:7922", transfer.StreamHeader{Kind: KindSnapshot, ID: id}, func(io.Writer) error { return nil }); err == nil {
 		t.Fatal("a stream from an unknown sender was accepted")
 	}
+	// A snapshot handed in as an uploaded spool file needs the same
+	// pending upload: a member without one is refused before the spool is
+	// touched.
+	fctx := transfer.ContextWithSender(ctx, "h3")
+	if _, err := store.agent.handleSnapshotFile(fctx, transfer.StreamHeader{Kind: KindSnapshotFile, ID: id,
+		Meta: map[string]string{"spool": id + ".tar", "size": "18", "sha256": "x"}}, strings.NewReader("")); err == nil ||
+		!strings.Contains(err.Error(), "not from h3") {
+		t.Fatalf("forged snapshot file: %v", err)
+	}
 	if files := ls(t, store.agent.st.dir); len(files) != 0 {
 		t.Fatalf("refused streams left files: %v", files)
 	}

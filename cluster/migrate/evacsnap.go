@@ -104,6 +104,11 @@ func runSnapshots(ctx context.Context, s Snapshotter, targets []snapTarget, wind
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
+			// Started: if the window closes before it ends, it was cut,
+			// not skipped, even though this goroutine may record it late.
+			mu.Lock()
+			out[i].ran = true
+			mu.Unlock()
 			start := time.Now()
 			err := s.Snapshot(ctx, t.host, t.id, reason)
 			if err != nil && ctx.Err() != nil {

@@ -24,11 +24,11 @@ func newCheckpointCmd() *cobra.Command {
 	var output string
 	var keep int
 	var maxAge time.Duration
-	var asJSON bool
+	var asJSON, tlsVerify bool
 	f.output = "table"
 	cmd := &cobra.Command{
-		Use:   "checkpoint CONTAINER (--output FILE | --store)",
-		Short: "Take a forensic snapshot of a container: to a local file or into the snapshot store",
+		Use:   "checkpoint CONTAINER (--output FILE | --store | --image NAME [--output FILE])",
+		Short: "Take a forensic snapshot of a container: to a local file, into the snapshot store, or as a checkpoint image",
 		Long: `Take a consistent snapshot (a Podman checkpoint archive) of a container.
 
 With --leave-running the container keeps running after a brief freeze; the
@@ -46,14 +46,37 @@ of --store-host (default: the agent's forensics.store_host, else the
 container's own host), recorded in the replicated state. The store host keeps
 at most forensics.retention.count snapshots of at most
 forensics.retention.max_age (10, 168h); --keep and --max-age override them.
-List them with 'orchestrate snapshots', read them with 'orchestrate inspect'.`,
+List them with 'orchestrate snapshots', read them with 'orchestrate inspect'.
+
+--image NAME builds a checkpoint image, as 'podman container checkpoint
+--create-image' does: an OCI image whose one layer holds the archive, with
+Podman's checkpoint annotations. It is loaded into the Podman of the
+container's host, and pushed when a registry is configured there
+(forensics.image_registry) or given with --registry: the image is then named
+REGISTRY/NAME. Plain Podman restores it anywhere with 'podman container
+restore NAME' (after 'podman pull', or 'podman save --format oci-archive' and
+'podman load': the default docker-archive format drops the annotations).
+TLS is verified unless --tls-verify=false (or
+forensics.image_registry_tls_verify: false), which also allows plain HTTP: for
+a local test registry only. With --output FILE the image is written there as
+an OCI archive ('podman load -i FILE') instead, and neither loaded nor pushed.`,
 		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			if (output == "") == !req.Store {
-				return usageError{errors.New("give exactly one of --output FILE and --store")}
+			switch {
+			case req.Image != "" && req.Store:
+				return usageError{errors.New("--image and --store exclude each other")}
+			case req.Image != "" && output != "" && req.Registry != "":
+				return usageError{errors.New("--registry pushes a loaded image; with --output the image is only written")}
+			case req.Image == "" && (output == "") == !req.Store:
+				return usageError{errors.New("give exactly one of --output FILE, --store and --image NAME")}
+			case req.Image == "" && (req.Registry != "" || cmd.Flags().Changed("tls-verify")):
+				return usageError{errors.New("--registry and --tls-verify need --image")}
 			}
 			if req.StoreHost != "" && !req.Store {
 				return usageError{errors.New("--store-host needs --store")}
+			}
+			if cmd.Flags().Changed("tls-verify") {
+				req.TLSVerify = &tlsVerify
 			}
 			if asJSON {
 				f.output = "json"
@@ -68,7 +91,44 @@ List them with 'orchestrate snapshots', read them with 'orchestrate inspect'.`,
 			}
 			ctx := cmd.Context()
 			out := cmd.OutOrStdout()
-			if req.Store {
+			switch {
+			case req.Image != "" && output == "":
+				res, err := forensics.BuildImage(ctx, cl, req)
+				if err != nil {
+					return err
+				}
+				if f.output == "json" {
+					return printJSON(out, res)
+				}
+				where := "loaded into Podman on " + res.Host
+				if res.Pushed {
+					where += " and pushed"
+				}
+				fmt.Fprintf(out, "checkpoint image %s of %s: %s (image ID %.12s, checkpoint %s)\n", res.Image, res.Name, where, res.ImageID, bytesHuman(res.LayerSize))
+				printFreeze(out, res.LeaveRunning, res.Stats.FrozenTime, res.Stats.Duration)
+				return nil
+			case req.Image != "":
+				stream := func(w io.Writer) (forensics.ImageResult, error) { return forensics.StreamImage(ctx, cl, req, w) }
+				var res forensics.ImageResult
+				if output == "-" {
+					res, err = stream(out)
+					out = cmd.ErrOrStderr()
+				} else {
+					res, err = writeArchive(output, stream)
+				}
+				if err != nil {
+					return err
+				}
+				if f.output == "json" {
+					return printJSON(out, struct {
+						forensics.ImageResult
+						File string `json:"file"`
+					}{res, output})
+				}
+				fmt.Fprintf(out, "checkpoint image %s of %s on %s written to %s as an OCI archive: %s, sha256 %s\n", res.Image, res.Name, res.Host, output, bytesHuman(res.Size), res.SHA256)
+				printFreeze(out, res.LeaveRunning, res.Stats.FrozenTime, res.Stats.Duration)
+				return nil
+			case req.Store:
 				if req.Reason == "" {
 					req.Reason = "operator"
 				}
@@ -117,22 +177,26 @@ List them with 'orchestrate snapshots', read them with 'orchestrate inspect'.`,
 	fl.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	fl.StringVar(&req.Host, "host", "", "the host the container runs on (default: ask every host)")
 	fl.BoolVar(&req.LeaveRunning, "leave-running", false, "keep the container running after a brief freeze")
-	fl.StringVar(&output, "output", "", "write the archive to this file (\"-\": stdout)")
+	fl.StringVar(&output, "output", "", "write the archive (with --image: the image as an OCI archive) to this file (\"-\": stdout)")
 	fl.BoolVar(&req.Store, "store", false, "keep the archive in the cluster's snapshot store")
 	fl.StringVar(&req.StoreHost, "store-host", "", "the store host (default: forensics.store_host, else the container's host)")
 	fl.StringVar(&req.Reason, "reason", "", "why, recorded with a stored snapshot")
 	fl.IntVar(&keep, "keep", 0, "store retention: keep this many snapshots on the store host (default: its forensics.retention.count)")
 	fl.DurationVar(&maxAge, "max-age", 0, "store retention: drop snapshots older than this (default: its forensics.retention.max_age)")
+	fl.StringVar(&req.Image, "image", "", "build a checkpoint image by this name, loaded into Podman on the container's host")
+	fl.StringVar(&req.Registry, "registry", "", "push the image to this registry, host[:port][/path] (default: the host's forensics.image_registry)")
+	fl.BoolVar(&tlsVerify, "tls-verify", true, "verify the registry's TLS certificate; false also allows plain HTTP (a local test registry only; default: the host's forensics.image_registry_tls_verify)")
 	return cmd
 }
 
 // writeArchive writes a streamed archive to path.partial and renames it
 // once the stream is known to be whole; on error no file is left.
-func writeArchive(path string, stream func(io.Writer) (forensics.CheckpointResult, error)) (forensics.CheckpointResult, error) {
+func writeArchive[R any](path string, stream func(io.Writer) (R, error)) (R, error) {
 	partial := path + ".partial"
 	f, err := os.OpenFile(partial, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
-		return forensics.CheckpointResult{}, err
+		var zero R
+		return zero, err
 	}
 	res, err := stream(f)
 	if cerr := f.Close(); err == nil {

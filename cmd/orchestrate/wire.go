@@ -14,8 +14,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/cluster/copies"
 	"github.com/edgemigrate/orchestrate/cluster/forensics"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
+	"github.com/edgemigrate/orchestrate/cluster/reboot"
 	"github.com/edgemigrate/orchestrate/config"
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/policy"
@@ -63,8 +65,14 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	c.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 
 	pa := &migrate.PolicyAgent{Host: cfg.Node.Name, Store: c, Lead: c, Log: logger.With("part", "policy"),
-		Reboot: cfg.RebootConfig(), CheckInterval: cfg.Policy.Reboot.CheckInterval}
+		Reboot: cfg.RebootConfig(), CheckInterval: cfg.Policy.Reboot.CheckInterval, Dir: filepath.Join(cfg.Node.DataDir, "reboot")}
 	pa.Checker = policy.NewRebootChecker(pa.Reboot)
+	if eng != nil {
+		rcfg := reboot.DefaultConfig()
+		rcfg.Dir, rcfg.Host, rcfg.Logger, rcfg.Metrics = pa.Dir, cfg.Node.Name, logger.With("part", "reboot"), reboot.NewMetrics(reg)
+		pa.Local, pa.Containers = reboot.NewStore(rcfg, eng), eng
+	}
+	pa.RegisterReboot(c)
 	if cfg.Policy.Spot.Provider != spot.None {
 		sc := cfg.SpotConfig()
 		sc.Logger = logger.With("part", "spot")
@@ -78,6 +86,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 			pa.Spot = src
 		}
 	}
+
+	cpcfg := copies.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "copies")}
+	var copier *copies.Agent
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Run(gctx) })
@@ -109,14 +120,22 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		pc := migrate.DefaultPrecopyConfig()
 		pc.Dir, pc.MaxBaseBytes = filepath.Join(cfg.Node.DataDir, "precopy"), int64(cfg.Transfer.MaxFileBytes)
 		ma.SetPrecopy(pc)
+		ma.SetImageStage(filepath.Join(cfg.Node.DataDir, "stage"))
 		ma.Register(c, srv)
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),
-			Retention: forensics.Retention{Count: cfg.Forensics.Retention.Count, MaxAge: cfg.Forensics.Retention.MaxAge}}
+			Retention:     forensics.Retention{Count: cfg.Forensics.Retention.Count, MaxAge: cfg.Forensics.Retention.MaxAge},
+			ImageRegistry: cfg.Forensics.ImageRegistry, InsecureRegistry: !cfg.Forensics.ImageRegistryTLSVerify}
 		fa := forensics.NewAgent(fcfg, eng, client, c)
+		fa.SetStage(filepath.Join(cfg.Node.DataDir, "stage"))
 		fa.Register(c, srv)
 		g.Go(func() error { return fa.Run(gctx) })
 		g.Go(func() error { return srv.Run(gctx) })
+		copier = copies.NewAgent(cpcfg, c, eng, srv, client)
+	} else {
+		copier = copies.NewAgent(cpcfg, c, nil, nil, nil)
 	}
+	copier.Register(c)
+	copies.NewService(c, copier).Register(c)
 	return g.Wait()
 }

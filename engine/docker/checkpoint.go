@@ -497,7 +497,7 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	}
 	// What the archive's host config would grant, judged by this host's
 	// policy; bind sources must exist here.
-	if err := e.checkSpec(root, manifestSpec(m)); err != nil {
+	if err := e.checkSpec(root, manifestSpec(m), opts.Local); err != nil {
 		return fail(err)
 	}
 

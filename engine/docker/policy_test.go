@@ -43,7 +43,7 @@ func TestRestoreSpecOf(t *testing.T) {
 	}
 	// The zero policy refuses all of it, naming each.
 	e := &Engine{}
-	err := e.checkSpec("", s)
+	err := e.checkSpec("", s, false)
 	if !errors.Is(err, engine.ErrPolicy) {
 		t.Fatalf("checkSpec: %v", err)
 	}
@@ -55,13 +55,18 @@ func TestRestoreSpecOf(t *testing.T) {
 	// Binds are judged where their links lead: /etc/ssl/certs is under
 	// /etc/ssl, a link elsewhere is not.
 	e.cfg.Policy = engine.RestorePolicy{AllowedBindPaths: []string{"/usr/share"}}
-	if err := e.checkSpec("", engine.RestoreSpec{Binds: []string{"/usr/share/zoneinfo"}}); err != nil {
+	if err := e.checkSpec("", engine.RestoreSpec{Binds: []string{"/usr/share/zoneinfo"}}, false); err != nil {
 		t.Fatalf("allowed bind: %v", err)
 	}
-	if err := e.checkSpec("", engine.RestoreSpec{Binds: []string{"/usr/share/../../etc"}}); !errors.Is(err, engine.ErrPolicy) {
+	if err := e.checkSpec("", engine.RestoreSpec{Binds: []string{"/usr/share/../../etc"}}, false); !errors.Is(err, engine.ErrPolicy) {
 		t.Fatalf("a bind out of the allowed path: %v", err)
 	}
-	if err := e.checkSpec("", engine.RestoreSpec{Binds: []string{"/usr/share/no-such-dir"}}); !errors.Is(err, ErrUnsupported) || errors.Is(err, engine.ErrPolicy) {
+	if err := e.checkSpec("", engine.RestoreSpec{Binds: []string{"/usr/share/no-such-dir"}}, false); !errors.Is(err, ErrUnsupported) || errors.Is(err, engine.ErrPolicy) {
 		t.Fatalf("a missing bind source: %v", err)
+	}
+	// A host's own archive (a local reboot) is not judged; its binds must
+	// still exist.
+	if err := e.checkSpec("", s, true); errors.Is(err, engine.ErrPolicy) {
+		t.Fatalf("a local archive was judged: %v", err)
 	}
 }

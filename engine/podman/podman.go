@@ -302,7 +302,10 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	if opts.Name != "" {
 		q.Set("name", opts.Name)
 	}
-	src := &stickyReader{r: e.checkArchive(r)} // the restore policy (policy.go)
+	src := &stickyReader{r: r}
+	if !opts.Local {
+		src.r = e.checkArchive(r) // the restore policy (policy.go)
+	}
 	sc := newScanner()
 	resp, err := e.do(ctx, http.MethodPost, "/containers/import/restore", q, io.TeeReader(src, sc))
 	if err == nil {
