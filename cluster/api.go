@@ -35,8 +35,9 @@ import (
 //	GET  /v1/migrations       []MigrationRecord; /v1/migrations/{id} one
 //	GET  /v1/locks            []Lock
 //	GET  /v1/events?since=N   []Event with raft index > N
-//	POST /v1/apply            a framed FSM command (type byte + JSON);
-//	                          applied on the leader, forwarded there if needed
+//	POST /v1/apply            a framed FSM command (type byte + JSON), validated
+//	                          in full, of a type members may write (not migration
+//	                          records); applied on the leader, forwarded there if needed
 //
 // Other packages add routes with Cluster.Handle; they get the same auth.
 type API struct {
@@ -86,6 +87,12 @@ const forwardedHeader = "X-Orchestrate-Forwarded"
 func (a *API) apply(w http.ResponseWriter, r *http.Request) {
 	b, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	if err != nil {
+		writeError(w, err)
+		return
+	}
+	// Validated in full before anything reaches raft, and only of the
+	// types members may write through another agent.
+	if err := checkForwarded(b); err != nil {
 		writeError(w, err)
 		return
 	}

@@ -184,9 +184,15 @@ func New(cfg Config) (*Cluster, error) {
 		CPUs: runtime.NumCPU(), Kernel: kernelRelease(), Labels: cfg.Labels,
 		HostKey: rawKey(c.hostKey.PublicKey()), ClientKey: rawKey(c.clientKey.PublicKey()),
 	}
+	c.fsm.log = c.logger.With("part", "fsm")
 	c.api = newAPI(c)
 	return c, nil
 }
+
+// StateChanged is poked (at most one pending) whenever the replicated state
+// changes on this replica. The leader's migration reconciler is its one
+// reader.
+func (c *Cluster) StateChanged() <-chan struct{} { return c.fsm.changed }
 
 // Name is this agent's node name.
 func (c *Cluster) Name() string { return c.cfg.NodeName }

@@ -395,11 +395,16 @@ func (c *Cluster) Status() Status {
 const applyTimeout = 15 * time.Second
 
 // apply frames a command and applies it on the leader: directly when this
-// agent leads, else forwarded over the API. While no leader is known (an
-// election) it waits, until ctx ends.
+// agent leads, else forwarded over the API (for the types members may
+// forward; the others fail with ErrNotLeader). While no leader is known (an
+// election) it waits, until ctx ends. The command is validated first:
+// nothing malformed reaches raft.
 func (c *Cluster) apply(ctx context.Context, t MessageType, req any) error {
 	b, err := encodeCommand(t, req)
 	if err != nil {
+		return err
+	}
+	if _, _, err := decodeCommand(b); err != nil {
 		return err
 	}
 	if err := c.applyRaw(ctx, b, false); err != nil {
@@ -408,6 +413,9 @@ func (c *Cluster) apply(ctx context.Context, t MessageType, req any) error {
 	return nil
 }
 
+// applyRaw applies a framed, validated command. forwarded marks one that
+// another agent sent here (POST /v1/apply): it is applied only if this
+// agent leads, and never forwarded again.
 func (c *Cluster) applyRaw(ctx context.Context, b []byte, forwarded bool) error {
 	if len(b) == 0 {
 		return ErrInvalid
@@ -417,9 +425,10 @@ func (c *Cluster) applyRaw(ctx context.Context, b []byte, forwarded bool) error 
 		ctx, cancel = context.WithTimeout(ctx, applyTimeout)
 		defer cancel()
 	}
+	leaderOnly := !commands[MessageType(b[0])&^IgnoreUnknownTypeFlag].forwarding
 	for {
-		err := c.tryApply(ctx, b, forwarded)
-		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) && !errors.Is(err, errUnreachable) || forwarded {
+		err := c.tryApply(ctx, b, forwarded || leaderOnly)
+		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) && !errors.Is(err, errUnreachable) || forwarded || leaderOnly {
 			return err
 		}
 		select {

@@ -154,14 +154,7 @@ func (co *Coordinator) Run(ctx context.Context) error {
 }
 
 func batchOf(m cluster.MigrationRecord) (string, int) {
-	key, _ := m.Extra["batch"].(string)
-	par := 1
-	if p, ok := m.Extra["parallel"].(float64); ok && p >= 1 {
-		par = int(p)
-	}
-	if p, ok := m.Extra["parallel"].(int); ok && p >= 1 {
-		par = p
-	}
+	key, par := m.Batch, max(m.Parallel, 1)
 	if key == "" {
 		key = m.ID
 	}
@@ -350,7 +343,7 @@ func (co *Coordinator) Migrate(ctx context.Context, req MigrateRequest) (cluster
 			return cluster.MigrationRecord{}, fmt.Errorf("%w: %v", cluster.ErrInvalid, err)
 		}
 	}
-	rec, err := co.record(ctx, l, to, nil)
+	rec, err := co.record(ctx, l, to, cluster.MigrationRecord{})
 	if err != nil {
 		return rec, err
 	}
@@ -377,20 +370,15 @@ func (co *Coordinator) hasImage(ctx context.Context, host, imageID string) (bool
 }
 
 // record stores a new Planned migration for l to host to.
-func (co *Coordinator) record(ctx context.Context, l located, to string, extra map[string]any) (cluster.MigrationRecord, error) {
+func (co *Coordinator) record(ctx context.Context, l located, to string, plan cluster.MigrationRecord) (cluster.MigrationRecord, error) {
 	if co.busy(l.c.ID) {
 		return cluster.MigrationRecord{}, fmt.Errorf("migrate %s: %w", l.c.Name, ErrBusy)
 	}
 	now := co.cfg.Now().UTC()
-	if extra == nil {
-		extra = map[string]any{}
-	}
-	extra["name"], extra["image"] = l.c.Name, l.c.ImageID
-	rec := cluster.MigrationRecord{
-		ID: newID(), Container: l.c.ID, From: l.host, To: to, Phase: Planned,
-		History:   []cluster.PhaseChange{{Phase: Planned, At: now, Note: fmt.Sprintf("%s: %s -> %s", l.c.Name, l.host, to)}},
-		StartedAt: now, Extra: extra,
-	}
+	rec := plan
+	rec.ID, rec.Container, rec.Name, rec.Image, rec.From, rec.To, rec.Phase = newID(), l.c.ID, l.c.Name, l.c.ImageID, l.host, to, Planned
+	rec.History = []cluster.PhaseChange{{Phase: Planned, At: now, Note: fmt.Sprintf("%s: %s -> %s", l.c.Name, l.host, to)}}
+	rec.StartedAt = now
 	if err := co.store.PutMigration(ctx, cluster.PutMigrationRequest{Record: rec, IfAbsent: true}); err != nil {
 		return cluster.MigrationRecord{}, fmt.Errorf("record migration of %s: %w", l.c.Name, err)
 	}
@@ -510,11 +498,7 @@ func (co *Coordinator) Drain(ctx context.Context, req DrainRequest) (DrainResult
 				l = x
 			}
 		}
-		extra := map[string]any{"batch": res.Batch, "parallel": par, "drain": req.Host}
-		if !deadline.IsZero() {
-			extra["deadline"] = deadline.UTC().Format(time.RFC3339Nano)
-		}
-		rec, err := co.record(ctx, l, mv.To, extra)
+		rec, err := co.record(ctx, l, mv.To, cluster.MigrationRecord{Batch: res.Batch, Parallel: par, Drain: req.Host, Deadline: deadline.UTC()})
 		if err != nil {
 			res.Moves = append(res.Moves, DrainMove{Container: mv.Container, Name: names[mv.Container], Skipped: err.Error()})
 			continue
@@ -536,7 +520,7 @@ func EvacuationModel(maxParallel int) policy.MigrationModel {
 
 // drive takes m from its current phase to Done or RolledBack.
 func (co *Coordinator) drive(ctx context.Context, m cluster.MigrationRecord) {
-	log := co.log.With("migration", m.ID, "container", m.Extra["name"], "from", m.From, "to", m.To)
+	log := co.log.With("migration", m.ID, "container", m.Name, "from", m.From, "to", m.To)
 	d := &driver{co: co, ctx: ctx, m: m, log: log}
 	switch {
 	case m.Phase == Planned:
@@ -584,19 +568,17 @@ func (d *driver) step(ev Event) error {
 }
 
 func (d *driver) name() string {
-	if s, ok := d.m.Extra["name"].(string); ok && s != "" {
-		return s
+	if d.m.Name != "" {
+		return d.m.Name
 	}
 	return d.m.Container
 }
 
 // run is the happy path from Planned.
 func (d *driver) run() {
-	if dl, ok := d.m.Extra["deadline"].(string); ok {
-		if t, err := time.Parse(time.RFC3339Nano, dl); err == nil && d.co.cfg.Now().After(t) {
-			d.rollback("drain deadline passed before this migration started; the container was not touched")
-			return
-		}
+	if !d.m.Deadline.IsZero() && d.co.cfg.Now().After(d.m.Deadline) {
+		d.rollback("drain deadline passed before this migration started; the container was not touched")
+		return
 	}
 	target, ok := d.member(d.m.To)
 	if !ok || target.Status != cluster.StatusAlive {
@@ -604,7 +586,7 @@ func (d *driver) run() {
 		return
 	}
 	// The image goes first, while the container still runs.
-	if img, _ := d.m.Extra["image"].(string); img != "" {
+	if img := d.m.Image; img != "" {
 		has, err := d.co.hasImage(d.ctx, d.m.To, img)
 		if err != nil {
 			d.rollback(fmt.Sprintf("ask %s for image %s: %v", d.m.To, short(img), err))
@@ -627,7 +609,7 @@ func (d *driver) run() {
 	sctx, cancel := context.WithTimeout(d.ctx, d.co.cfg.MigrationTimeout)
 	defer cancel()
 	body, err := d.co.agents.Stream(sctx, d.m.From, "/v1/agent/migrate-out",
-		OutRequest{Migration: d.m.ID, Container: d.m.Container, TargetHost: d.m.To, TargetAddr: target.TransferAddr, Deadline: deadlineOf(d.m.Extra)})
+		OutRequest{Migration: d.m.ID, Container: d.m.Container, TargetHost: d.m.To, TargetAddr: target.TransferAddr, Deadline: d.m.Deadline})
 	if err != nil {
 		d.reconcileOr(fmt.Sprintf("migrate-out on %s: %v", d.m.From, err))
 		return
@@ -647,10 +629,10 @@ func (d *driver) run() {
 			// Times come from the source; they are stamped before Apply.
 			_ = d.step(Event{Kind: p.Kind, At: p.At, Bytes: p.Bytes, Checkpoint: p.Checkpoint})
 		case progPrecopy:
-			d.m.Extra = p.Precopy.record(d.m.Extra) // stored with the next step
+			p.Precopy.record(&d.m) // stored with the next step
 		case progRestored:
 			restored = true
-			d.m.Extra = p.Precopy.record(d.m.Extra)
+			p.Precopy.record(&d.m)
 			d.m.Bytes, d.m.Compression = p.Bytes, p.Compression
 			if p.Checkpoint != nil {
 				d.m.Checkpoint = *p.Checkpoint
@@ -660,7 +642,7 @@ func (d *driver) run() {
 			}
 		case EvFailed:
 			failure = p.Err
-			d.m.Extra = p.Precopy.record(d.m.Extra)
+			p.Precopy.record(&d.m)
 		}
 	}
 	if d.ctx.Err() != nil {

@@ -347,7 +347,7 @@ func TestCoordinatorTakesOver(t *testing.T) {
 				}
 			}
 			rec := cluster.MigrationRecord{ID: "m1", Container: c.ID, From: "h1", To: "h2", Phase: Transferring,
-				StartedAt: time.Now(), Extra: map[string]any{"name": "app"}}
+				StartedAt: time.Now(), Name: "app"}
 			w.store.recs[rec.ID] = rec
 			w.leader(t)
 			end := w.waitEnd(t, "m1")

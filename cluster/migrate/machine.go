@@ -163,13 +163,11 @@ func Next(m cluster.MigrationRecord, ev Event) (cluster.MigrationRecord, error) 
 		}
 		to = f
 	}
-	if ev.Kind == EvFrozen {
-		n.Extra = withFrozenAt(m.Extra, ev.At)
+	if ev.Kind == EvFrozen && n.FrozenAt.IsZero() {
+		n.FrozenAt = ev.At
 	}
-	if ev.Kind == EvRunning {
-		if at, ok := frozenAt(n.Extra); ok {
-			n.Downtime = ev.At.Sub(at)
-		}
+	if ev.Kind == EvRunning && !n.FrozenAt.IsZero() {
+		n.Downtime = ev.At.Sub(n.FrozenAt)
 	}
 	n.Phase = to
 	n.History = append(n.History, cluster.PhaseChange{Phase: to, At: ev.At, Note: ev.Note})
@@ -184,28 +182,4 @@ func noteOr(note, def string) string {
 		return note
 	}
 	return def
-}
-
-const frozenKey = "frozen_at"
-
-// withFrozenAt records when the container froze: downtime runs from then
-// until the target reports it running.
-func withFrozenAt(extra map[string]any, at time.Time) map[string]any {
-	out := make(map[string]any, len(extra)+1)
-	for k, v := range extra {
-		out[k] = v
-	}
-	if _, ok := out[frozenKey]; !ok {
-		out[frozenKey] = at.UTC().Format(time.RFC3339Nano)
-	}
-	return out
-}
-
-func frozenAt(extra map[string]any) (time.Time, bool) {
-	s, ok := extra[frozenKey].(string)
-	if !ok {
-		return time.Time{}, false
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	return t, err == nil
 }

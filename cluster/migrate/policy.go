@@ -224,7 +224,7 @@ func (co *Coordinator) Rebalance(ctx context.Context, dryRun bool) (RebalanceRes
 		l := byID[mv.Container]
 		dm := DrainMove{Container: mv.Container, Name: l.c.Name, To: mv.To}
 		if !dryRun {
-			rec, err := co.record(ctx, l, mv.To, map[string]any{"batch": batch, "parallel": 1, "rebalance": true})
+			rec, err := co.record(ctx, l, mv.To, cluster.MigrationRecord{Batch: batch, Parallel: 1, Rebalance: true})
 			if err != nil {
 				dm.Skipped = err.Error()
 			} else {

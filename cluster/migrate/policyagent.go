@@ -310,8 +310,8 @@ func (p *PolicyAgent) abortReboot(ctx context.Context, why string) {
 }
 
 func recName(m cluster.MigrationRecord) string {
-	if n, _ := m.Extra["name"].(string); n != "" {
-		return n
+	if m.Name != "" {
+		return m.Name
 	}
 	return short(m.Container)
 }

@@ -36,17 +36,18 @@ type migrationJSON struct {
 }
 
 func toJSON(m cluster.MigrationRecord) migrationJSON {
-	name, _ := m.Extra["name"].(string)
-	method, _ := m.Extra["method"].(string)
-	saved, _ := m.Extra["bytes_saved"].(float64)
-	return migrationJSON{ID: m.ID, Container: m.Container, Name: name, From: m.From, To: m.To, Phase: m.Phase,
+	var saved int64
+	if m.Precopy != nil {
+		saved = m.Precopy.BytesSaved
+	}
+	return migrationJSON{ID: m.ID, Container: m.Container, Name: m.Name, From: m.From, To: m.To, Phase: m.Phase,
 		Started: m.StartedAt, Finished: m.FinishedAt, DowntimeMS: m.Downtime.Milliseconds(), Bytes: m.Bytes,
-		Compression: m.Compression, Method: method, BytesSaved: int64(saved), Error: m.Error}
+		Compression: m.Compression, Method: m.Method, BytesSaved: saved, Error: m.Error}
 }
 
 func recName(m cluster.MigrationRecord) string {
-	if n, _ := m.Extra["name"].(string); n != "" {
-		return n
+	if m.Name != "" {
+		return m.Name
 	}
 	return shortID(m.Container)
 }
@@ -359,9 +360,8 @@ func newMigrationsCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tCONTAINER\tFROM\tTO\tPHASE\tSTARTED\tDOWNTIME\tBYTES\tMETHOD\tERROR")
 			for _, m := range recs {
-				method, _ := m.Extra["method"].(string)
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, recName(m), m.From, m.To, m.Phase,
-					m.StartedAt.Local().Format("15:04:05"), m.Downtime.Round(time.Millisecond), bytesHuman(m.Bytes), method, m.Error)
+					m.StartedAt.Local().Format("15:04:05"), m.Downtime.Round(time.Millisecond), bytesHuman(m.Bytes), m.Method, m.Error)
 			}
 			return tw.Flush()
 		},
