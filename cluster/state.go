@@ -76,6 +76,9 @@ type MigrationRecord struct {
 	Method string `json:"method,omitempty"`
 
 	// What happened.
+	// SourceAsked: the leader has asked the source to migrate out; from
+	// then on a rollback must undo whatever the source did.
+	SourceAsked bool          `json:"source_asked,omitempty"`
 	Bytes       int64         `json:"bytes,omitempty"`
 	Compression string        `json:"compression,omitempty"`
 	Downtime    time.Duration `json:"downtime,omitempty"` // measured on one host's clock
@@ -83,7 +86,7 @@ type MigrationRecord struct {
 	Restore     engine.Stats  `json:"restore_stats"`
 	// Precopy is what the source's pre-copy did (rounds, bytes saved).
 	Precopy *PrecopyReport `json:"precopy,omitempty"`
-	// FrozenAt is when the source reported the freeze, on its own clock
+	// FrozenAt is when the leader learnt of the freeze, on its clock
 	// (informational: downtime is never computed across two clocks).
 	FrozenAt time.Time `json:"frozen_at,omitzero"`
 	// Untouched: the rollback has nothing to undo (the container was never

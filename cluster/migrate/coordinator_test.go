@@ -27,6 +27,19 @@ type fakeStore struct {
 	recs    map[string]cluster.MigrationRecord
 	hosts   map[string]cluster.Host
 	events  map[string]cluster.Event
+	// failPut, when set, decides whether a write fails (as a raft apply
+	// that timed out).
+	failPut func(cluster.MigrationRecord) bool
+	changed chan struct{}
+}
+
+func (s *fakeStore) StateChanged() <-chan struct{} { return s.changed }
+
+func (s *fakeStore) poke() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
 }
 
 func (s *fakeStore) Members() []cluster.Member {
@@ -65,7 +78,11 @@ func (s *fakeStore) PutMigration(ctx context.Context, req cluster.PutMigrationRe
 	if req.IfPhase != "" && (!ok || cur.Phase != req.IfPhase) {
 		return cluster.ErrConflict
 	}
+	if s.failPut != nil && s.failPut(req.Record) {
+		return errors.New("injected: raft apply timed out")
+	}
 	s.recs[req.Record.ID] = req.Record
+	s.poke()
 	return nil
 }
 
@@ -195,7 +212,7 @@ func (s streamer) Stream(ctx context.Context, peer string, hdr transfer.StreamHe
 
 func newWorld(t *testing.T, names ...string) *world {
 	w := &world{hosts: map[string]*fakeHost{}, store: &fakeStore{recs: map[string]cluster.MigrationRecord{},
-		hosts: map[string]cluster.Host{}, events: map[string]cluster.Event{}}}
+		hosts: map[string]cluster.Host{}, events: map[string]cluster.Event{}, changed: make(chan struct{}, 1)}}
 	for _, n := range names {
 		h := &fakeHost{name: n, eng: enginetest.NewFake(), mux: http.NewServeMux(), streams: map[string]transfer.Handler{}}
 		NewAgent(n, h.eng, streamer{w}, nil).Register(h.mux, h)
@@ -209,7 +226,7 @@ func newWorld(t *testing.T, names ...string) *world {
 // leader runs a coordinator term until the test ends (or stop is called).
 func (w *world) leader(t *testing.T) (*Coordinator, func()) {
 	cfg := DefaultConfig()
-	cfg.StepTimeout, cfg.MigrationTimeout = 5*time.Second, 20*time.Second
+	cfg.StepTimeout, cfg.MigrationTimeout, cfg.Tick = 5*time.Second, 20*time.Second, 50*time.Millisecond
 	co := NewCoordinator(cfg, w.store, w)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -224,6 +241,24 @@ func (w *world) leader(t *testing.T) (*Coordinator, func()) {
 	stop := func() { cancel(); <-done }
 	t.Cleanup(stop)
 	return co, stop
+}
+
+// setDown makes a host answer nothing and gossip report it dead (or brings
+// it back).
+func (w *world) setDown(name string, down bool) {
+	w.mu.Lock()
+	w.hosts[name].down = down
+	w.mu.Unlock()
+	w.store.mu.Lock()
+	defer w.store.mu.Unlock()
+	for i := range w.store.members {
+		if w.store.members[i].Name == name {
+			w.store.members[i].Status, w.store.members[i].Since = cluster.StatusAlive, time.Now()
+			if down {
+				w.store.members[i].Status = cluster.StatusDead
+			}
+		}
+	}
 }
 
 func (w *world) waitEnd(t *testing.T, id string) cluster.MigrationRecord {
@@ -295,20 +330,16 @@ func TestCoordinatorRollbacks(t *testing.T) {
 		{"restore fails", func(w *world) {
 			w.hosts["h2"].eng.FailRestore = func(engine.Container) error { return errors.New("injected restore failure") }
 		}, "injected restore failure"},
-		{"restore runs but the target is gone at confirmation", func(w *world) {
+		{"restore runs but the target dies before confirmation", func(w *world) {
 			w.hosts["h2"].eng.FailRestore = func(engine.Container) error {
-				w.mu.Lock()
-				w.hosts["h2"].down = true // answers nothing from now on
-				w.mu.Unlock()
-				go func() { // and comes back, so the rollback can clean it
+				w.setDown("h2", true) // answers nothing, gossip says dead
+				go func() {           // and comes back, so the rollback can clean it
 					time.Sleep(300 * time.Millisecond)
-					w.mu.Lock()
-					w.hosts["h2"].down = false
-					w.mu.Unlock()
+					w.setDown("h2", false)
 				}()
 				return nil
 			}
-		}, "confirm on h2"},
+		}, "not alive to confirm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, "h1", "h2")

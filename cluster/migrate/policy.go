@@ -219,7 +219,6 @@ func (co *Coordinator) Rebalance(ctx context.Context, dryRun bool) (RebalanceRes
 	}
 	res.SpreadAfter = policy.Spread(after)
 	batch := newID()
-	sem := make(chan struct{}, 1)
 	for _, mv := range moves {
 		l := byID[mv.Container]
 		dm := DrainMove{Container: mv.Container, Name: l.c.Name, To: mv.To}
@@ -229,7 +228,7 @@ func (co *Coordinator) Rebalance(ctx context.Context, dryRun bool) (RebalanceRes
 				dm.Skipped = err.Error()
 			} else {
 				dm.Migration = rec.ID
-				co.start(rec, sem)
+				co.poke()
 			}
 		}
 		res.Moves = append(res.Moves, dm)

@@ -254,6 +254,9 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 }
 
 func (r *PrecopyReport) clone() *PrecopyReport {
+	if r == nil {
+		return nil
+	}
 	c := *r
 	c.Rounds = append([]PrecopyRound(nil), r.Rounds...)
 	c.ExtraFreezes = append([]time.Duration(nil), r.ExtraFreezes...)
