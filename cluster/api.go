@@ -302,6 +302,7 @@ var errorCodes = []struct {
 	{ErrConflict, "conflict", http.StatusConflict},
 	{ErrInvalid, "invalid", http.StatusBadRequest},
 	{ErrUnauthorized, "unauthorized", http.StatusUnauthorized},
+	{ErrForbidden, "forbidden", http.StatusForbidden},
 }
 
 // WriteError writes err as the API's JSON error, with the status and code

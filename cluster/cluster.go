@@ -136,6 +136,8 @@ type Cluster struct {
 	members map[string]*memberEntry
 	acks    map[string]time.Time // last direct probe ack, by member
 
+	signer *stepSigner // this leader's step key, while it leads (mu)
+
 	peerOnce sync.Once
 	peerHTTP *http.Client
 

@@ -56,6 +56,8 @@ func (t MessageType) String() string {
 		return "put-snapshot"
 	case DeleteSnapshotsType:
 		return "delete-snapshots"
+	case PutTermKeyType:
+		return "put-term-key"
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
 }
@@ -328,6 +330,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return f.applyPutSnapshot(*req)
 	case *DeleteSnapshotsRequest:
 		return f.applyDeleteSnapshots(*req)
+	case *PutTermKeyRequest:
+		return f.applyPutTermKey(l.Term, *req)
 	}
 	return fmt.Errorf("%s: no apply function: %w", t, ErrInvalid)
 }

@@ -235,6 +235,11 @@ func (c *Cluster) leaderTerm(ctx context.Context) {
 	}
 	c.logger.Info("leadership acquired", "barrier", time.Since(start))
 	c.setMeta(func(m *nodeMeta) { m.InRaft = true })
+	if err := c.startTerm(ctx); err != nil {
+		c.logger.Error("leader term not started", "err", err)
+		return
+	}
+	defer c.endTerm()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.reconcileLoop(gctx) })
 	if c.cfg.LeaderLoop != nil {

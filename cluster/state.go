@@ -202,6 +202,8 @@ type state struct {
 	Locks      map[string]Lock            `json:"locks"`
 	Events     []Event                    `json:"events"`
 	Snapshots  map[string]SnapshotRecord  `json:"snapshots,omitempty"`
+	// TermKey is the newest leader's public step key (termkey.go).
+	TermKey *TermKey `json:"term_key,omitempty"`
 }
 
 func newState() *state {
@@ -218,6 +220,11 @@ func (s *state) clone() *state {
 		c.Locks[k] = l.clone()
 	}
 	maps.Copy(c.Snapshots, s.Snapshots)
+	if s.TermKey != nil {
+		k := *s.TermKey
+		k.PublicKey = slices.Clone(k.PublicKey)
+		c.TermKey = &k
+	}
 	c.Events = make([]Event, len(s.Events))
 	for i, e := range s.Events {
 		e.Data = maps.Clone(e.Data)

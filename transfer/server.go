@@ -120,7 +120,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 				s.log.Warn("refused client key", "remote", meta.RemoteAddr().String(), "user", meta.User(), "key", ssh.FingerprintSHA256(key))
 				return nil, fmt.Errorf("key %s not authorised", ssh.FingerprintSHA256(key))
 			}
-			return &ssh.Permissions{Extensions: map[string]string{"key": ssh.FingerprintSHA256(key)}}, nil
+			perms := &ssh.Permissions{Extensions: map[string]string{"key": ssh.FingerprintSHA256(key)}}
+			if ma, ok := cfg.Authorizer.(MemberAuthorizer); ok {
+				perms.Extensions[memberExtension], _ = ma.AuthorizedMember(key)
+			}
+			return perms, nil
 		},
 	}
 	s.sshCfg.AddHostKey(cfg.HostKey)
@@ -295,7 +299,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.serveStream(ctx, log, ch)
+				s.serveStream(withPeer(ctx, sc.Permissions.Extensions[memberExtension]), log, ch)
 			}()
 		case "session":
 			if s.root == nil {

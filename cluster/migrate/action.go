@@ -83,7 +83,8 @@ const (
 	TargetUnknown TargetState = iota
 	TargetRunning
 	TargetNotRunning
-	// TargetUnreachable: the target's agent did not answer.
+	// TargetUnreachable: the target's agent did not answer, or could not
+	// tell (its engine failed).
 	TargetUnreachable
 )
 
@@ -111,11 +112,17 @@ type Observation struct {
 	OutErr       string
 	OutUntouched bool
 	// Target is the container's state on the target, looked at after Out
-	// ended.
-	Target TargetState
+	// ended; TargetTries counts the looks that got no answer.
+	Target      TargetState
+	TargetTries int
 	// TargetAborted: the target confirmed it holds no copy (this term).
 	TargetAborted bool
 }
+
+// TargetTries is how many times the leader asks a target that does not
+// answer whether it runs the container, before it rolls back (the rollback
+// then waits for the target to confirm it holds no copy).
+const TargetTries = 3
 
 // DeadTargetGrace is how long a rollback waits for a target that is not
 // alive before it resumes the source without the target's word: a target
@@ -183,10 +190,13 @@ func beforeConfirm(m cluster.MigrationRecord, o Observation) Action {
 		case TargetRunning:
 			return Action{Kind: ActConfirm}
 		case TargetUnreachable:
-			if o.TargetAlive {
+			if !o.TargetAlive {
+				return Action{Kind: ActFail, Reason: reason + fmt.Sprintf("; the target %s is not alive to confirm it", m.To)}
+			}
+			if o.TargetTries < TargetTries {
 				return Action{Kind: ActInspectTarget}
 			}
-			return Action{Kind: ActFail, Reason: reason + fmt.Sprintf("; the target %s is not alive to confirm it", m.To)}
+			return Action{Kind: ActFail, Reason: reason + fmt.Sprintf("; the target %s cannot tell whether it runs the container", m.To)}
 		}
 		return Action{Kind: ActFail, Reason: reason}
 	}

@@ -77,6 +77,9 @@ func TestNextActionTable(t *testing.T) {
 		{"restored: runs", rec(Restoring), out(OutRestored, TargetRunning), ActConfirm, false, ""},
 		{"restored: does not run", rec(Restoring), out(OutRestored, TargetNotRunning), ActFail, false, "does not run"},
 		{"restored: target silent but alive", rec(Restoring), out(OutRestored, TargetUnreachable), ActInspectTarget, false, ""},
+		{"restored: target silent too long", rec(Restoring), with(func(o *Observation) {
+			o.Out, o.Target, o.TargetTries = OutRestored, TargetUnreachable, TargetTries
+		}), ActFail, false, "cannot tell"},
 		{"restored: target dead", rec(Restoring), with(func(o *Observation) {
 			o.Out, o.Target, o.TargetAlive = OutRestored, TargetUnreachable, false
 		}), ActFail, false, "not alive to confirm"},
@@ -89,6 +92,9 @@ func TestNextActionTable(t *testing.T) {
 		{"lost: target has nothing", rec(Checkpointing), out(OutLost, TargetNotRunning), ActFail, false, "boom"},
 		{"lost without a reason", rec(Checkpointing), with(func(o *Observation) { o.Out, o.Target = OutLost, TargetNotRunning }), ActFail, false, "stopped answering"},
 		{"lost: target silent but alive", rec(Checkpointing), out(OutLost, TargetUnreachable), ActInspectTarget, false, ""},
+		{"lost: target silent too long", rec(Checkpointing), with(func(o *Observation) {
+			o.Out, o.Target, o.TargetTries = OutLost, TargetUnreachable, TargetTries
+		}), ActFail, false, "cannot tell"},
 		{"lost: target dead", rec(Checkpointing), with(func(o *Observation) {
 			o.Out, o.Target, o.TargetAlive = OutLost, TargetUnreachable, false
 		}), ActFail, false, "not alive"},

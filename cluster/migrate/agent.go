@@ -64,14 +64,16 @@ type Agent struct {
 	log    *slog.Logger
 	pc     PrecopyConfig
 	bases  *baseStore // pre-copied archives, when this host is a target
+	auth   Authority
 
 	// Preflight, when set before Register, runs at the top of every
 	// migrate-out, before anything can freeze the container: an error
 	// fails the migration, untouched.
 	Preflight func(ctx context.Context, job *OutJob) error
 
-	// outTimeout bounds one migrate-out run.
-	outTimeout time.Duration
+	// outTimeout bounds one migrate-out run; recordWait how long a step
+	// waits for the replica to show the record it needs.
+	outTimeout, recordWait time.Duration
 
 	mu      sync.Mutex
 	locks   map[string]*sync.Mutex    // by container ID
@@ -84,7 +86,7 @@ func NewAgent(host string, eng Engine, sender Streamer, log *slog.Logger) *Agent
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{host: host, eng: eng, sender: sender, log: log.With("host", host), outTimeout: 10 * time.Minute,
+	a := &Agent{host: host, eng: eng, sender: sender, log: log.With("host", host), outTimeout: 10 * time.Minute, recordWait: defaultRecordWait,
 		locks: map[string]*sync.Mutex{}, runs: map[string]*outRun{}, methods: map[string]TransferMethod{}}
 	a.SetPrecopy(DefaultPrecopyConfig())
 	a.RegisterMethod(directMethod{a})
@@ -133,21 +135,24 @@ func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 		}
 	}
 	a.mu.Unlock()
-	mux.HandleFunc("POST /v1/agent/migrate-out", a.migrateOut)
-	mux.HandleFunc("POST /v1/agent/push-image", a.pushImage)
-	mux.HandleFunc("POST /v1/agent/resume", a.containerStep(a.resume))
-	mux.HandleFunc("POST /v1/agent/remove", a.containerStep(a.remove))
-	mux.HandleFunc("POST /v1/agent/abort", a.containerStep(a.abort))
+	mux.HandleFunc("POST /v1/agent/migrate-out", a.leaderStep(a.migrateOut))
+	mux.HandleFunc("POST /v1/agent/push-image", a.leaderStep(a.pushImage))
+	mux.HandleFunc("POST /v1/agent/resume", a.leaderStep(a.containerStep(a.resume)))
+	mux.HandleFunc("POST /v1/agent/remove", a.leaderStep(a.containerStep(a.remove)))
+	mux.HandleFunc("POST /v1/agent/abort", a.leaderStep(a.containerStep(a.abort)))
 	mux.HandleFunc("POST /v1/agent/inspect", a.containerStep(a.inspect))
 	mux.HandleFunc("POST /v1/agent/has-image", a.hasImage)
 }
 
-// OutRequest asks a source agent to migrate a container out.
+// OutRequest asks a source agent to migrate a container out. The source
+// takes the container, the target, its address, the deadline and the method
+// from the migration record and the member list, never from the caller:
+// the other fields only have to agree with the record.
 type OutRequest struct {
 	Migration  string `json:"migration"`
 	Container  string `json:"container"`
 	TargetHost string `json:"target_host"`
-	TargetAddr string `json:"target_addr"` // transfer address
+	TargetAddr string `json:"target_addr"` // transfer address, from gossip
 	// Deadline, when set (a drain's), bounds pre-copy.
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Method names the transfer method (TransferMethod.Name); empty is
@@ -343,10 +348,25 @@ func (a *Agent) run(id string, start func(*outRun)) *outRun {
 // mid-migration does not cut it, and the next leader reads its outcome.
 func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 	var req OutRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Migration == "" || req.Container == "" {
-		writeErr(w, fmt.Errorf("%w: want {\"migration\", \"container\", ...}", cluster.ErrInvalid))
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Migration == "" {
+		writeErr(w, fmt.Errorf("%w: want {\"migration\": ID}", cluster.ErrInvalid))
 		return
 	}
+	m, err := a.authorised(r.Context(), "migrate-out", req.Migration, a.asSource(req.Container, outPhases...))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if req.TargetHost != "" && req.TargetHost != m.To {
+		writeErr(w, fmt.Errorf("%w: migration %s goes to %s, not %s", cluster.ErrForbidden, m.ID, m.To, req.TargetHost))
+		return
+	}
+	addr, err := a.targetAddr(m.To)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	req = OutRequest{Migration: m.ID, Container: m.Container, TargetHost: m.To, TargetAddr: addr, Deadline: m.Deadline, Method: m.Method}
 	run := a.run(req.Migration, func(run *outRun) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), a.outTimeout)
 		defer cancel()
@@ -503,6 +523,9 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 // the stream's context ends after the data arrived: a restore is finished
 // or failed, never left half-done, and the leader then finds out which.
 func (a *Agent) handleRestore(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := a.authorised(ctx, "restore stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
+	}
 	return a.restoreFrom(ctx, h, r)
 }
 
@@ -524,6 +547,15 @@ func (a *Agent) restoreFrom(ctx context.Context, h transfer.StreamHeader, r io.R
 }
 
 func (a *Agent) handleImage(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	from := a.fromSource(ctx, "", imagePhases...)
+	if _, err := a.authorised(ctx, "image stream", h.Meta["migration"], func(m cluster.MigrationRecord) string {
+		if m.Image != h.ID {
+			return fmt.Sprintf("it needs image %s, not %s", short(m.Image), short(h.ID))
+		}
+		return from(m)
+	}); err != nil {
+		return nil, err
+	}
 	name, err := a.eng.LoadImage(ctx, r)
 	if err != nil {
 		return nil, fmt.Errorf("load image %s on %s: %w", h.ID, a.host, err)
@@ -545,7 +577,24 @@ func (a *Agent) pushImage(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("%w: %v", cluster.ErrInvalid, err))
 		return
 	}
-	_, st, err := a.sender.Stream(r.Context(), req.TargetAddr, transfer.StreamHeader{Kind: KindImage, ID: req.Image},
+	source := a.asSource("", imagePhases...)
+	m, err := a.authorised(r.Context(), "push-image", req.Migration, func(m cluster.MigrationRecord) string {
+		if m.Image != req.Image {
+			return fmt.Sprintf("it needs image %s, not %s", short(m.Image), short(req.Image))
+		}
+		return source(m)
+	})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	addr, err := a.targetAddr(m.To)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	req.TargetHost, req.TargetAddr = m.To, addr
+	_, st, err := a.sender.Stream(r.Context(), req.TargetAddr, transfer.StreamHeader{Kind: KindImage, ID: req.Image, Meta: map[string]string{"migration": m.ID}},
 		func(w io.Writer) error { return a.eng.ExportImage(r.Context(), req.Image, w) })
 	if err != nil {
 		writeErr(w, fmt.Errorf("send image %s to %s: %w", req.Image, req.TargetHost, err))
@@ -613,6 +662,9 @@ func (a *Agent) state(ctx context.Context, id string) (ContainerState, error) {
 // resume rolls the source back: the container runs again from its kept
 // checkpoint (a running container is left alone).
 func (a *Agent) resume(ctx context.Context, req ContainerRequest) (ContainerState, error) {
+	if _, err := a.authorised(ctx, "resume", req.Migration, a.asSource(req.Container, resumePhases...)); err != nil {
+		return ContainerState{}, err
+	}
 	if err := a.eng.Resume(ctx, req.Container); err != nil {
 		return ContainerState{}, err
 	}
@@ -623,6 +675,9 @@ func (a *Agent) resume(ctx context.Context, req ContainerRequest) (ContainerStat
 // remove finalises the source: it removes the stopped copy, and refuses to
 // remove a running one (that would lose the container).
 func (a *Agent) remove(ctx context.Context, req ContainerRequest) (ContainerState, error) {
+	if _, err := a.authorised(ctx, "remove", req.Migration, a.asSource(req.Container, removePhases...)); err != nil {
+		return ContainerState{}, err
+	}
 	st, err := a.state(ctx, req.Container)
 	if err != nil || !st.Exists {
 		return st, err
@@ -639,9 +694,10 @@ func (a *Agent) remove(ctx context.Context, req ContainerRequest) (ContainerStat
 // abort cleans the target after a failed migration: any copy of the
 // container here goes, running or not (the source's copy is the one kept).
 func (a *Agent) abort(ctx context.Context, req ContainerRequest) (ContainerState, error) {
-	if req.Migration != "" {
-		a.bases.drop(req.Migration)
+	if _, err := a.authorised(ctx, "abort", req.Migration, a.asTarget(req.Container, abortPhases...)); err != nil {
+		return ContainerState{}, err
 	}
+	a.bases.drop(req.Migration)
 	st, err := a.state(ctx, req.Container)
 	if err != nil || !st.Exists {
 		return st, err

@@ -330,6 +330,7 @@ func (co *Coordinator) act(ctx context.Context, m cluster.MigrationRecord, act A
 			switch {
 			case err != nil:
 				o.Target = TargetUnreachable
+				o.TargetTries++
 			case st.Running:
 				o.Target = TargetRunning
 			default:
@@ -423,7 +424,9 @@ func (co *Coordinator) migrateOut(ctx context.Context, m cluster.MigrationRecord
 		}
 	}
 	target, _ := co.member(m.To)
-	co.learn(tr, func(o *Observation) { o.Out, o.OutErr, o.OutUntouched, o.Target = OutRunning, "", false, TargetUnknown })
+	co.learn(tr, func(o *Observation) {
+		o.Out, o.OutErr, o.OutUntouched, o.Target, o.TargetTries = OutRunning, "", false, TargetUnknown, 0
+	})
 	sctx, cancel := context.WithTimeout(ctx, co.cfg.MigrationTimeout)
 	defer cancel()
 	out, err := co.followOut(sctx, m, target, tr, log)
@@ -629,7 +632,11 @@ func (co *Coordinator) Migrate(ctx context.Context, req MigrateRequest) (cluster
 	if !co.leading() {
 		return cluster.MigrationRecord{}, ErrNotLeader
 	}
+	start := time.Now()
 	v := co.snapshot(ctx)
+	if d := time.Since(start); d > 5*time.Second {
+		co.log.Warn("listing the cluster's containers was slow", "took", d, "errors", len(v.errs))
+	}
 	l, err := v.find(req.Container)
 	if err != nil {
 		return cluster.MigrationRecord{}, err
@@ -692,6 +699,7 @@ func (co *Coordinator) record(ctx context.Context, l located, to string, plan cl
 	if err := co.store.PutMigration(ctx, cluster.PutMigrationRequest{Record: rec, IfAbsent: true}); err != nil {
 		return cluster.MigrationRecord{}, fmt.Errorf("record migration of %s: %w", l.c.Name, err)
 	}
+	co.log.Info("migration planned", "migration", rec.ID, "container", rec.Name, "from", rec.From, "to", rec.To, "batch", rec.Batch)
 	return rec, nil
 }
 

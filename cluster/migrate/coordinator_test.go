@@ -3,6 +3,8 @@ package migrate
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -139,6 +141,52 @@ type world struct {
 	mu    sync.Mutex
 	hosts map[string]*fakeHost
 	store *fakeStore
+	// unsigned: calls carry no leader's signature (a member, not the
+	// leader).
+	unsigned bool
+}
+
+// The world's leader key: calls are signed with it, and the hosts verify
+// them against its public half, as against the term key in raft.
+var (
+	stepPub, stepPriv, _ = ed25519.GenerateKey(rand.Reader)
+	stepTerm             = uint64(7)
+)
+
+// hostAuth is a host's Authority over the fake store.
+type hostAuth struct {
+	s    *fakeStore
+	host string
+}
+
+func (a hostAuth) LeaderStep(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		key := cluster.TermKey{Term: stepTerm, Leader: "leader", PublicKey: stepPub}
+		if err := cluster.VerifyStep(key, r.Header.Get(cluster.StepHeader), a.host, r.Method, r.URL.Path, body, time.Now()); err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		h(w, r)
+	}
+}
+
+func (a hostAuth) Migration(id string) (cluster.MigrationRecord, error) {
+	r, err := a.s.Migration(id)
+	if err != nil {
+		return r, fmt.Errorf("migration %s: %w", id, err)
+	}
+	return r, nil
+}
+
+func (a hostAuth) Member(name string) (cluster.Member, bool) {
+	for _, m := range a.s.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return cluster.Member{}, false
 }
 
 func (w *world) host(name string) (*fakeHost, error) {
@@ -156,12 +204,14 @@ func (w *world) do(ctx context.Context, host, method, path string, in any) (*htt
 	if err != nil {
 		return nil, err
 	}
-	var body io.Reader = http.NoBody
+	var b []byte
 	if in != nil {
-		b, _ := json.Marshal(in)
-		body = bytes.NewReader(b)
+		b, _ = json.Marshal(in)
 	}
-	req := httptest.NewRequest(method, path, body).WithContext(ctx)
+	req := httptest.NewRequest(method, path, bytes.NewReader(b)).WithContext(ctx)
+	if !w.unsigned {
+		req.Header.Set(cluster.StepHeader, cluster.SignStep(stepPriv, stepTerm, host, method, path, b, time.Now()))
+	}
 	rec := httptest.NewRecorder()
 	h.mux.ServeHTTP(rec, req)
 	if rec.Code >= 300 {
@@ -195,14 +245,19 @@ func (w *world) Containers(ctx context.Context, host string) ([]engine.Container
 }
 
 // streamer is the source's transfer client: it pipes produce into the
-// target's handler, as the SSH stream does (without the network).
-type streamer struct{ w *world }
+// target's handler, as the SSH stream does (without the network), naming
+// the source as the authenticated sender.
+type streamer struct {
+	w    *world
+	from string
+}
 
 func (s streamer) Stream(ctx context.Context, peer string, hdr transfer.StreamHeader, produce func(io.Writer) error) ([]byte, transfer.StreamStats, error) {
 	h, err := s.w.host(peer)
 	if err != nil {
 		return nil, transfer.StreamStats{}, err
 	}
+	ctx = transfer.WithPeer(ctx, s.from)
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(produce(pw)) }()
 	res, err := h.streams[hdr.Kind](ctx, hdr, pr)
@@ -215,7 +270,10 @@ func newWorld(t *testing.T, names ...string) *world {
 		hosts: map[string]cluster.Host{}, events: map[string]cluster.Event{}, changed: make(chan struct{}, 1)}}
 	for _, n := range names {
 		h := &fakeHost{name: n, eng: enginetest.NewFake(), mux: http.NewServeMux(), streams: map[string]transfer.Handler{}}
-		NewAgent(n, h.eng, streamer{w}, nil).Register(h.mux, h)
+		a := NewAgent(n, h.eng, streamer{w, n}, nil)
+		a.SetAuthority(hostAuth{w.store, n})
+		a.recordWait = 100 * time.Millisecond
+		a.Register(h.mux, h)
 		w.hosts[n] = h
 		w.store.members = append(w.store.members, cluster.Member{Name: n, Status: cluster.StatusAlive, Engine: "fake",
 			CRIUVersion: "4.2.1", MemoryTotal: 8 << 30, TransferAddr: n})
@@ -460,13 +518,13 @@ func TestReconcileAfterDeadTarget(t *testing.T) {
 		{ID: "old", Container: c.ID, From: "h2", To: "h1", Phase: Done, StartedAt: time.Now().Add(-time.Hour)},
 		{ID: "m2", Container: c.ID, From: "h1", To: "h2", Phase: RolledBack, StartedAt: time.Now()},
 	}
-	a := NewAgent("h2", w.hosts["h2"].eng, streamer{w}, nil)
+	a := NewAgent("h2", w.hosts["h2"].eng, streamer{w, "h2"}, nil)
 	if got := a.Reconcile(ctx, recs); len(got) != 1 || got[0] != "svc" {
 		t.Fatalf("removed %v", got)
 	}
 	w.runningOn(t, "svc", "h1")
 	// On the source, nothing is removed: its copy is the one that runs.
-	if got := NewAgent("h1", w.hosts["h1"].eng, streamer{w}, nil).Reconcile(ctx, recs); len(got) != 0 {
+	if got := NewAgent("h1", w.hosts["h1"].eng, streamer{w, "h1"}, nil).Reconcile(ctx, recs); len(got) != 0 {
 		t.Fatalf("source removed %v", got)
 	}
 }

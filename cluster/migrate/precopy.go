@@ -455,6 +455,9 @@ func (a *Agent) handlePrecopy(ctx context.Context, h transfer.StreamHeader, r io
 	if !validID.MatchString(h.ID) {
 		return nil, fmt.Errorf("pre-copy stream with a bad migration ID %q", h.ID)
 	}
+	if _, err := a.authorised(ctx, "pre-copy stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
+	}
 	base, done, err := a.bases.open(h.ID, h.Meta["base"])
 	if err != nil {
 		return nil, err
@@ -469,6 +472,9 @@ func (a *Agent) handlePrecopy(ctx context.Context, h transfer.StreamHeader, r io
 }
 
 func (a *Agent) handleProbe(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := a.authorised(ctx, "probe stream", h.ID, a.fromSource(ctx, "", receivePhases...)); err != nil {
+		return nil, err
+	}
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		return nil, err
 	}
@@ -479,6 +485,9 @@ func (a *Agent) handleProbe(ctx context.Context, h transfer.StreamHeader, r io.R
 // base and the delta as it arrives and fed to the restore. The base goes
 // afterwards, whatever the outcome.
 func (a *Agent) handleDeltaRestore(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := a.authorised(ctx, "restore stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
+	}
 	base, done, err := a.bases.open(h.ID, h.Meta["base"])
 	if err != nil {
 		return nil, fmt.Errorf("restore %s on %s: %w", h.Meta["name"], a.host, err)

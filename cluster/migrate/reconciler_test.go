@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,11 +109,14 @@ func TestMigrateOutTwiceCheckpointsOnce(t *testing.T) {
 	w.hosts["h2"].eng.AddImage("img:1")
 	gate := make(chan struct{})
 	n := countCheckpoints(w.hosts["h1"], gate)
-	req := OutRequest{Migration: "m1", Container: c.ID, TargetHost: "h2", TargetAddr: "h2"}
+	w.store.recs["m1"] = cluster.MigrationRecord{ID: "m1", Container: c.ID, From: "h1", To: "h2", Phase: Planned, SourceAsked: true}
+	req := OutRequest{Migration: "m1", Container: c.ID}
 	call := func() []Progress {
-		b, _ := json.Marshal(req)
-		rr := httptest.NewRecorder()
-		w.hosts["h1"].mux.ServeHTTP(rr, httptest.NewRequest(http.MethodPost, "/v1/agent/migrate-out", strings.NewReader(string(b))))
+		rr, err := w.do(context.Background(), "h1", http.MethodPost, "/v1/agent/migrate-out", req)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
 		var out []Progress
 		sc := bufio.NewScanner(rr.Body)
 		for sc.Scan() {
@@ -162,9 +164,11 @@ func TestMigrateOutOfAStoppedContainerIsNotUntouched(t *testing.T) {
 	if _, err := w.hosts["h1"].eng.Checkpoint(context.Background(), c.ID, discard{}, engineKeep()); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := json.Marshal(OutRequest{Migration: "m1", Container: c.ID, TargetHost: "h2", TargetAddr: "h2"})
-	rr := httptest.NewRecorder()
-	w.hosts["h1"].mux.ServeHTTP(rr, httptest.NewRequest(http.MethodPost, "/v1/agent/migrate-out", strings.NewReader(string(b))))
+	w.store.recs["m1"] = cluster.MigrationRecord{ID: "m1", Container: c.ID, From: "h1", To: "h2", Phase: Checkpointing, SourceAsked: true}
+	rr, err := w.do(context.Background(), "h1", http.MethodPost, "/v1/agent/migrate-out", OutRequest{Migration: "m1"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var p Progress
 	if err := json.Unmarshal([]byte(strings.TrimSpace(rr.Body.String())), &p); err != nil {
 		t.Fatal(err, rr.Body.String())

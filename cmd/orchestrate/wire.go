@@ -27,12 +27,19 @@ import (
 )
 
 // clusterAuthorizer lets the transfer server accept exactly the client keys
-// the cluster's members publish over authenticated gossip.
+// the cluster's members publish over authenticated gossip, and tells stream
+// handlers which member sent a stream.
 type clusterAuthorizer struct{ c *cluster.Cluster }
+
+var _ transfer.MemberAuthorizer = clusterAuthorizer{}
 
 func (a clusterAuthorizer) Authorized(key ssh.PublicKey) bool {
 	_, ok := a.c.Authorized(key)
 	return ok
+}
+
+func (a clusterAuthorizer) AuthorizedMember(key ssh.PublicKey) (string, bool) {
+	return a.c.Authorized(key)
 }
 
 // runAgent wires one agent: the cluster (gossip, raft, API), the transfer
@@ -104,6 +111,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		defer client.Close()
 		ma := migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate"))
+		ma.SetAuthority(c)
 		ma.Register(c, srv)
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),

@@ -278,9 +278,10 @@ func (h *AgentHost) JSON(v any, args ...string) error {
 
 // MemberView is the part of `members -o json` the tests read.
 type MemberView struct {
-	Name   string `json:"name"`
-	Status string `json:"status"`
-	Role   string `json:"role"`
+	Name        string `json:"name"`
+	Status      string `json:"status"`
+	Role        string `json:"role"`
+	MemoryTotal int64  `json:"memory_total"`
 }
 
 // WaitFormed waits until the first host sees every host alive and a leader.
@@ -306,7 +307,8 @@ func (c *Cluster) formed() error {
 		}
 		alive, leaders := 0, 0
 		for _, m := range ms {
-			if m.Status == "alive" {
+			// Alive, with its capacity gossiped (placement needs it).
+			if m.Status == "alive" && m.MemoryTotal > 0 {
 				alive++
 			}
 			if m.Role == "leader" {
