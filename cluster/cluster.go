@@ -182,7 +182,7 @@ func New(cfg Config) (*Cluster, error) {
 		engineType = "none"
 	}
 	c.meta = nodeMeta{
-		Raft: cfg.RaftBindAddr, API: cfg.APIBindAddr, Transfer: cfg.TransferAddr, Engine: engineType,
+		Raft: cfg.RaftBindAddr, API: cfg.APIBindAddr, Transfer: cfg.TransferAddr, Engine: engineType, Arch: runtime.GOARCH,
 		CPUs: runtime.NumCPU(), Kernel: kernelRelease(), Labels: cfg.Labels,
 		HostKey: rawKey(c.hostKey.PublicKey()), ClientKey: rawKey(c.clientKey.PublicKey()),
 	}

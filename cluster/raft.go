@@ -17,6 +17,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/edgemigrate/orchestrate/internal/clock"
 )
 
 // raftStore owns raft's storage and transport so Shutdown can close them.
@@ -492,7 +494,7 @@ func EventID(parts ...string) string {
 // SetHost applies a host change.
 func (c *Cluster) SetHost(ctx context.Context, req SetHostRequest) error {
 	if req.At.IsZero() {
-		req.At = time.Now().UTC()
+		req.At = clock.Now().UTC()
 	}
 	return c.apply(ctx, SetHostType, req)
 }
@@ -520,7 +522,7 @@ func (c *Cluster) DeleteMigration(ctx context.Context, id string) error {
 // AcquireLock takes a slot of a counted lock; ErrLockHeld when full.
 func (c *Cluster) AcquireLock(ctx context.Context, req AcquireLockRequest) error {
 	if req.At.IsZero() {
-		req.At = time.Now().UTC()
+		req.At = clock.Now().UTC()
 	}
 	return c.apply(ctx, AcquireLockType, req)
 }
@@ -533,7 +535,7 @@ func (c *Cluster) ReleaseLock(ctx context.Context, name, holder string) error {
 // AppendEvent adds an event to the log; ErrDuplicate when its ID is there.
 func (c *Cluster) AppendEvent(ctx context.Context, ev Event) error {
 	if ev.At.IsZero() {
-		ev.At = time.Now().UTC()
+		ev.At = clock.Now().UTC()
 	}
 	return c.apply(ctx, AppendEventType, AppendEventRequest{Event: ev})
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"testing"
 	"time"
 
@@ -242,6 +243,15 @@ func TestLeaderTermContext(t *testing.T) {
 			}
 		}
 		return n == 3
+	})
+	// Gossip carries each agent's architecture, engine and CRIU version.
+	waitFor(t, 5*time.Second, "arch and engine in gossip", func() bool {
+		for _, m := range leader.Members() {
+			if m.Arch != runtime.GOARCH || m.Engine == "" || m.Name == "t2" && (m.Engine != "fake" || m.CRIUVersion != "4.2.1") {
+				return false
+			}
+		}
+		return true
 	})
 	// ps fans out over the authenticated API to the agent with the engine.
 	for _, c := range cs {

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/edgemigrate/orchestrate/internal/clock"
 )
 
 // Leader-ordered steps and their proof.
@@ -117,7 +119,7 @@ func (c *Cluster) startTerm(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	req := PutTermKeyRequest{Leader: c.cfg.NodeName, PublicKey: pub, At: time.Now().UTC()}
+	req := PutTermKeyRequest{Leader: c.cfg.NodeName, PublicKey: pub, At: clock.Now().UTC()}
 	for attempt := 0; ; attempt++ {
 		err := c.apply(ctx, PutTermKeyType|IgnoreUnknownTypeFlag, req)
 		if err == nil {
@@ -224,7 +226,7 @@ func (c *Cluster) verifyStep(ctx context.Context, r *http.Request, body []byte) 
 		if !ok {
 			err = fmt.Errorf("%w: no leader's term key in this replica yet", ErrForbidden)
 		} else {
-			err = VerifyStep(key, hdr, c.cfg.NodeName, r.Method, r.URL.Path, body, time.Now())
+			err = VerifyStep(key, hdr, c.cfg.NodeName, r.Method, r.URL.Path, body, clock.Now())
 		}
 		if err == nil || !replicaBehind(hdr, key) || time.Now().After(deadline) {
 			return err
@@ -263,7 +265,7 @@ func (c *Cluster) StepClient(name string) (*Client, error) {
 	c.mu.Unlock()
 	if s != nil {
 		cl.sign = func(req *http.Request, body []byte) {
-			req.Header.Set(StepHeader, SignStep(s.priv, s.term, name, req.Method, req.URL.Path, body, time.Now()))
+			req.Header.Set(StepHeader, SignStep(s.priv, s.term, name, req.Method, req.URL.Path, body, clock.Now()))
 		}
 	}
 	return cl, nil

@@ -16,6 +16,8 @@ import (
 
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/clock"
+	"github.com/edgemigrate/orchestrate/internal/pause"
 	"github.com/edgemigrate/orchestrate/transfer"
 	"github.com/edgemigrate/orchestrate/transfer/delta"
 )
@@ -400,7 +402,7 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) runOut(ctx context.Context, req OutRequest, emit func(Progress)) {
 	stamp := func(p Progress) {
 		if p.At.IsZero() {
-			p.At = time.Now().UTC()
+			p.At = clock.Now().UTC()
 		}
 		emit(p)
 	}
@@ -474,7 +476,11 @@ func (m directMethod) Transfer(ctx context.Context, job *OutJob) (OutResult, err
 			}
 			out = denc
 		}
-		cw := &progressWriter{w: out, first: job.Streaming}
+		cw := &progressWriter{w: out, first: func() {
+			job.Streaming()
+			pause.At(ctx, pause.Transferring) // test builds only
+		}}
+		pause.At(ctx, pause.Checkpointing) // test builds only
 		var err error
 		ckpt, err = a.eng.Checkpoint(ctx, c.ID, cw, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
 		if denc != nil {
@@ -500,6 +506,22 @@ func (m directMethod) Transfer(ctx context.Context, job *OutJob) (OutResult, err
 	}
 	res.Bytes, res.Compression, res.Checkpoint, res.Restore, res.Container = st.Bytes, st.Compression, ckpt, rr.Stats, rr.Container
 	return res, nil
+}
+
+// atEOF calls f once, when r first reports io.EOF, before passing it on.
+type atEOF struct {
+	r    io.Reader
+	f    func()
+	done bool
+}
+
+func (e *atEOF) Read(b []byte) (int, error) {
+	n, err := e.r.Read(b)
+	if errors.Is(err, io.EOF) && !e.done {
+		e.done = true
+		e.f()
+	}
+	return n, err
 }
 
 // progressWriter counts bytes and reports the first one.
@@ -538,6 +560,7 @@ func (a *Agent) restoreFrom(ctx context.Context, h transfer.StreamHeader, r io.R
 	}
 	unlock := a.lock(ctx, id)
 	defer unlock()
+	r = &atEOF{r: r, f: func() { pause.At(ctx, pause.Restoring) }} // test builds only
 	c, st, err := a.eng.Restore(context.WithoutCancel(ctx), r, engine.RestoreOptions{TCPEstablished: true})
 	if err != nil {
 		return nil, fmt.Errorf("restore %s on %s: %w", h.Meta["name"], a.host, err)
@@ -678,6 +701,7 @@ func (a *Agent) remove(ctx context.Context, req ContainerRequest) (ContainerStat
 	if _, err := a.authorised(ctx, "remove", req.Migration, a.asSource(req.Container, removePhases...)); err != nil {
 		return ContainerState{}, err
 	}
+	pause.At(ctx, pause.Confirming) // test builds only
 	st, err := a.state(ctx, req.Container)
 	if err != nil || !st.Exists {
 		return st, err

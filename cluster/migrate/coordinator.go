@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/clock"
 	"github.com/edgemigrate/orchestrate/policy"
 )
 
@@ -69,7 +70,7 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Parallel: 2, StepTimeout: 30 * time.Second, MigrationTimeout: 10 * time.Minute,
-		Rebalance: policy.DefaultRebalanceConfig(), Logger: slog.Default(), Now: time.Now, Tick: time.Second}
+		Rebalance: policy.DefaultRebalanceConfig(), Logger: slog.Default(), Now: clock.Now, Tick: time.Second}
 }
 
 // Coordinator is the leader's side of migrations: the planners (Migrate,
@@ -537,7 +538,7 @@ func (co *Coordinator) snapshot(ctx context.Context) view {
 		v.members[m.Name] = m
 		v.hosts = append(v.hosts, policy.HostLoad{
 			Name: m.Name, Alive: m.Status == cluster.StatusAlive, Cordoned: cordoned[m.Name] || m.Cordoned,
-			Engine: m.Engine, CRIUVersion: m.CRIUVersion, Labels: m.Labels,
+			Engine: m.Engine, Arch: m.Arch, CRIUVersion: m.CRIUVersion, Labels: m.Labels,
 			MemoryCapacity: m.MemoryTotal, MemoryUsed: m.MemoryUsed,
 		})
 		if m.Status != cluster.StatusAlive || m.Engine == "" || m.Engine == "none" {

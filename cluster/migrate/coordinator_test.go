@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -275,7 +276,7 @@ func newWorld(t *testing.T, names ...string) *world {
 		a.recordWait = 100 * time.Millisecond
 		a.Register(h.mux, h)
 		w.hosts[n] = h
-		w.store.members = append(w.store.members, cluster.Member{Name: n, Status: cluster.StatusAlive, Engine: "fake",
+		w.store.members = append(w.store.members, cluster.Member{Name: n, Status: cluster.StatusAlive, Engine: "fake", Arch: "amd64",
 			CRIUVersion: "4.2.1", MemoryTotal: 8 << 30, TransferAddr: n})
 	}
 	return w
@@ -526,5 +527,31 @@ func TestReconcileAfterDeadTarget(t *testing.T) {
 	// On the source, nothing is removed: its copy is the one that runs.
 	if got := NewAgent("h1", w.hosts["h1"].eng, streamer{w, "h1"}, nil).Reconcile(ctx, recs); len(got) != 0 {
 		t.Fatalf("source removed %v", got)
+	}
+}
+
+// Placement knows each host's architecture from gossip: a checkpoint never
+// goes to a host of another one, asked for or chosen.
+func TestPlacementRefusesAnotherArchitecture(t *testing.T) {
+	w := newWorld(t, "h1", "arm", "h3")
+	for i := range w.store.members {
+		if w.store.members[i].Name == "arm" {
+			w.store.members[i].Arch = "arm64"
+			w.store.members[i].MemoryTotal = 64 << 30 // the roomiest: placement would like it
+		}
+	}
+	w.hosts["h1"].eng.Run("web", "img:1", 1<<20, nil)
+	co, _ := w.leader(t)
+	ctx := context.Background()
+	_, err := co.Migrate(ctx, MigrateRequest{Container: "web", To: "arm"})
+	if !errors.Is(err, cluster.ErrInvalid) || !strings.Contains(err.Error(), "arch arm64, container needs amd64") {
+		t.Fatalf("to the arm64 host: %v", err)
+	}
+	rec, err := co.Migrate(ctx, MigrateRequest{Container: "web"})
+	if err != nil || rec.To != "h3" {
+		t.Fatalf("placed on %q: %v", rec.To, err)
+	}
+	if end := w.waitEnd(t, rec.ID); end.Phase != Done {
+		t.Fatalf("%+v", end)
 	}
 }

@@ -36,7 +36,8 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "orchestrate")
-		cmd := exec.Command("go", "build", "-tags", "remote,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper,containers_image_openpgp",
+		// testhooks: fault injection and pause points (never in `make build`).
+		cmd := exec.Command("go", "build", "-tags", "remote,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper,containers_image_openpgp,testhooks",
 			"-o", binPath, "./cmd/orchestrate")
 		cmd.Dir = Root()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -210,7 +211,10 @@ func (h *AgentHost) StartAgent() {
 	defer logf.Close()
 	cmd := exec.Command(script("simhost.sh"), "exec", h.Name, h.c.Bin, "agent", "--config", h.Config)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), h.Env...)
+	// Pause points (internal/pause) are armed by files in the host's state
+	// directory.
+	cmd.Env = append(os.Environ(), "ORCHESTRATE_TEST_PAUSE_DIR="+PauseDir(h.Name))
+	cmd.Env = append(cmd.Env, h.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		h.c.t.Fatal(err)
@@ -219,6 +223,9 @@ func (h *AgentHost) StartAgent() {
 	h.cmd, h.done = cmd, make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(cmd, h.done)
 }
+
+// PauseDir is where a test arms the pause points of a host's agent.
+func PauseDir(name string) string { return StateDir(name) + "/pause" }
 
 // Exited is closed when the agent process started last has exited.
 func (h *AgentHost) Exited() <-chan struct{} { return h.done }
