@@ -397,6 +397,11 @@ func (c *Cluster) refreshStats(ctx context.Context) {
 		}
 		if ft, err := c.cfg.Engine.Features(lctx); err == nil {
 			criu = ft.CRIUVersion
+		} else {
+			c.logger.Warn("engine features", "err", err)
+			c.mu.Lock()
+			criu = c.meta.CRIU // keep what was known until it answers
+			c.mu.Unlock()
 		}
 	}
 	c.setMeta(func(m *nodeMeta) {

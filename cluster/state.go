@@ -71,8 +71,10 @@ type MigrationRecord struct {
 	// Deadline: a record not started by then rolls back untouched; it also
 	// bounds pre-copy.
 	Deadline time.Time `json:"deadline,omitzero"`
-	// Method is the transfer method: the one asked for when the record is
-	// created ("" lets the source judge), then the one that ran.
+	// Method is the transfer method (the source's TransferMethod): the one
+	// asked for when the record is created, or, when none was, the source's
+	// default once it ran. Its variants are in its report (Precopy.Method:
+	// direct, precopy-content, full-after-precopy).
 	Method string `json:"method,omitempty"`
 
 	// What happened.

@@ -254,8 +254,8 @@ func (j *OutJob) Report(rep *PrecopyReport) { j.emit(Progress{Kind: progPrecopy,
 // OutResult is what a transfer method reports once the target runs the
 // container.
 type OutResult struct {
-	// Method is what ran, for the record (a method may report a variant,
-	// e.g. MethodContent or MethodFallback for MethodDirect).
+	// Method is the method's name (set by the caller); a method reports
+	// its variants in its report (MethodDirect: Precopy.Method).
 	Method      string
 	Bytes       int64
 	Compression string
@@ -438,6 +438,7 @@ func (a *Agent) runOut(ctx context.Context, req OutRequest, emit func(Progress))
 		}
 	}
 	res, err := method.Transfer(ctx, job)
+	res.Method = method.Name()
 	if err != nil {
 		fail(err, res.Precopy)
 		return
@@ -496,7 +497,7 @@ func (m directMethod) Transfer(ctx context.Context, job *OutJob) (OutResult, err
 		return err
 	})
 	pre.final(ckpt, st, denc)
-	res := OutResult{Method: pre.Method, Precopy: pre}
+	res := OutResult{Precopy: pre}
 	if err != nil {
 		return res, fmt.Errorf("send %s to %s: %w", c.Name, req.TargetHost, err)
 	}

@@ -468,7 +468,7 @@ func (co *Coordinator) followOut(ctx context.Context, m cluster.MigrationRecord,
 		}
 		co.mu.Lock()
 		if p.Precopy != nil {
-			tr.precopy, tr.method = p.Precopy, p.Precopy.Method
+			tr.precopy = p.Precopy
 		}
 		if p.Method != "" {
 			tr.method = p.Method
@@ -625,6 +625,9 @@ func (co *Coordinator) busy(containerID string) bool {
 type MigrateRequest struct {
 	Container string `json:"container"`
 	To        string `json:"to,omitempty"`
+	// Method names a transfer method (TransferMethod); empty lets the
+	// source use its default (MethodDirect, which judges pre-copy).
+	Method string `json:"method,omitempty"`
 }
 
 // Migrate plans one migration, records it, and starts it. It returns the
@@ -661,7 +664,7 @@ func (co *Coordinator) Migrate(ctx context.Context, req MigrateRequest) (cluster
 			return cluster.MigrationRecord{}, fmt.Errorf("%w: %v", cluster.ErrInvalid, err)
 		}
 	}
-	rec, err := co.record(ctx, l, to, cluster.MigrationRecord{})
+	rec, err := co.record(ctx, l, to, cluster.MigrationRecord{Method: req.Method})
 	if err != nil {
 		return rec, err
 	}

@@ -129,6 +129,7 @@ func (s *fakeStore) AppendEvent(ctx context.Context, ev cluster.Event) error {
 type fakeHost struct {
 	name    string
 	eng     *enginetest.Fake
+	agent   *Agent
 	mux     *http.ServeMux
 	streams map[string]transfer.Handler
 	down    bool // answers nothing
@@ -274,6 +275,7 @@ func newWorld(t *testing.T, names ...string) *world {
 		a := NewAgent(n, h.eng, streamer{w, n}, nil)
 		a.SetAuthority(hostAuth{w.store, n})
 		a.recordWait = 100 * time.Millisecond
+		h.agent = a
 		a.Register(h.mux, h)
 		w.hosts[n] = h
 		w.store.members = append(w.store.members, cluster.Member{Name: n, Status: cluster.StatusAlive, Engine: "fake", Arch: "amd64",

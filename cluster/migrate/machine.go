@@ -83,8 +83,8 @@ type Event struct {
 	// Downtime (with EvRunning) as the source measured it on its own
 	// clock, from the freeze until the target answered that it runs.
 	Downtime time.Duration
-	// Method and Precopy: the transfer method that ran and its pre-copy
-	// report, when known.
+	// Method and Precopy: the transfer method that ran (recorded when the
+	// record names none) and its pre-copy report, when known.
 	Method  string
 	Precopy *cluster.PrecopyReport
 }
@@ -140,8 +140,8 @@ func Next(m cluster.MigrationRecord, ev Event) (cluster.MigrationRecord, error) 
 	if ev.Restore != nil {
 		n.Restore = *ev.Restore
 	}
-	if ev.Method != "" {
-		n.Method = ev.Method
+	if ev.Method != "" && n.Method == "" {
+		n.Method = ev.Method // the source's default, when none was asked for
 	}
 	if ev.Precopy != nil {
 		n.Precopy = ev.Precopy

@@ -518,12 +518,14 @@ func (r *PrecopyReport) final(ckpt engine.Stats, st transfer.StreamStats, enc *d
 	r.Final = &f
 }
 
-// record puts the report into a migration record: the method that ran and
-// a copy of the report. A nil report changes nothing.
+// record puts a copy of the report into a migration record (which names
+// MethodDirect when it names no method). A nil report changes nothing.
 func (r *PrecopyReport) record(m *cluster.MigrationRecord) {
 	if r == nil {
 		return
 	}
-	m.Method = r.Method
+	if m.Method == "" {
+		m.Method = MethodDirect
+	}
 	m.Precopy = (*cluster.PrecopyReport)(r.clone())
 }

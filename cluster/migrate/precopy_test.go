@@ -227,7 +227,7 @@ func TestPrecopySlowLink(t *testing.T) {
 	}
 	rec := cluster.MigrationRecord{Name: "w"}
 	rep.record(&rec)
-	if rec.Method != MethodContent || rec.Precopy == nil || rec.Precopy.BytesSaved == 0 || rec.Name != "w" || len(rec.Precopy.ExtraFreezes) == 0 {
+	if rec.Method != MethodDirect || rec.Precopy == nil || rec.Precopy.Method != MethodContent || rec.Precopy.BytesSaved == 0 || rec.Name != "w" || len(rec.Precopy.ExtraFreezes) == 0 {
 		t.Fatalf("record %+v", rec)
 	}
 }

@@ -194,3 +194,46 @@ type discard struct{}
 func (discard) Write(b []byte) (int, error) { return len(b), nil }
 
 func engineKeep() engine.CheckpointOptions { return engine.CheckpointOptions{Keep: true} }
+
+// countingMethod is a transfer method of its own: the direct one, counted.
+type countingMethod struct {
+	inner TransferMethod
+	n     *atomic.Int32
+}
+
+func (countingMethod) Name() string { return "counting" }
+
+func (m countingMethod) Transfer(ctx context.Context, job *OutJob) (OutResult, error) {
+	m.n.Add(1)
+	return m.inner.Transfer(ctx, job)
+}
+
+// Transfer methods are chosen per migration and recorded in the record; a
+// method the source does not have fails the migration before anything is
+// frozen.
+func TestTransferMethodPerMigration(t *testing.T) {
+	w := newWorld(t, "h1", "h2")
+	w.hosts["h1"].eng.Run("web", "img:1", 1<<20, nil)
+	w.hosts["h1"].eng.Run("db", "img:1", 1<<20, nil)
+	var n atomic.Int32
+	direct, _ := w.hosts["h1"].agent.method(MethodDirect)
+	w.hosts["h1"].agent.RegisterMethod(countingMethod{direct, &n})
+	co, _ := w.leader(t)
+	ctx := context.Background()
+	rec, err := co.Migrate(ctx, MigrateRequest{Container: "web", To: "h2", Method: "counting"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end := w.waitEnd(t, rec.ID); end.Phase != Done || end.Method != "counting" || n.Load() != 1 {
+		t.Fatalf("ended %s with method %q after %d transfers", end.Phase, end.Method, n.Load())
+	}
+	rec, err = co.Migrate(ctx, MigrateRequest{Container: "db", To: "h2", Method: "teleport"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := w.waitEnd(t, rec.ID)
+	if end.Phase != RolledBack || !end.Untouched || !strings.Contains(end.Error, `no transfer method "teleport"`) {
+		t.Fatalf("%+v", end)
+	}
+	w.runningOn(t, "db", "h1")
+}

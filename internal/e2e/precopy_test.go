@@ -139,8 +139,8 @@ func TestE2EPrecopy(t *testing.T) {
 	if rec.Phase != "Done" || pre.Method != "precopy-content" || len(pre.Rounds) < 2 || pre.Final == nil || pre.BytesSaved <= 0 || pre.EnginePreCopy {
 		t.Fatalf("record %+v, pre-copy %+v", rec, pre)
 	}
-	if rec.Method != "precopy-content" {
-		t.Fatalf("method %q in the record", rec.Method)
+	if rec.Method != "direct" || rec.Precopy.Method != "precopy-content" {
+		t.Fatalf("method %q (%q) in the record", rec.Method, rec.Precopy.Method)
 	}
 	if len(rec.Precopy.ExtraFreezes) != len(pre.Rounds) {
 		t.Fatalf("extra freezes %v for %d rounds", rec.Precopy.ExtraFreezes, len(pre.Rounds))

@@ -289,6 +289,7 @@ type MemberView struct {
 	Status      string `json:"status"`
 	Role        string `json:"role"`
 	MemoryTotal int64  `json:"memory_total"`
+	CRIUVersion string `json:"criu_version"`
 }
 
 // WaitFormed waits until the first host sees every host alive and a leader.
@@ -314,8 +315,9 @@ func (c *Cluster) formed() error {
 		}
 		alive, leaders := 0, 0
 		for _, m := range ms {
-			// Alive, with its capacity gossiped (placement needs it).
-			if m.Status == "alive" && m.MemoryTotal > 0 {
+			// Alive, with its capacity and CRIU version gossiped
+			// (placement needs them).
+			if m.Status == "alive" && m.MemoryTotal > 0 && m.CRIUVersion != "" {
 				alive++
 			}
 			if m.Role == "leader" {
