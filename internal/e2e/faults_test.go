@@ -188,10 +188,20 @@ func TestE2EFaultMatrix(t *testing.T) {
 	t.Log("\n" + b.String())
 }
 
-// rolesNow picks the cellRoles: the leader, and the two others by name.
+// rolesNow picks the roles: the leader (once it has led for a moment: an
+// agent that just came back may still cause an election), and the two
+// others by name.
 func rolesNow(t *testing.T, c *simhost.Cluster) cellRoles {
 	t.Helper()
 	l := c.Leader()
+	for stable := time.Now().Add(20 * time.Second); time.Now().Before(stable); {
+		time.Sleep(time.Second)
+		if again := c.Leader(); again == l {
+			break
+		} else {
+			l = again
+		}
+	}
 	var others []*simhost.AgentHost
 	for _, h := range c.Hosts {
 		if h != l {
@@ -234,6 +244,23 @@ func oneClock(t *testing.T, c *simhost.Cluster) {
 	in(t, r.dst, "podman", "rm", "-f", "-t", "0", "clk")
 }
 
+// startMigration asks the leader to migrate name to dst, retrying while
+// an election is under way.
+func startMigration(t *testing.T, r cellRoles, name string) migrationRow {
+	t.Helper()
+	var rec migrationRow
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if err = r.leader.JSON(&rec, "migrate", name, "--to", r.dst.Name, "--no-wait"); err == nil {
+			return rec
+		}
+		if !strings.Contains(err.Error(), "leader") || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 func runCell(t *testing.T, c *simhost.Cluster, i int, faultName, phase string) cellResult {
 	f := faults[faultName]
 	r := rolesNow(t, c)
@@ -249,9 +276,7 @@ func runCell(t *testing.T, c *simhost.Cluster, i int, faultName, phase string) c
 		t.Logf("%s: %s -> %s (leader %s); fault from the start: %s", name, r.src.Name, r.dst.Name, r.leader.Name, f.name)
 		f.apply(t, r)
 		applied = time.Now()
-		if err := r.leader.JSON(&rec, "migrate", name, "--to", r.dst.Name, "--no-wait"); err != nil {
-			t.Fatal(err)
-		}
+		rec = startMigration(t, r, name)
 		waitRecordFailed(t, c, rec.ID, 30*time.Second)
 	} else {
 		ph := pauseHost(phase, r)
@@ -261,9 +286,7 @@ func runCell(t *testing.T, c *simhost.Cluster, i int, faultName, phase string) c
 			t.Fatal(err)
 		}
 		defer os.Remove(armed)
-		if err := r.leader.JSON(&rec, "migrate", name, "--to", r.dst.Name, "--no-wait"); err != nil {
-			t.Fatal(err)
-		}
+		rec = startMigration(t, r, name)
 		waitFile(t, armed+".reached", 30*time.Second)
 		waitRecordPhase(t, c, rec.ID, recordPhase[phase], 15*time.Second)
 		t.Logf("%s: %s -> %s (leader %s), paused at %s on %s; fault: %s", name, r.src.Name, r.dst.Name, r.leader.Name, phase, ph.Name, f.name)
