@@ -48,7 +48,9 @@ func (m *Metrics) finished(r cluster.MigrationRecord) {
 	}
 	if r.Phase == Done {
 		m.migrations.WithLabelValues("done").Inc()
-		m.downtime.Observe(r.Downtime.Seconds())
+		if r.Downtime > 0 { // unknown when a new leader rolled forward without the source's report
+			m.downtime.Observe(r.Downtime.Seconds())
+		}
 		m.bytes.Add(float64(r.Bytes))
 		if d := r.Checkpoint.Duration.Seconds(); d > 0 && r.Bytes > 0 {
 			m.rate.Observe(float64(r.Bytes) / d)
