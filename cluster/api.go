@@ -32,8 +32,9 @@ import (
 //	GET  /v1/migrations       []MigrationRecord; /v1/migrations/{id} one
 //	GET  /v1/locks            []Lock
 //	GET  /v1/events?since=N   []Event with raft index > N
-//	POST /v1/apply            a framed FSM command (type byte + JSON);
-//	                          applied on the leader, forwarded there if needed
+//	POST /v1/apply            a framed FSM command (type byte + JSON), validated
+//	                          in full, of a type members may write (not migration
+//	                          records); applied on the leader, forwarded there if needed
 //
 // Other packages add routes with Cluster.Handle; they get the same auth.
 type API struct {
@@ -83,6 +84,12 @@ const forwardedHeader = "X-Orchestrate-Forwarded"
 func (a *API) apply(w http.ResponseWriter, r *http.Request) {
 	b, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	if err != nil {
+		writeError(w, err)
+		return
+	}
+	// Validated in full before anything reaches raft, and only of the
+	// types members may write through another agent.
+	if err := checkForwarded(b); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -269,6 +276,7 @@ var errorCodes = []struct {
 	{ErrConflict, "conflict", http.StatusConflict},
 	{ErrInvalid, "invalid", http.StatusBadRequest},
 	{ErrUnauthorized, "unauthorized", http.StatusUnauthorized},
+	{ErrForbidden, "forbidden", http.StatusForbidden},
 }
 
 // WriteError writes err as the API's JSON error, with the status and code

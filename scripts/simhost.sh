@@ -101,6 +101,10 @@ free_ip() {
 start_podman() {
   local name=$1 d=$STATE/$1
   rm -f "$d/podman.sock"
+  # Like podman.service with PrivateTmp=yes, the service starts with no
+  # staging files of an earlier one: a Podman killed mid-export or
+  # mid-import leaves its checkpoint*/restore* temporaries in its TMPDIR.
+  find "$d/tmp" -maxdepth 1 -type f \( -name 'checkpoint[0-9]*' -o -name 'restore[0-9]*' \) -delete 2>/dev/null || true
   (
     cd /
     exec setsid nsenter --mount="$d/mnt" --net="/run/netns/$NS$name" \

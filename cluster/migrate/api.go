@@ -124,6 +124,9 @@ func forwarded(lead Leadership, h http.HandlerFunc) http.HandlerFunc {
 // Peers is how ClusterAgents reaches other agents (cluster.Cluster).
 type Peers interface {
 	PeerClient(name string) (*cluster.Client, error)
+	// StepClient is PeerClient whose requests carry this leader's step
+	// signature.
+	StepClient(name string) (*cluster.Client, error)
 }
 
 // ClusterAgents implements Agents over the cluster's authenticated API.
@@ -131,18 +134,18 @@ type ClusterAgents struct{ Peers Peers }
 
 var _ Agents = ClusterAgents{}
 
-// Call implements Agents.
+// Call implements Agents. Requests carry the leader's step signature.
 func (a ClusterAgents) Call(ctx context.Context, host, path string, in, out any) error {
-	cl, err := a.Peers.PeerClient(host)
+	cl, err := a.Peers.StepClient(host)
 	if err != nil {
 		return err
 	}
 	return cl.Do(ctx, http.MethodPost, path, in, out)
 }
 
-// Stream implements Agents.
+// Stream implements Agents. Requests carry the leader's step signature.
 func (a ClusterAgents) Stream(ctx context.Context, host, path string, in any) (io.ReadCloser, error) {
-	cl, err := a.Peers.PeerClient(host)
+	cl, err := a.Peers.StepClient(host)
 	if err != nil {
 		return nil, err
 	}

@@ -74,7 +74,8 @@ func (a *Agent) sendImage(ctx context.Context, req ImageRequest) (imageSent, err
 	export := func(w io.Writer) error { return a.eng.ExportImage(ctx, req.Image, w) }
 	up, ok := a.sender.(Uploader)
 	if !ok || a.images.stage == "" {
-		_, st, err := a.sender.Stream(ctx, req.TargetAddr, transfer.StreamHeader{Kind: KindImage, ID: req.Image}, export)
+		_, st, err := a.sender.Stream(ctx, req.TargetAddr, transfer.StreamHeader{Kind: KindImage, ID: req.Image,
+			Meta: map[string]string{"migration": req.Migration}}, export)
 		return imageSent{Bytes: st.Bytes, WireBytes: st.WireBytes, Duration: st.Duration, DurationMS: st.Duration.Milliseconds()}, err
 	}
 	b := make([]byte, 4)
@@ -91,7 +92,7 @@ func (a *Agent) sendImage(ctx context.Context, req ImageRequest) (imageSent, err
 		return out, err
 	}
 	hdr := transfer.StreamHeader{Kind: KindImageFile, ID: req.Image,
-		Meta: map[string]string{"spool": name, "size": strconv.FormatInt(staged.Size, 10), "sha256": staged.SHA256}}
+		Meta: map[string]string{"migration": req.Migration, "spool": name, "size": strconv.FormatInt(staged.Size, 10), "sha256": staged.SHA256}}
 	if _, _, err := a.sender.Stream(ctx, req.TargetAddr, hdr, func(io.Writer) error { return nil }); err != nil {
 		return out, fmt.Errorf("load image %s on %s: %w", short(req.Image), req.TargetHost, err)
 	}
@@ -106,6 +107,9 @@ func (a *Agent) sendImage(ctx context.Context, req ImageRequest) (imageSent, err
 // host's spool, verified by size and sha256 as it is read, and removes it.
 func (a *Agent) handleImageFile(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
 	if _, err := io.Copy(io.Discard, r); err != nil {
+		return nil, err
+	}
+	if err := a.authoriseImage(ctx, "image file", h); err != nil {
 		return nil, err
 	}
 	name := h.Meta["spool"]

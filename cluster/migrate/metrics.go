@@ -63,8 +63,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // or never moved (a move not started by the deadline is rolled back then).
 // A rollback before the deadline is a failure, not a missed deadline.
 func missedDeadline(r cluster.MigrationRecord) bool {
-	dl := deadlineOf(r.Extra)
-	return !dl.IsZero() && r.FinishedAt.After(dl)
+	return !r.Deadline.IsZero() && r.FinishedAt.After(r.Deadline)
 }
 
 func (m *Metrics) finished(r cluster.MigrationRecord) {
@@ -80,7 +79,9 @@ func (m *Metrics) finished(r cluster.MigrationRecord) {
 	}
 	if r.Phase == Done {
 		m.migrations.WithLabelValues("done").Inc()
-		m.downtime.Observe(r.Downtime.Seconds())
+		if r.Downtime > 0 { // unknown when a new leader rolled forward without the source's report
+			m.downtime.Observe(r.Downtime.Seconds())
+		}
 		m.bytes.Add(float64(r.Bytes))
 		if d := r.Checkpoint.Duration.Seconds(); d > 0 && r.Bytes > 0 {
 			m.rate.Observe(float64(r.Bytes) / d)

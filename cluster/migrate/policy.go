@@ -221,17 +221,16 @@ func (co *Coordinator) Rebalance(ctx context.Context, dryRun bool) (RebalanceRes
 	}
 	res.SpreadAfter = policy.Spread(after)
 	batch := newID()
-	sem := make(chan struct{}, 1)
 	for _, mv := range moves {
 		l := byID[mv.Container]
 		dm := DrainMove{Container: mv.Container, Name: l.c.Name, To: mv.To}
 		if !dryRun {
-			rec, err := co.record(ctx, l, mv.To, map[string]any{"batch": batch, "parallel": 1, "rebalance": true})
+			rec, err := co.record(ctx, l, mv.To, cluster.MigrationRecord{Batch: batch, Parallel: 1, Rebalance: true})
 			if err != nil {
 				dm.Skipped = err.Error()
 			} else {
 				dm.Migration = rec.ID
-				co.start(rec, sem)
+				co.poke()
 			}
 		}
 		res.Moves = append(res.Moves, dm)

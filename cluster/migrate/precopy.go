@@ -47,6 +47,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/internal/safefs"
 	"github.com/edgemigrate/orchestrate/transfer"
@@ -70,7 +71,7 @@ const (
 // the default, judges by the link).
 const LabelPrecopy = "orchestrate.precopy"
 
-// Methods recorded in MigrationRecord.Extra["method"].
+// Methods recorded in MigrationRecord.Method.
 const (
 	MethodDirect = "direct"
 	// MethodContent: pre-copy by content (chunk deltas), no kernel help.
@@ -119,34 +120,12 @@ func DefaultPrecopyConfig() PrecopyConfig {
 	}
 }
 
-// PrecopyReport is what the source did, for the migration record.
-type PrecopyReport struct {
-	Method string `json:"method"`
-	Reason string `json:"reason,omitempty"`
-	// EnginePreCopy: the engine reports kernel dirty tracking (soft-dirty).
-	// No engine driver offers its own pre-dump step yet, so it is reported
-	// and content pre-copy runs regardless.
-	EnginePreCopy bool            `json:"engine_precopy"`
-	LinkBps       float64         `json:"link_bytes_per_s,omitempty"`
-	Rounds        []PrecopyRound  `json:"rounds,omitempty"`
-	Final         *PrecopyRound   `json:"final,omitempty"`
-	BytesSaved    int64           `json:"bytes_saved,omitempty"` // final archive minus final delta
-	WireBytes     int64           `json:"wire_bytes,omitempty"`  // all rounds and the final, as sent
-	Fallback      string          `json:"fallback,omitempty"`    // why a full transfer ended it
-	ExtraFreezes  []time.Duration `json:"extra_freezes,omitempty"`
-}
+// PrecopyReport is what the source did, for the migration record
+// (cluster.PrecopyReport, with the source's methods).
+type PrecopyReport cluster.PrecopyReport
 
 // PrecopyRound is one round's numbers.
-type PrecopyRound struct {
-	Round        int           `json:"round"`
-	ArchiveBytes int64         `json:"archive_bytes"`
-	LiteralBytes int64         `json:"literal_bytes"`
-	DeltaBytes   int64         `json:"delta_bytes"`
-	WireBytes    int64         `json:"wire_bytes"`
-	Frozen       time.Duration `json:"frozen"`     // CRIU's frozen time
-	Checkpoint   time.Duration `json:"checkpoint"` // the engine call
-	Duration     time.Duration `json:"duration"`   // the whole round
-}
+type PrecopyRound = cluster.PrecopyRound
 
 // precopyAck is the target's answer to a round.
 type precopyAck struct {
@@ -280,6 +259,9 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 }
 
 func (r *PrecopyReport) clone() *PrecopyReport {
+	if r == nil {
+		return nil
+	}
 	c := *r
 	c.Rounds = append([]PrecopyRound(nil), r.Rounds...)
 	c.ExtraFreezes = append([]time.Duration(nil), r.ExtraFreezes...)
@@ -505,6 +487,9 @@ func (a *Agent) handlePrecopy(ctx context.Context, h transfer.StreamHeader, r io
 	if !validID.MatchString(h.ID) {
 		return nil, fmt.Errorf("pre-copy stream with a bad migration ID %q", h.ID)
 	}
+	if _, err := a.authorised(ctx, "pre-copy stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
+	}
 	base, done, err := a.bases.open(h.ID, h.Meta["base"])
 	if err != nil {
 		return nil, err
@@ -519,6 +504,9 @@ func (a *Agent) handlePrecopy(ctx context.Context, h transfer.StreamHeader, r io
 }
 
 func (a *Agent) handleProbe(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := a.authorised(ctx, "probe stream", h.ID, a.fromSource(ctx, "", receivePhases...)); err != nil {
+		return nil, err
+	}
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		return nil, err
 	}
@@ -529,6 +517,9 @@ func (a *Agent) handleProbe(ctx context.Context, h transfer.StreamHeader, r io.R
 // base and the delta as it arrives and fed to the restore. The base goes
 // afterwards, whatever the outcome.
 func (a *Agent) handleDeltaRestore(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := a.authorised(ctx, "restore stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
+	}
 	base, done, err := a.bases.open(h.ID, h.Meta["base"])
 	if err != nil {
 		return nil, fmt.Errorf("restore %s on %s: %w", h.Meta["name"], a.host, err)
@@ -559,36 +550,14 @@ func (r *PrecopyReport) final(ckpt engine.Stats, st transfer.StreamStats, enc *d
 	r.Final = &f
 }
 
-// record puts the report into a migration record's Extra (a copy).
-func (r *PrecopyReport) record(extra map[string]any) map[string]any {
-	out := make(map[string]any, len(extra)+4)
-	for k, v := range extra {
-		out[k] = v
-	}
+// record puts a copy of the report into a migration record (which names
+// MethodDirect when it names no method). A nil report changes nothing.
+func (r *PrecopyReport) record(m *cluster.MigrationRecord) {
 	if r == nil {
-		return out
+		return
 	}
-	out["method"] = r.Method
-	out["precopy"] = r
-	if r.BytesSaved > 0 {
-		out["bytes_saved"] = r.BytesSaved
+	if m.Method == "" {
+		m.Method = MethodDirect
 	}
-	if len(r.ExtraFreezes) > 0 {
-		ms := make([]int64, len(r.ExtraFreezes))
-		for i, d := range r.ExtraFreezes {
-			ms[i] = d.Milliseconds()
-		}
-		out["extra_freezes_ms"] = ms
-	}
-	return out
-}
-
-// deadlineOf reads a drain's deadline from a record's Extra.
-func deadlineOf(extra map[string]any) time.Time {
-	if s, ok := extra["deadline"].(string); ok {
-		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-			return t
-		}
-	}
-	return time.Time{}
+	m.Precopy = (*cluster.PrecopyReport)(r.clone())
 }

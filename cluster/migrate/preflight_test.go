@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/engine/enginetest"
 	"github.com/edgemigrate/orchestrate/transfer"
@@ -34,12 +36,15 @@ func (p *policyFake) CheckRestore(ctx context.Context, s engine.RestoreSpec) err
 	return p.policy.Check(s)
 }
 
-// migrateOut runs the source's migrate-out step to h2 and returns its
+// migrateOutLines records migration id of container c from h1 to h2 as the
+// leader would, runs the source's migrate-out step, and returns its
 // progress lines.
-func migrateOutLines(t *testing.T, w *world, name string) []Progress {
+func migrateOutLines(t *testing.T, w *world, id string, c engine.Container) []Progress {
 	t.Helper()
-	rec, err := w.do(context.Background(), "h1", http.MethodPost, "/v1/agent/migrate-out",
-		OutRequest{Migration: "m1", Container: name, TargetHost: "h2", TargetAddr: "h2"})
+	w.store.mu.Lock()
+	w.store.recs[id] = cluster.MigrationRecord{ID: id, Container: c.ID, Name: c.Name, From: "h1", To: "h2", Phase: Planned, SourceAsked: true}
+	w.store.mu.Unlock()
+	rec, err := w.do(context.Background(), "h1", http.MethodPost, "/v1/agent/migrate-out", OutRequest{Migration: id, Container: c.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,18 +64,15 @@ func migrateOutLines(t *testing.T, w *world, name string) []Progress {
 // freezes it: the container keeps running where it was, and nothing is
 // created on the target. An allowed one migrates.
 func TestPreflightRefusesBeforeFreeze(t *testing.T) {
-	w := &world{hosts: map[string]*fakeHost{}, store: &fakeStore{}}
-	src := &policyFake{Fake: enginetest.NewFake(), spec: engine.RestoreSpec{Privileged: true, Binds: []string{"/"}}}
-	dst := &policyFake{Fake: enginetest.NewFake()}
-	for n, eng := range map[string]*policyFake{"h1": src, "h2": dst} {
-		h := &fakeHost{name: n, eng: eng.Fake, mux: http.NewServeMux(), streams: map[string]transfer.Handler{}}
-		NewAgent(n, eng, streamer{w}, slog.New(slog.DiscardHandler)).Register(h.mux, h)
-		w.hosts[n] = h
-	}
+	src := &policyFake{spec: engine.RestoreSpec{Privileged: true, Binds: []string{"/"}}}
+	dst := &policyFake{}
+	w := newWorld(t, "h1", "h2")
+	src.Fake, dst.Fake = w.hosts["h1"].eng, w.hosts["h2"].eng
+	w = reregister(t, w, map[string]Engine{"h1": src, "h2": dst}, func(w *world, from string) Streamer { return streamer{w, from} })
 	c := src.Run("web", "img", 1<<20, nil)
 	dst.AddImage("img")
 
-	lines := migrateOutLines(t, w, "web")
+	lines := migrateOutLines(t, w, "m1", c)
 	last := lines[len(lines)-1]
 	if last.Kind != EvFailed || !strings.Contains(last.Err, "refused by this host's restore policy") ||
 		!strings.Contains(last.Err, "privileged") || !strings.Contains(last.Err, "host-path binds of /") {
@@ -90,37 +92,48 @@ func TestPreflightRefusesBeforeFreeze(t *testing.T) {
 
 	// The target allows it: the migration goes ahead.
 	dst.policy = engine.RestorePolicy{AllowPrivileged: true, AllowedBindPaths: []string{"/"}}
-	lines = migrateOutLines(t, w, "web")
+	lines = migrateOutLines(t, w, "m2", c)
 	if last := lines[len(lines)-1]; last.Kind != progRestored {
 		t.Fatalf("allowed migration: %+v", lines)
 	}
 }
 
+// reregister puts engines behind w's agents (see policyWorld).
+func reregister(t *testing.T, w *world, engines map[string]Engine, streams func(w *world, from string) Streamer) *world {
+	t.Helper()
+	for n, eng := range engines {
+		h := w.hosts[n]
+		h.mux, h.streams = http.NewServeMux(), map[string]transfer.Handler{}
+		a := NewAgent(n, eng, streams(w, n), slog.New(slog.DiscardHandler))
+		a.SetAuthority(hostAuth{w.store, n})
+		a.recordWait = 100 * time.Millisecond
+		h.agent = a
+		a.Register(h.mux, h)
+	}
+	return w
+}
+
 // A target without a preflight handler (an older agent) does not stop a
 // migration.
 func TestPreflightOlderTarget(t *testing.T) {
-	w := &world{hosts: map[string]*fakeHost{}, store: &fakeStore{}}
-	src := &policyFake{Fake: enginetest.NewFake(), spec: engine.RestoreSpec{Privileged: true}}
-	dst := enginetest.NewFake()
-	for n, eng := range map[string]Engine{"h1": src, "h2": dst} {
-		h := &fakeHost{name: n, mux: http.NewServeMux(), streams: map[string]transfer.Handler{}}
-		NewAgent(n, eng, olderStreamer{w}, slog.New(slog.DiscardHandler)).Register(h.mux, h)
-		w.hosts[n] = h
-	}
-	src.Run("web", "img", 1<<20, nil)
-	dst.AddImage("img")
-	if lines := migrateOutLines(t, w, "web"); lines[len(lines)-1].Kind != progRestored {
+	w := newWorld(t, "h1", "h2")
+	src := &policyFake{Fake: w.hosts["h1"].eng, spec: engine.RestoreSpec{Privileged: true}}
+	w = reregister(t, w, map[string]Engine{"h1": src, "h2": w.hosts["h2"].eng},
+		func(w *world, from string) Streamer { return olderStreamer{streamer{w, from}} })
+	c := src.Run("web", "img", 1<<20, nil)
+	w.hosts["h2"].eng.AddImage("img")
+	if lines := migrateOutLines(t, w, "m1", c); lines[len(lines)-1].Kind != progRestored {
 		t.Fatalf("to an older target: %+v", lines)
 	}
 }
 
 // olderStreamer delivers streams as streamer does, but answers a preflight
 // as an agent without its handler would.
-type olderStreamer struct{ w *world }
+type olderStreamer struct{ streamer }
 
 func (s olderStreamer) Stream(ctx context.Context, peer string, hdr transfer.StreamHeader, produce func(io.Writer) error) ([]byte, transfer.StreamStats, error) {
 	if hdr.Kind == KindPreflight {
 		return nil, transfer.StreamStats{}, fmt.Errorf("%w: %w \"preflight\"", transfer.ErrRemote, transfer.ErrNoHandler)
 	}
-	return streamer(s).Stream(ctx, peer, hdr, produce)
+	return s.streamer.Stream(ctx, peer, hdr, produce)
 }

@@ -26,8 +26,11 @@ import (
 )
 
 // clusterAuthorizer lets the transfer server accept exactly the client keys
-// the cluster's members publish over authenticated gossip.
+// the cluster's members publish over authenticated gossip, and tells stream
+// handlers which member sent a stream.
 type clusterAuthorizer struct{ c *cluster.Cluster }
+
+var _ transfer.Identifier = clusterAuthorizer{}
 
 func (a clusterAuthorizer) Authorized(key ssh.PublicKey) bool {
 	_, ok := a.c.Authorized(key)
@@ -121,6 +124,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		pc.Dir, pc.MaxBaseBytes = filepath.Join(cfg.Node.DataDir, "precopy"), int64(cfg.Transfer.MaxFileBytes)
 		ma.SetPrecopy(pc)
 		ma.SetImageStage(filepath.Join(cfg.Node.DataDir, "stage"))
+		ma.SetAuthority(c)
 		ma.Register(c, srv)
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),

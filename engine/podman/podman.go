@@ -634,6 +634,10 @@ func (e *Engine) probe(ctx context.Context) (engine.Features, error) {
 		f.EngineVersion = v.Server.Version
 	}
 	out, err := exec.CommandContext(ctx, e.cfg.CRIU, "--version").Output()
+	if err != nil && ctx.Err() != nil {
+		// Too slow to tell (a loaded host): not "no CRIU"; ask again later.
+		return f, fmt.Errorf("criu --version: %w", ctx.Err())
+	}
 	if err != nil {
 		// No CRIU: the engine runs containers but cannot migrate them.
 		e.log.Warn("criu not usable; checkpoints will fail", "criu", e.cfg.CRIU, "err", err)

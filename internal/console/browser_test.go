@@ -41,7 +41,7 @@ func busyFake() *fakeAgent {
 		start := now.Add(-time.Duration(60-i*3) * time.Minute)
 		m := cluster.MigrationRecord{ID: fmt.Sprintf("mig-%04x", 0xa100+i), Container: fmt.Sprintf("%012x", 0xc0ffee000+i), From: "edge-1", To: "edge-2",
 			Phase: migrate.Done, StartedAt: start, FinishedAt: start.Add(3 * time.Second), Downtime: time.Duration(380+(i*137)%700) * time.Millisecond,
-			Bytes: int64(48+(i*29)%200) << 20, Compression: "zstd", Extra: map[string]any{"name": []string{"sensor-gw", "mqtt", "video-cache"}[i%3], "method": "direct"}}
+			Bytes: int64(48+(i*29)%200) << 20, Compression: "zstd", Name: []string{"sensor-gw", "mqtt", "video-cache"}[i%3], Method: "direct"}
 		m.History = []cluster.PhaseChange{{Phase: migrate.Planned, At: start}, {Phase: migrate.Checkpointing, At: start.Add(200 * time.Millisecond)},
 			{Phase: migrate.Transferring, At: start.Add(300 * time.Millisecond)}, {Phase: migrate.Confirming, At: start.Add(2 * time.Second)}, {Phase: migrate.Done, At: start.Add(3 * time.Second)}}
 		recs = append(recs, m)
@@ -49,11 +49,11 @@ func busyFake() *fakeAgent {
 	rb := now.Add(-5 * time.Minute)
 	recs = append(recs, cluster.MigrationRecord{ID: "mig-rb01", Container: "1234567890abcdef1234", From: "edge-2", To: "edge-3", Phase: migrate.RolledBack,
 		StartedAt: rb, FinishedAt: rb.Add(4 * time.Second), Error: "restore on edge-3: CRIU: Error (criu/cr-restore.c:1510): can't restore tcp socket: the target lacks the network",
-		Extra:   map[string]any{"name": "video-cache"},
+		Name:    "video-cache",
 		History: []cluster.PhaseChange{{Phase: migrate.Planned, At: rb}, {Phase: migrate.Checkpointing, At: rb.Add(time.Second)}, {Phase: migrate.Transferring, At: rb.Add(2 * time.Second)}, {Phase: migrate.RollingBack, At: rb.Add(3 * time.Second), Note: "target failed"}, {Phase: migrate.RolledBack, At: rb.Add(4 * time.Second)}}})
 	fl := now.Add(-4 * time.Second)
 	recs = append(recs, cluster.MigrationRecord{ID: "mig-fly1", Container: "9a8b7c6d5e4f3a2b1c0d", From: "edge-1", To: "edge-2", Phase: migrate.Transferring,
-		StartedAt: fl, Bytes: 96 << 20, Extra: map[string]any{"name": "mqtt"},
+		StartedAt: fl, Bytes: 96 << 20, Name: "mqtt",
 		History: []cluster.PhaseChange{{Phase: migrate.Planned, At: fl}, {Phase: migrate.Checkpointing, At: fl.Add(time.Second)}, {Phase: migrate.Transferring, At: fl.Add(1500 * time.Millisecond)}}})
 	f.get["/v1/migrations"] = recs
 	f.get["/v1/events"] = []cluster.Event{

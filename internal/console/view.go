@@ -253,10 +253,10 @@ func BuildView(r Raw, window int) View {
 
 func migrationView(m cluster.MigrationRecord) MigrationView {
 	mv := MigrationView{
-		ID: m.ID, Name: recordString(m, "name"), Container: short(m.Container), From: m.From, To: m.To, Phase: m.Phase,
+		ID: m.ID, Name: m.Name, Container: short(m.Container), From: m.From, To: m.To, Phase: m.Phase,
 		Step: furthestStep(m), Failed: m.Phase == migrate.RollingBack || m.Phase == migrate.RolledBack, Ended: migrate.Terminal(m.Phase),
 		Started: m.StartedAt, Finished: m.FinishedAt, DowntimeMS: ms(m.Downtime), FrozenMS: ms(m.Checkpoint.FrozenTime),
-		RestoreMS: ms(m.Restore.Duration), Bytes: m.Bytes, Compression: m.Compression, Method: recordString(m, "method"),
+		RestoreMS: ms(m.Restore.Duration), Bytes: m.Bytes, Compression: m.Compression, Method: recordMethod(m),
 		Error: m.Error, History: []Change{},
 	}
 	if mv.Name == "" {
@@ -297,7 +297,7 @@ func downtime(recs []cluster.MigrationRecord, window int) DowntimeView {
 	slices.Reverse(done)
 	vals := make([]float64, 0, len(done))
 	for _, m := range done {
-		name := recordString(m, "name")
+		name := m.Name
 		if name == "" {
 			name = short(m.Container)
 		}
@@ -339,11 +339,13 @@ func EventCategory(kind string) string {
 	return "other"
 }
 
-// recordString reads one of the record's free-form fields the pages show
-// (the container's name, the transfer method).
-func recordString(m cluster.MigrationRecord, key string) string {
-	s, _ := m.Extra[key].(string)
-	return s
+// recordMethod is the transfer method that ran: the source's report when
+// there is one (direct, precopy-content, ...), else the method asked for.
+func recordMethod(m cluster.MigrationRecord) string {
+	if m.Precopy != nil && m.Precopy.Method != "" {
+		return m.Precopy.Method
+	}
+	return m.Method
 }
 
 func short(id string) string {

@@ -15,7 +15,7 @@ var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 func rec(id, name, container, phase string, start int, downtimeMS int, history ...string) cluster.MigrationRecord {
 	m := cluster.MigrationRecord{ID: id, Container: container, From: "h1", To: "h2", Phase: phase,
 		StartedAt: t0.Add(time.Duration(start) * time.Second), Downtime: time.Duration(downtimeMS) * time.Millisecond,
-		Extra: map[string]any{"name": name}}
+		Name: name}
 	for i, p := range history {
 		m.History = append(m.History, cluster.PhaseChange{Phase: p, At: m.StartedAt.Add(time.Duration(i) * 100 * time.Millisecond)})
 	}
