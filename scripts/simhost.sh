@@ -6,7 +6,9 @@
 #     that lives in the namespace osim-br, with an address in 10.99.0.0/24;
 #   - a persistent mount namespace ($STATE/NAME/mnt) with a private /dev/shm,
 #     /run/runc, /run/containers/networks and /run/libpod, so that rootful
-#     Podman instances do not share locks, runtime state or IPAM (HOSTS.md);
+#     Podman instances do not share locks, runtime state or IPAM (HOSTS.md),
+#     and a private /etc/criu ($STATE/NAME/criu-etc), where runc finds the
+#     CRIU config (runc.conf) that the page path writes for one checkpoint;
 #   - its own Podman storage and configuration (CONTAINERS_CONF and
 #     CONTAINERS_STORAGE_CONF under $STATE/NAME) and its own
 #     `podman system service` on $STATE/NAME/podman.sock.
@@ -28,6 +30,9 @@
 #
 # Only addresses in 10.99.0.0/24, only inside these namespaces. Nothing is routed
 # anywhere else: the namespaces have no default route.
+#
+# OSIM_DISK_MIB, when set for `up`, puts the host's data directory (Podman's
+# storage, volumes) on a tmpfs of that size: a small disk that tests can fill.
 #
 # OSIM_TAG (a few lowercase letters or digits) keeps separate sets of hosts
 # apart on one machine: its own state directories, bridge and namespace names
@@ -168,7 +173,14 @@ cmd_up() {
   [ ! -e "$d/mnt" ] || die "host $name already exists (simhost.sh down $name)"
   ensure_state
   ensure_bridge
-  mkdir -p "$d/tmp" "$d/runc" "$d/networks" "$d/libpod" "$d/netconf" "$d/run" "$data/storage" "$data/volumes" "$data/static"
+  if [ -n "${OSIM_DISK_MIB:-}" ]; then
+    [[ $OSIM_DISK_MIB =~ ^[0-9]+$ ]] || die "OSIM_DISK_MIB '$OSIM_DISK_MIB' must be a number"
+    mkdir -p "$data"
+    mount -t tmpfs -o "size=${OSIM_DISK_MIB}m,mode=0700" tmpfs "$data"
+  fi
+  mkdir -p "$d/tmp" "$d/runc" "$d/networks" "$d/libpod" "$d/netconf" "$d/run" "$d/criu-etc" "$data/storage" "$data/volumes" "$data/static"
+  # The mount point of each host's private /etc/criu (empty on the machine).
+  mkdir -p /etc/criu
 
   # Network: veth pair, host end eth0 in osim-NAME, bridge end in osim-br.
   ip netns add "$NS$name"
@@ -202,6 +214,7 @@ EOF
     mount --bind '$d/runc' /run/runc
     mount --bind '$d/networks' /run/containers/networks
     mount --bind '$d/libpod' /run/libpod
+    mount --bind '$d/criu-etc' /etc/criu
   "
 
   start_podman "$name"

@@ -82,6 +82,9 @@ type Server struct {
 	wg       sync.WaitGroup
 	done     chan struct{}
 	once     sync.Once
+
+	// pageHandlers serve page channels (pages.go); guarded by mu.
+	pageHandlers map[string]PageHandler
 }
 
 // NewServer checks cfg and opens the spool directory (creating it 0700).
@@ -104,6 +107,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		handlers: map[string]Handler{}, conns: map[net.Conn]struct{}{},
 		lns: map[net.Listener]struct{}{}, done: make(chan struct{}),
 	}
+	s.pageHandlers = map[string]PageHandler{}
 	if cfg.SpoolDir != "" {
 		if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
 			return nil, fmt.Errorf("transfer server: spool: %w", err)
@@ -296,6 +300,16 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			go func() {
 				defer wg.Done()
 				s.serveStream(ctx, log, ch)
+			}()
+		case PageChannelType:
+			ch, creqs, err := nc.Accept()
+			if err != nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.servePages(ctx, log, ch, creqs, func() { sc.Close() })
 			}()
 		case "session":
 			if s.root == nil {
