@@ -184,6 +184,11 @@ type moveResult struct {
 	dumpErr       error // the source's checkpoint failed: the container runs there
 	restoreErr    error // the target failed after the dump: rolled back
 	container     engine.Container
+	pages         pageserver.Stats
+	// Since the checkpoint call began: CRIU connected, the page session
+	// ended, the checkpoint call returned, the target's receiver
+	// reported, the restore returned.
+	connected, pumped, checkpointed, received, restored time.Duration
 }
 
 // move migrates container id from p to q the way the migration code does
@@ -204,17 +209,21 @@ func (p *pageHost) move(t *testing.T, q *pageHost, id string, before func()) mov
 		t.Fatal(err)
 	}
 	defer rec.Close()
-	var pst pageserver.Stats
+	var start time.Time
 	sink := func(ctx context.Context, conn io.ReadWriteCloser) error {
+		r.connected = time.Since(start)
 		var err error
-		pst, err = pageserver.Pump(ctx, conn, pc, pageserver.PumpConfig{Record: rec, Stall: testStall})
+		r.pages, err = pageserver.Pump(ctx, conn, pc, pageserver.PumpConfig{Record: rec, Stall: testStall})
+		r.pumped = time.Since(start)
 		return err
 	}
 	if before != nil {
 		before()
 	}
 	var buf bytes.Buffer
+	start = time.Now()
 	r.ckpt, r.dumpErr = p.eng.CheckpointPages(ctx, id, &buf, sink, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
+	r.checkpointed = time.Since(start)
 	pc.Close()
 	if r.dumpErr != nil {
 		if err := q.eng.DiscardPages(ctx, id); err != nil {
@@ -222,12 +231,15 @@ func (p *pageHost) move(t *testing.T, q *pageHost, id string, before func()) mov
 		}
 		return r
 	}
-	if !pst.Complete {
-		t.Fatalf("the checkpoint succeeded but the page session is incomplete: %+v", pst)
+	if !r.pages.Complete {
+		t.Fatalf("the checkpoint succeeded but the page session is incomplete: %+v", r.pages)
 	}
 	r.archive = buf.Len()
-	if r.restoreErr = q.receiveResult(id); r.restoreErr == nil {
+	r.restoreErr = q.receiveResult(id)
+	r.received = time.Since(start)
+	if r.restoreErr == nil {
 		r.container, r.restore, r.restoreErr = q.eng.Restore(ctx, &buf, engine.RestoreOptions{TCPEstablished: true})
+		r.restored = time.Since(start)
 	}
 	if r.restoreErr != nil {
 		t.Logf("restore on %s failed, rolling back: %v", q.Name, r.restoreErr)

@@ -306,11 +306,24 @@ func (s *stickyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// restoreReport is one element of the libpod restore response.
+// restoreReport is one element of the libpod restore response
+// (entities.RestoreReport; durations in µs).
 type restoreReport struct {
 	Err             any    `json:"Err"`
 	ID              string `json:"Id"`
-	RuntimeDuration int64  `json:"RuntimeDuration"`
+	RuntimeDuration int64  `json:"runtime_restore_duration"`
+	CRIU            *struct {
+		RestoreTime int64 `json:"restore_time"`
+	} `json:"criu_statistics"`
+}
+
+// restoreTime is CRIU's own restore time when the service reports it, else
+// the runtime's (runc restore).
+func (r restoreReport) restoreTime() time.Duration {
+	if r.CRIU != nil && r.CRIU.RestoreTime > 0 {
+		return time.Duration(r.CRIU.RestoreTime) * time.Microsecond
+	}
+	return time.Duration(r.RuntimeDuration) * time.Microsecond
 }
 
 // Restore implements engine.Restorer. It streams r into the service. On any
@@ -369,7 +382,7 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		return fail(err)
 	}
 	st.Duration = time.Since(start)
-	st.RestoreTime = time.Duration(rep.RuntimeDuration) * time.Microsecond
+	st.RestoreTime = rep.restoreTime()
 	e.pagesTaken(ctx, rep.ID)
 	c, err := e.Inspect(ctx, rep.ID)
 	if err != nil {

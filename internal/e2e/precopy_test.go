@@ -237,7 +237,7 @@ func TestBenchPrecopy(t *testing.T) {
 	}
 	c := simhost.NewCluster(t, 3)
 	h1, h2 := roles(t, c)
-	ssh := newSSHPair(t, h1, h2)
+	ssh := simhost.NewSSHPair(t, h2.Host)
 	shape(t, "100mbit", h1, h2)
 	type result struct {
 		gap   time.Duration
@@ -259,7 +259,7 @@ func TestBenchPrecopy(t *testing.T) {
 			h1.MustRun("podman", "container", "checkpoint", "--export", f, "--compress", "zstd", name)
 			wire := fileSize(f)
 			g := simhost.DataDir(h2.Name) + "/" + name + ".tar.zst"
-			h1.MustRun("scp", "-q", "-i", ssh.key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", f, "root@"+ssh.target+":"+g)
+			ssh.Copy(t, h1.Host, f, g)
 			h2.MustRun("podman", "container", "restore", "--import", g)
 			h1.MustRun("podman", "rm", "-f", "-t", "0", name)
 			_ = os.Remove(f)
