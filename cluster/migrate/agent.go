@@ -64,6 +64,7 @@ type Agent struct {
 	log    *slog.Logger
 	pc     PrecopyConfig
 	bases  *baseStore // pre-copied archives, when this host is a target
+	pp     pagePath   // the page path (fastpath.go)
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex // by container ID
@@ -114,6 +115,7 @@ func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindPrecopy, a.handlePrecopy)
 	streams.Handle(KindPrecopyProbe, a.handleProbe)
 	streams.Handle(KindDeltaRestore, a.handleDeltaRestore)
+	a.registerPages(streams)
 	mux.HandleFunc("POST /v1/agent/migrate-out", a.migrateOut)
 	mux.HandleFunc("POST /v1/agent/push-image", a.pushImage)
 	mux.HandleFunc("POST /v1/agent/resume", a.containerStep(a.resume))
@@ -199,6 +201,9 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 	}
 	// Pre-copy while the container runs; base is nil for a full transfer.
 	base, pre := a.precopyOut(ctx, c, req, emit, log)
+	if a.pagesOut(ctx, c, req, base, pre, emit, log) {
+		return
+	}
 	log.Info("transfer method", "method", pre.Method, "reason", pre.Reason, "link_mbit", int(pre.LinkBps*8/1e6), "fallback", pre.Fallback)
 	hdr := transfer.StreamHeader{Kind: KindRestore, ID: req.Migration, Meta: map[string]string{"container": c.ID, "name": c.Name}}
 	if base != nil {
@@ -376,11 +381,18 @@ func (a *Agent) state(ctx context.Context, id string) (ContainerState, error) {
 // resume rolls the source back: the container runs again from its kept
 // checkpoint (a running container is left alone).
 func (a *Agent) resume(ctx context.Context, req ContainerRequest) (ContainerState, error) {
+	if err := a.replayPages(ctx, req.Container); err != nil {
+		return ContainerState{}, err
+	}
 	if err := a.eng.Resume(ctx, req.Container); err != nil {
 		return ContainerState{}, err
 	}
 	a.log.Info("resumed after rollback", "container", req.Container, "migration", req.Migration)
-	return a.state(ctx, req.Container)
+	st, err := a.state(ctx, req.Container)
+	if err == nil && st.Running {
+		a.dropRecording(req.Container, st.Container.ID)
+	}
+	return st, err
 }
 
 // remove finalises the source: it removes the stopped copy, and refuses to
@@ -396,6 +408,7 @@ func (a *Agent) remove(ctx context.Context, req ContainerRequest) (ContainerStat
 	if err := a.eng.Remove(ctx, st.Container.ID); err != nil {
 		return st, err
 	}
+	a.dropRecording(req.Container, st.Container.ID)
 	return ContainerState{}, nil
 }
 
@@ -405,6 +418,7 @@ func (a *Agent) abort(ctx context.Context, req ContainerRequest) (ContainerState
 	if req.Migration != "" {
 		a.bases.drop(req.Migration)
 	}
+	defer a.discardPages(ctx, req)
 	st, err := a.state(ctx, req.Container)
 	if err != nil || !st.Exists {
 		return st, err

@@ -129,6 +129,8 @@ type PrecopyReport struct {
 	WireBytes     int64           `json:"wire_bytes,omitempty"`  // all rounds and the final, as sent
 	Fallback      string          `json:"fallback,omitempty"`    // why a full transfer ended it
 	ExtraFreezes  []time.Duration `json:"extra_freezes,omitempty"`
+	// Pages: what the page path did, or why it did not run (fastpath.go).
+	Pages *PageReport `json:"pages,omitempty"`
 }
 
 // PrecopyRound is one round's numbers.

@@ -104,6 +104,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		defer client.Close()
 		ma := migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate"))
+		ma.SetPages(migrate.PagesConfig{Dir: filepath.Join(cfg.Node.DataDir, "pages")})
 		ma.Register(c, srv)
 		g.Go(func() error { return ma.ReconcileLoop(gctx, c, time.Minute) })
 		fcfg := forensics.Config{Host: cfg.Node.Name, DataDir: cfg.Node.DataDir, Logger: logger.With("part", "forensics"),

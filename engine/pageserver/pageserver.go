@@ -410,3 +410,93 @@ func Replay(ctx context.Context, recording io.Reader, server io.ReadWriteCloser)
 	}
 	return st, err
 }
+
+// Answerer is a page-server end that answers CRIU itself and passes the
+// dump side on, one way, to W (for example a delta encoder over a page
+// channel to the target, whose own page server's answers are then not
+// needed). The answers are those of a page server without a parent image:
+// no parent, status 0. It answers CLOSE only once W accepted every byte
+// before it, so CRIU's dump succeeds only with the whole session handed
+// on; whoever reads W's far end must verify it arrived whole (the delta's
+// end op does). Use it as Pump's server end.
+type Answerer struct {
+	W io.Writer
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	parser *parser
+	owed   int64 // answer bytes not yet read by CRIU
+	closed bool
+}
+
+// NewAnswerer returns an Answerer writing to w.
+func NewAnswerer(w io.Writer) *Answerer {
+	a := &Answerer{W: w, parser: newParser()}
+	a.cond = sync.NewCond(&a.mu)
+	return a
+}
+
+// Write passes CRIU's bytes on and queues the answers they are owed.
+func (a *Answerer) Write(b []byte) (int, error) {
+	if _, err := a.W.Write(b); err != nil {
+		return 0, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	before := a.parser.owed
+	if err := a.parser.feed(b); err != nil {
+		return 0, err
+	}
+	a.owed += a.parser.owed - before
+	a.cond.Broadcast()
+	return len(b), nil
+}
+
+// Read returns the answers owed so far (zero bytes: no parent; status 0),
+// blocking until there are some; io.EOF once closed and all were read.
+func (a *Answerer) Read(b []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.owed == 0 && !a.closed {
+		a.cond.Wait()
+	}
+	if a.owed == 0 {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(b)), a.owed))
+	clear(b[:n])
+	a.owed -= int64(n)
+	return n, nil
+}
+
+// CloseWrite: CRIU finished sending.
+func (a *Answerer) CloseWrite() error { return a.Close() }
+
+// Close ends the session; pending reads return what is owed, then io.EOF.
+func (a *Answerer) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	a.cond.Broadcast()
+	return nil
+}
+
+// Complete reports whether the session that passed through was whole.
+func (a *Answerer) Complete() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.parser.complete()
+}
+
+// OneWay turns a reader of a dump side (a recording, or a rebuilt stream)
+// into a Pump dump end whose answers are discarded.
+type OneWay struct{ R io.Reader }
+
+func (o OneWay) Read(b []byte) (int, error)  { return o.R.Read(b) }
+func (o OneWay) Write(b []byte) (int, error) { return len(b), nil }
+func (o OneWay) Close() error {
+	if c, ok := o.R.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}

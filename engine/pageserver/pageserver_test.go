@@ -295,3 +295,48 @@ func TestPumpRecordFails(t *testing.T) {
 		t.Fatalf("the server got %d bytes that were never recorded", fs.got.Len())
 	}
 }
+
+// The Answerer stands in for the page server: CRIU's side completes, the
+// bytes pass through whole, and a OneWay end replays them into a real
+// server.
+func TestAnswererAndOneWay(t *testing.T) {
+	criu, criuEnd := socketPair(t)
+	var out bytes.Buffer
+	ans := NewAnswerer(&out)
+	dumpErr := make(chan error, 1)
+	s := session()
+	go func() { dumpErr <- dumpSide(criu, s) }()
+	st, err := Pump(context.Background(), criuEnd, ans, PumpConfig{})
+	if err != nil || !st.Complete || !ans.Complete() {
+		t.Fatalf("pump: %+v %v complete %v", st, err, ans.Complete())
+	}
+	if err := <-dumpErr; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), s) {
+		t.Fatal("the answerer changed the bytes")
+	}
+
+	srvEnd, srv := socketPair(t)
+	fs := &fakeServer{}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- fs.serve(srv) }()
+	st, err = Pump(context.Background(), OneWay{R: bytes.NewReader(out.Bytes())}, srvEnd, PumpConfig{})
+	if err != nil || !st.Complete {
+		t.Fatalf("one-way pump: %+v %v", st, err)
+	}
+	if err := <-srvErr; err != nil || !bytes.Equal(fs.got.Bytes(), s) {
+		t.Fatalf("server: %v", err)
+	}
+
+	// A writer that fails makes CRIU's session fail: no CLOSE answer.
+	criu, criuEnd = socketPair(t)
+	go func() { dumpErr <- dumpSide(criu, s) }()
+	st, err = Pump(context.Background(), criuEnd, NewAnswerer(&failWriter{n: 100}), PumpConfig{})
+	if st.Complete {
+		t.Fatalf("pump into a failing writer: %+v %v", st, err)
+	}
+	if err := <-dumpErr; err == nil {
+		t.Fatal("CRIU's side must fail")
+	}
+}

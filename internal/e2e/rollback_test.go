@@ -110,7 +110,9 @@ func TestE2ERollback(t *testing.T) {
 
 	t.Run("TargetDiskFull", func(t *testing.T) {
 		port := simhost.Port()
-		h1.RunWorkload(simhost.Workload{Name: "r2", MiB: 48, Port: port})
+		// Export/import (the page path sends the memory past Podman's
+		// TMPDIR; engine/podman's TestPagesDiskFull fills its disk).
+		h1.RunWorkload(simhost.Workload{Name: "r2", MiB: 48, Port: port, Labels: map[string]string{"orchestrate.pages": "off"}})
 		before, _ := h1.Probe(port)
 		// Podman stages an imported checkpoint in its TMPDIR: make it tiny.
 		tmp := simhost.StateDir(h2.Name) + "/tmp"
