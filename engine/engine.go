@@ -202,5 +202,5 @@ type PageMover interface {
 	PreparePages(ctx context.Context, id string) error
 	ReceivePages(ctx context.Context, id string, conn io.ReadWriteCloser) (PageStats, error)
 	DiscardPages(ctx context.Context, id string) error
-	ReplayPages(ctx context.Context, id string, recording io.Reader) error
+	ReplayPages(ctx context.Context, id string, recording io.ReadSeeker) error
 }

@@ -94,11 +94,17 @@ type PagesConfig struct {
 	// ReceiveWait bounds how long the target's restore waits for its page
 	// receiver after the archive arrived.
 	ReceiveWait time.Duration
+	// Timeout bounds the source's part once the container froze. That
+	// part no longer follows the leader's request: a leader that dies
+	// mid-dump must not cut a session that would otherwise complete (the
+	// next leader finds the container running on the target, or rolls
+	// back).
+	Timeout time.Duration
 }
 
 // DefaultPagesConfig returns the defaults; Dir must still be set.
 func DefaultPagesConfig() PagesConfig {
-	return PagesConfig{Stall: 10 * time.Second, ReceiveWait: time.Minute}
+	return PagesConfig{Stall: 10 * time.Second, ReceiveWait: time.Minute, Timeout: 10 * time.Minute}
 }
 
 // pagePath is the agent's page-path state.
@@ -116,6 +122,9 @@ func (a *Agent) SetPages(cfg PagesConfig) {
 	}
 	if cfg.ReceiveWait <= 0 {
 		cfg.ReceiveWait = def.ReceiveWait
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = def.Timeout
 	}
 	a.pp.cfg = cfg
 }
@@ -197,6 +206,10 @@ func (a *Agent) pagesOut(ctx context.Context, c engine.Container, req OutRequest
 		meta["oneway"] = "zstd+delta"
 		meta["base"] = hex.EncodeToString(sumOf(base))
 	}
+	// From the page channel on, the session runs to its end whatever
+	// happens to the leader's request (see PagesConfig.Timeout).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.pp.cfg.Timeout)
+	defer cancel()
 	pc, err := opener.OpenPages(ctx, req.TargetAddr, transfer.StreamHeader{Kind: KindPages, ID: req.Migration, Meta: meta})
 	if err != nil {
 		return fallback(fmt.Sprintf("target %s: %v", req.TargetHost, err))
@@ -524,7 +537,15 @@ func (a *Agent) replayPages(ctx context.Context, ref string) error {
 	}
 	defer f.Close()
 	start := time.Now()
-	if err := pm.ReplayPages(ctx, c.ID, f); err != nil {
+	err = pm.ReplayPages(ctx, c.ID, f)
+	if errors.Is(err, pageserver.ErrIncomplete) {
+		// The dump never completed through the page server: either the
+		// container still runs, or CRIU dumped locally after all (the
+		// checkpoint holds its pages). Resume decides.
+		a.log.Info("page recording incomplete: resuming from the kept checkpoint as it is", "container", c.Name, "err", err)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("rebuild the pages of %s from its recording: %w", c.Name, err)
 	}
 	a.log.Info("rebuilt pages from the recording for the rollback", "container", c.Name, "took", time.Since(start))

@@ -358,6 +358,32 @@ func (p *pump) watch() {
 	}
 }
 
+// Check reads a recorded session to its end and reports whether it is
+// whole (CRIU closed it after its last command); ErrIncomplete if not.
+// Answers are not recorded, so Check cannot see them: a session cut after
+// CLOSE but before its answer looks whole here, and Replay then finds out.
+func Check(recording io.Reader) (Stats, error) {
+	ps := newParser()
+	n, err := io.Copy(parserWriter{ps}, recording)
+	st := Stats{Sent: n, Pages: int64(ps.pages), Complete: err == nil && ps.complete()}
+	if err != nil {
+		return st, err
+	}
+	if !st.Complete {
+		return st, fmt.Errorf("%w: %d bytes, CLOSE seen %v", ErrIncomplete, n, ps.closed)
+	}
+	return st, nil
+}
+
+type parserWriter struct{ p *parser }
+
+func (w parserWriter) Write(b []byte) (int, error) {
+	if err := w.p.feed(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
 // Replay sends a recorded session (the dump side's bytes, as Pump's Record
 // received them) to server, reads and discards the answers, and fails with
 // ErrIncomplete unless the recording is a whole session that the server

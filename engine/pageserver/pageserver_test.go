@@ -210,6 +210,16 @@ func TestPumpAndReplay(t *testing.T) {
 		t.Fatal("replayed session differs")
 	}
 
+	if st, err := Check(bytes.NewReader(rec.Bytes())); err != nil || st.Pages != 5 {
+		t.Fatalf("check: %+v %v", st, err)
+	}
+	if _, err := Check(bytes.NewReader(s[:len(s)-1])); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("check of a cut recording: %v", err)
+	}
+	if _, err := Check(bytes.NewReader(nil)); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("check of an empty recording: %v", err)
+	}
+
 	// A truncated recording is refused.
 	a, b = socketPair(t)
 	go func() { srvErr <- (&fakeServer{}).serve(b) }()

@@ -163,6 +163,13 @@ func (e *Engine) writeRuncConf(ctr string, port int) error {
 // connection and must close it when done; if it fails mid-dump, CRIU's
 // dump fails and the container keeps running. ErrNoPageServer says the
 // path cannot run here (nothing was done); the caller then uses Checkpoint.
+//
+// Podman does not stop a checkpoint whose request went away: if ctx ends
+// before CRIU connected, the config file is removed and the service may
+// still complete an ordinary checkpoint (pages kept locally, so Resume
+// works without ReplayPages); if it ends mid-session, the session is cut
+// and CRIU's dump fails. Callers that must not cut a dump use a context
+// that outlives their own request.
 func (e *Engine) CheckpointPages(ctx context.Context, id string, w io.Writer, sink engine.PageSink, opts engine.CheckpointOptions) (engine.Stats, error) {
 	start := time.Now()
 	d, err := e.inspect(ctx, id)
@@ -617,8 +624,13 @@ func (e *Engine) DiscardPages(ctx context.Context, id string) error {
 // ReplayPages implements engine.PageMover on the source: it rebuilds the
 // page images of the kept checkpoint of container id from a recording of
 // its page session (pageserver.PumpConfig.Record), so that Resume can
-// restore it. The container must be stopped with a kept checkpoint.
-func (e *Engine) ReplayPages(ctx context.Context, id string, recording io.Reader) error {
+// restore it. The container must be stopped. The recording is checked
+// whole before anything is written; an incomplete one (the dump did not
+// complete through the page server: the container never stopped, or CRIU
+// ended up dumping locally) fails with pageserver.ErrIncomplete and leaves
+// the checkpoint as it is. Existing page images are overwritten by name,
+// never removed first.
+func (e *Engine) ReplayPages(ctx context.Context, id string, recording io.ReadSeeker) error {
 	d, err := e.inspect(ctx, id)
 	if err != nil {
 		return fmt.Errorf("replay pages for %s: %w", id, err)
@@ -626,7 +638,10 @@ func (e *Engine) ReplayPages(ctx context.Context, id string, recording io.Reader
 	if d.State.Running {
 		return fmt.Errorf("replay pages for %s: the container runs", id)
 	}
-	if err := removePageImages(filepath.Join(d.StaticDir, "checkpoint")); err != nil {
+	if _, err := pageserver.Check(recording); err != nil {
+		return fmt.Errorf("replay pages for %s: %w", id, err)
+	}
+	if _, err := recording.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("replay pages for %s: %w", id, err)
 	}
 	_, err = e.runPageServer(ctx, d.StaticDir, func(ps net.Conn) (pageserver.Stats, error) {

@@ -510,3 +510,35 @@ func TestPagesTargetPodmanKilled(t *testing.T) {
 }
 
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+// The caller gives up mid-dump (its context ends): the session ends, CRIU's
+// dump fails, and the container runs on with its memory.
+func TestPagesCanceledMidDump(t *testing.T) {
+	hs := newPageHosts(t, simhost.New(t), simhost.New(t))
+	h1, h2 := hs[0], hs[1]
+	id, port, before := startRollbackWorkload(t, h1, "cx", 128)
+	ctx, cancel := context.WithCancel(context.Background())
+	var once sync.Once
+	h2.onBytes = func(n int64) {
+		if n > 16<<20 {
+			once.Do(cancel)
+		}
+	}
+	pc, err := h1.cli.OpenPages(context.Background(), h2.addr, transfer.StreamHeader{Kind: "pages", ID: "m-cx", Meta: map[string]string{"container": id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = h1.eng.CheckpointPages(ctx, id, io.Discard, func(ctx context.Context, conn io.ReadWriteCloser) error {
+		_, err := pageserver.Pump(ctx, conn, pc, pageserver.PumpConfig{Stall: testStall})
+		return err
+	}, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
+	if err == nil {
+		t.Fatal("the checkpoint succeeded although its caller gave up mid-dump")
+	}
+	t.Logf("expected failure: %v", err)
+	if err := h2.receiveResult(id); err == nil {
+		t.Fatal("the target's receiver reported success")
+	}
+	_ = h2.eng.DiscardPages(context.Background(), id)
+	checkRolledBack(t, h1, h2, id, port, before)
+}
