@@ -64,12 +64,16 @@ func TestBenchMigration(t *testing.T) {
 			}
 		}
 		for _, mib := range sizes[link] {
-			var manual, orch []time.Duration
+			var manual, orch, criu []time.Duration
+			methods := map[string]int{}
 			for i := 0; i < repeats; i++ {
 				manual = append(manual, manualMove(t, ssh, h1, h2, mib, i))
-				orch = append(orch, orchestrateMove(t, h1, h2, mib, i))
+				m := orchestrateMove(t, h1, h2, mib, i)
+				orch, criu = append(orch, m.gap), append(criu, m.criu)
+				methods[m.method]++
 			}
-			rows = append(rows, row(fmt.Sprintf("%d MiB, %s", mib, link), manual, orch))
+			rows = append(rows, row(fmt.Sprintf("%d MiB, %s", mib, link), manual, orch)+
+				fmt.Sprintf(" %s | %.2f | %s |", minMed(criu), med(orch).Seconds()/med(criu).Seconds(), methodList(methods)))
 		}
 		if os.Getenv("ORCHESTRATE_BENCH_DRAIN") != "0" {
 			var manual, orch []time.Duration
@@ -77,15 +81,15 @@ func TestBenchMigration(t *testing.T) {
 				manual = append(manual, manualDrain(t, ssh, h1, h2, 8, 64, i))
 				orch = append(orch, orchestrateDrain(t, c, h1, 8, 64, i))
 			}
-			rows = append(rows, row(fmt.Sprintf("drain 8 x 64 MiB, %s (total time)", link), manual, orch))
+			rows = append(rows, row(fmt.Sprintf("drain 8 x 64 MiB, %s (total time)", link), manual, orch)+" | | |")
 		}
 		for _, h := range []*simhost.AgentHost{h1, h2} {
 			_, _ = runScript("shape", h.Name, "off")
 		}
 	}
 	fmt.Printf("\nMigration downtime as the application saw it (its longest gap between ticks), min / median of %d:\n\n", repeats)
-	fmt.Println("| case | manual pipeline | orchestrate | ratio (median) |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Println("| case | manual pipeline | orchestrate | ratio (median) | CRIU frozen + restore | gap / CRIU (median) | method |")
+	fmt.Println("|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		fmt.Println(r)
 	}
@@ -121,7 +125,24 @@ func manualMove(t *testing.T, s simhost.SSHPair, h1, h2 *simhost.AgentHost, mib,
 	return time.Duration(rep.MaxGapMS) * time.Millisecond
 }
 
-func orchestrateMove(t *testing.T, h1, h2 *simhost.AgentHost, mib, i int) time.Duration {
+// move is one orchestrate migration as the bench saw it: the gap the
+// workload saw, CRIU's own frozen plus restore time from the record, and
+// the method the record names.
+type move struct {
+	gap, criu time.Duration
+	method    string
+}
+
+func methodList(m map[string]int) string {
+	var out []string
+	for k, n := range m {
+		out = append(out, fmt.Sprintf("%s ×%d", k, n))
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", ")
+}
+
+func orchestrateMove(t *testing.T, h1, h2 *simhost.AgentHost, mib, i int) move {
 	t.Helper()
 	name := fmt.Sprintf("orc%d-%d", mib, i)
 	port := simhost.Port()
@@ -131,8 +152,10 @@ func orchestrateMove(t *testing.T, h1, h2 *simhost.AgentHost, mib, i int) time.D
 		t.Fatalf("migrate: %s%s", out, errOut)
 	}
 	rep := h2.WaitReport(port, 60*time.Second)
+	settledMigrations(t, h1, 10*time.Second)
+	rec, pre := record(t, h1, name)
 	h2.MustRun("podman", "rm", "-f", "-t", "0", name)
-	return time.Duration(rep.MaxGapMS) * time.Millisecond
+	return move{gap: time.Duration(rep.MaxGapMS) * time.Millisecond, criu: rec.Checkpoint.FrozenTime + rec.Restore.RestoreTime, method: pre.Method}
 }
 
 // waitSettled resets the workload's longest gap once it has run a moment,
