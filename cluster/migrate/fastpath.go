@@ -371,6 +371,34 @@ func (a *Agent) registerPages(streams StreamHandlers) {
 	}
 	ph.HandlePages(KindPages, a.handlePages)
 	streams.Handle(KindPagesRestore, a.handlePagesRestore)
+	go a.sweepRecordings(context.Background())
+}
+
+// sweepRecordings removes recordings no rollback can need any more: their
+// container is gone (the migration finished and the source copy went) or
+// runs. A stopped, checkpointed container keeps its recording.
+func (a *Agent) sweepRecordings(ctx context.Context) {
+	if a.pp.cfg.Dir == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	ents, err := os.ReadDir(a.pp.cfg.Dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".pages")
+		if !ok {
+			continue
+		}
+		unlock := a.lock(ctx, id)
+		c, err := a.eng.Inspect(ctx, id)
+		if errors.Is(err, engine.ErrNotFound) || (err == nil && c.Running) {
+			_ = os.Remove(filepath.Join(a.pp.cfg.Dir, e.Name()))
+		}
+		unlock()
+	}
 }
 
 // handlePages is the target's page channel: prepare the checkpoint

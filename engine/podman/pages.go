@@ -310,15 +310,15 @@ func (e *Engine) acceptCRIU(ctx context.Context, ln net.Listener, ctr string, po
 }
 
 // checkCRIUPeer verifies that the TCP connection from local port from to
-// port to belongs to a process of uid 0 whose parent is `runc checkpoint ...
-// ctr`. It reads /proc only.
+// port to belongs to a process of uid 0 started (directly, or through one
+// wrapper) by the OCI runtime's `checkpoint ... ctr` (runc execs CRIU as
+// its child). It reads /proc only.
 func checkCRIUPeer(ctr string, from, to int) error {
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
 		return err
 	}
-	// runc's checkpoint of this container, then its children.
-	runcs := map[int]bool{}
+	runtimes := map[int]bool{} // the runtime's checkpoint of ctr
 	parent := map[int]int{}
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
@@ -341,21 +341,20 @@ func checkCRIUPeer(ctr string, from, to int) error {
 		}
 		ppid, _ := strconv.Atoi(f[1])
 		parent[pid] = ppid
-		if strings.HasPrefix(s[strings.IndexByte(s, '(')+1:], "runc)") {
-			cmd, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-			if err == nil {
-				args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
-				if slicesContains(args, "checkpoint") && args[len(args)-1] == ctr {
-					runcs[pid] = true
-				}
-			}
+		cmd, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(cmd), ctr) {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
+		if slicesContains(args, "checkpoint") && args[len(args)-1] == ctr {
+			runtimes[pid] = true
 		}
 	}
-	if len(runcs) == 0 {
-		return fmt.Errorf("no runc checkpoint of %s is running", ctr)
+	if len(runtimes) == 0 {
+		return fmt.Errorf("no runtime checkpoint of %s is running", ctr)
 	}
 	for pid, ppid := range parent {
-		if !runcs[ppid] {
+		if !runtimes[ppid] && !runtimes[parent[ppid]] {
 			continue
 		}
 		if ok, err := ownsConnection(pid, from, to); err == nil && ok {
