@@ -124,7 +124,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 				s.log.Warn("refused client key", "remote", meta.RemoteAddr().String(), "user", meta.User(), "key", ssh.FingerprintSHA256(key))
 				return nil, fmt.Errorf("key %s not authorised", ssh.FingerprintSHA256(key))
 			}
-			return &ssh.Permissions{Extensions: map[string]string{"key": ssh.FingerprintSHA256(key)}}, nil
+			return &ssh.Permissions{Extensions: senderExtensions(cfg.Authorizer, key)}, nil
 		},
 	}
 	s.sshCfg.AddHostKey(cfg.HostKey)
@@ -272,7 +272,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	_ = c.SetDeadline(time.Time{})
 	log := s.log.With("remote", c.RemoteAddr().String(), "key", sc.Permissions.Extensions["key"])
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(ContextWithSender(ctx, sc.Permissions.Extensions[extNode]))
 	defer cancel()
 	go func() {
 		<-ctx.Done()

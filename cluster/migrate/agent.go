@@ -65,6 +65,7 @@ type Agent struct {
 	pc     PrecopyConfig
 	bases  *baseStore // pre-copied archives, when this host is a target
 	pp     pagePath   // the page path (fastpath.go)
+	images imageFiles // resumable image pushes (imagefile.go)
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex // by container ID
@@ -110,6 +111,7 @@ func (a *Agent) lock(ctx context.Context, ref string) func() {
 func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindRestore, a.handleRestore)
 	streams.Handle(KindImage, a.handleImage)
+	a.registerImageFiles(streams)
 	// Bases of an earlier run of this agent are never used: clear them.
 	a.bases.clear()
 	streams.Handle(KindPrecopy, a.handlePrecopy)
@@ -313,13 +315,12 @@ func (a *Agent) pushImage(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, fmt.Errorf("%w: %v", cluster.ErrInvalid, err))
 		return
 	}
-	_, st, err := a.sender.Stream(r.Context(), req.TargetAddr, transfer.StreamHeader{Kind: KindImage, ID: req.Image},
-		func(w io.Writer) error { return a.eng.ExportImage(r.Context(), req.Image, w) })
+	st, err := a.sendImage(r.Context(), req)
 	if err != nil {
 		writeErr(w, fmt.Errorf("send image %s to %s: %w", req.Image, req.TargetHost, err))
 		return
 	}
-	writeJSON(w, map[string]any{"bytes": st.Bytes, "wire_bytes": st.WireBytes, "duration_ms": st.Duration.Milliseconds()})
+	writeJSON(w, st)
 }
 
 func (a *Agent) hasImage(w http.ResponseWriter, r *http.Request) {

@@ -91,21 +91,23 @@ func (co *Coordinator) HandleTrigger(ctx context.Context, t policy.Trigger) (Tri
 	return TriggerResult{Drain: &res}, nil
 }
 
-// snapshotBefore keeps a forensic snapshot of every container on the host;
-// a failed snapshot is recorded and never holds up the evacuation.
+// snapshotBefore keeps a forensic snapshot of every container on the host,
+// in parallel and within a share of the time to the notice's deadline
+// (evacsnap.go); each outcome is an event, and none holds up the
+// evacuation past that share.
 func (co *Coordinator) snapshotBefore(ctx context.Context, t policy.Trigger) {
-	v := co.snapshot(ctx)
-	for _, l := range v.containers {
-		if l.host != t.Host || !l.c.Running {
-			continue
-		}
-		sctx, cancel := context.WithTimeout(ctx, co.cfg.MigrationTimeout)
-		err := co.Snapshots.Snapshot(sctx, l.host, l.c.ID, "before evacuation: "+t.Kind)
-		cancel()
-		if err != nil {
-			co.log.Warn("snapshot before evacuation failed", "container", l.c.Name, "err", err)
+	b := DefaultSnapshotBudget()
+	if sb, ok := co.Snapshots.(SnapshotBudgeter); ok {
+		b = sb.SnapshotBudget()
+	}
+	var targets []snapTarget
+	for _, l := range co.snapshot(ctx).containers {
+		if l.host == t.Host && l.c.Running {
+			targets = append(targets, snapTarget{host: l.host, id: l.c.ID, name: l.c.Name})
 		}
 	}
+	window := snapshotWindow(co.cfg.Now(), t.Deadline, b)
+	co.recordSnapshots(ctx, t, runSnapshots(ctx, co.Snapshots, targets, window, b.Parallel, "before evacuation: "+t.Kind))
 }
 
 func countMoves(res DrainResult) int {
