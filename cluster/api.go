@@ -3,15 +3,12 @@ package cluster
 import (
 	"context"
 	"crypto/subtle"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -204,7 +201,7 @@ func (a *API) listen() (listeners, error) {
 	var l listeners
 	var err error
 	if addr := a.c.cfg.APIBindAddr; addr != "" {
-		if l.tcp, err = tls.Listen("tcp", addr, a.c.tls.serverConfig()); err != nil {
+		if l.tcp, err = listenAPI(addr, a.c.tls.serverConfig()); err != nil {
 			return l, fmt.Errorf("api listen %s: %w", addr, err)
 		}
 	}
@@ -219,35 +216,12 @@ func (a *API) listen() (listeners, error) {
 	return l, nil
 }
 
-// listenUnix creates the CLI socket with mode 0600, replacing a stale one.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("api socket dir: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("api socket %s: another agent is listening", path)
-		}
-		os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("api socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("api socket %s: %w", path, err)
-	}
-	return ln, nil
-}
-
 // serve runs the servers until ctx ends, then shuts them down.
 func (a *API) serve(ctx context.Context, l listeners) error {
 	var srvs []*http.Server
 	errc := make(chan error, 2)
 	start := func(ln net.Listener, h http.Handler) {
-		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+		s := newAPIServer(h)
 		srvs = append(srvs, s)
 		go func() {
 			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

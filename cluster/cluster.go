@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/safefs"
 	"github.com/edgemigrate/orchestrate/transfer"
 )
 
@@ -158,7 +159,7 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.MaxVoters < 1 {
 		cfg.MaxVoters = 3
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if err := safefs.PrivateDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	t, err := newClusterTLS(cfg.Secret)
@@ -275,7 +276,7 @@ func (c *Cluster) startGossip() error {
 	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = max(c.cfg.SuspicionMult, 1), 2
 	mc.Delegate, mc.Events, mc.Ping = &delegate{c}, &delegate{c}, &delegate{c}
 	mc.Logger = memberlistLogger(c.logger)
-	ml, err := memberlist.Create(mc)
+	ml, err := createGossip(mc)
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
 	}

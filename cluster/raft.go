@@ -56,7 +56,7 @@ func newTLSLayer(bind string, t *clusterTLS) (*tlsLayer, error) {
 		ln.Close()
 		return nil, fmt.Errorf("raft bind %s: need a concrete IP that peers can dial: %w", bind, ErrInvalid)
 	}
-	return &tlsLayer{Listener: tls.NewListener(ln, t.mutualServerConfig()), addr: addr, tls: t}, nil
+	return &tlsLayer{Listener: guardRaft(ln, t.mutualServerConfig()), addr: addr, tls: t}, nil
 }
 
 func (l *tlsLayer) Addr() net.Addr { return l.addr }

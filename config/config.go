@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +27,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/policy"
 	"github.com/edgemigrate/orchestrate/policy/spot"
 )
@@ -66,7 +69,16 @@ type Config struct {
 		Socket string
 	}
 	Transfer struct {
-		Bind string
+		Bind         string
+		StallTimeout time.Duration
+		MaxFileBytes int
+		MinFreeBytes int
+	}
+	Restore struct {
+		AllowPrivileged     bool
+		AllowedBindPaths    []string
+		AllowedDevices      []string
+		AllowedCapabilities []string
 	}
 	Log struct {
 		Level  string
@@ -159,6 +171,13 @@ var keys = func() []key {
 		{"engine.type", kString, "podman", "container engine: podman or docker", func(c *Config, v any) { c.Engine.Type = v.(string) }},
 		{"engine.socket", kString, "unix:///run/podman/podman.sock", "engine service URI", func(c *Config, v any) { c.Engine.Socket = v.(string) }},
 		{"transfer.bind", kAddr, "", "checkpoint transfer (SSH) address (default: cluster.bind's host, port 7922)", func(c *Config, v any) { c.Transfer.Bind = v.(string) }},
+		{"transfer.stall_timeout", kDuration, time.Minute, "a stream with no byte for this long fails, releasing what it held", func(c *Config, v any) { c.Transfer.StallTimeout = v.(time.Duration) }},
+		{"transfer.max_file_bytes", kInt, 64 << 30, "largest file a peer may store here: an upload, a snapshot, a pre-copy base (0: no limit)", func(c *Config, v any) { c.Transfer.MaxFileBytes = v.(int) }},
+		{"transfer.min_free_bytes", kInt, 1 << 30, "free space uploads must leave on the spool's file system", func(c *Config, v any) { c.Transfer.MinFreeBytes = v.(int) }},
+		{"restore.allow_privileged", kBool, false, "restore privileged containers, ones that share host namespaces or run unconfined", func(c *Config, v any) { c.Restore.AllowPrivileged = v.(bool) }},
+		{"restore.allowed_bind_paths", kList, []string{}, "host paths a restored container may bind-mount (each path and what lies under it)", func(c *Config, v any) { c.Restore.AllowedBindPaths = v.([]string) }},
+		{"restore.allowed_devices", kList, []string{}, "host devices a restored container may be given", func(c *Config, v any) { c.Restore.AllowedDevices = v.([]string) }},
+		{"restore.allowed_capabilities", kList, []string{}, "capabilities a restored container may have beyond the default set (ALL: any)", func(c *Config, v any) { c.Restore.AllowedCapabilities = v.([]string) }},
 		{"log.level", kString, "info", "debug, info, warn or error", func(c *Config, v any) { c.Log.Level = v.(string) }},
 		{"log.format", kString, "text", "text or json", func(c *Config, v any) { c.Log.Format = v.(string) }},
 		{"policy.spot.provider", kString, "none", "spot/maintenance notices: auto, aws, gcp, azure or none", func(c *Config, v any) { c.Policy.Spot.Provider = v.(string) }},
@@ -544,6 +563,27 @@ func (c Config) Validate() error {
 	default:
 		bad("engine.type", "%q (expected podman or docker)", c.Engine.Type)
 	}
+	for _, p := range c.Restore.AllowedBindPaths {
+		if !filepath.IsAbs(p) {
+			bad("restore.allowed_bind_paths", "%q (expected an absolute path)", p)
+		}
+	}
+	for _, p := range c.Restore.AllowedDevices {
+		if !strings.HasPrefix(filepath.Clean(p), "/dev/") {
+			bad("restore.allowed_devices", "%q (expected a device path such as /dev/fuse)", p)
+		}
+	}
+	for _, cp := range c.Restore.AllowedCapabilities {
+		if n := engine.NormalizeCap(cp); n != "ALL" && !capName.MatchString(n) {
+			bad("restore.allowed_capabilities", "%q (expected a capability such as NET_ADMIN or CAP_NET_ADMIN, or ALL)", cp)
+		}
+	}
+	if c.Transfer.MaxFileBytes < 0 {
+		bad("transfer.max_file_bytes", "%d (expected 0 for no limit, or a size in bytes)", c.Transfer.MaxFileBytes)
+	}
+	if c.Transfer.MinFreeBytes < 0 {
+		bad("transfer.min_free_bytes", "%d (expected a size in bytes)", c.Transfer.MinFreeBytes)
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -587,6 +627,14 @@ func (c Config) RebalanceConfig() policy.RebalanceConfig {
 	rc := policy.DefaultRebalanceConfig()
 	rc.Schedule, rc.Threshold, rc.MaxMoves = c.Policy.Rebalance.Schedule, c.Policy.Rebalance.Threshold, c.Policy.Rebalance.MaxMoves
 	return rc
+}
+
+var capName = regexp.MustCompile(`^CAP_[A-Z_]+$`)
+
+// RestorePolicy returns this host's restore policy (the restore.* keys).
+func (c Config) RestorePolicy() engine.RestorePolicy {
+	return engine.RestorePolicy{AllowPrivileged: c.Restore.AllowPrivileged, AllowedBindPaths: c.Restore.AllowedBindPaths,
+		AllowedDevices: c.Restore.AllowedDevices, AllowedCapabilities: c.Restore.AllowedCapabilities}
 }
 
 // Cluster returns the cluster package's config. The caller adds the

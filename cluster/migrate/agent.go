@@ -9,8 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -83,10 +81,7 @@ func NewAgent(host string, eng Engine, sender Streamer, log *slog.Logger) *Agent
 
 // SetPrecopy replaces the pre-copy configuration; call before Register.
 func (a *Agent) SetPrecopy(cfg PrecopyConfig) {
-	if cfg.Dir == "" {
-		cfg.Dir = filepath.Join(os.TempDir(), "orchestrate-precopy", a.host)
-	}
-	a.pc, a.bases = cfg, newBaseStore(cfg.Dir)
+	a.pc, a.bases = cfg, newBaseStore(cfg.Dir, cfg.MaxBaseBytes)
 }
 
 // lock takes the per-container lock, resolving names to IDs first so that
@@ -111,6 +106,7 @@ func (a *Agent) lock(ctx context.Context, ref string) func() {
 func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindRestore, a.handleRestore)
 	streams.Handle(KindImage, a.handleImage)
+	streams.Handle(KindPreflight, a.handlePreflight)
 	a.registerImageFiles(streams)
 	// Bases of an earlier run of this agent are never used: clear them.
 	a.bases.clear()
@@ -196,6 +192,9 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 	c, err := a.eng.Inspect(ctx, req.Container)
 	if err == nil && !c.Running {
 		err = fmt.Errorf("container %s is %s: %w", req.Container, c.State, engine.ErrNotRunning)
+	}
+	if err == nil {
+		err = a.preflight(ctx, c, req, log) // the target's restore policy, before any freeze (preflight.go)
 	}
 	if err != nil {
 		emit(Progress{Kind: EvFailed, Err: err.Error()})

@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/safefs"
 	"github.com/edgemigrate/orchestrate/transfer"
 	"github.com/edgemigrate/orchestrate/transfer/delta"
 )
@@ -101,9 +102,13 @@ type PrecopyConfig struct {
 	Budget time.Duration
 	// ProbeBytes is the size of the link probe.
 	ProbeBytes int
-	// Dir is where a target keeps its bases; empty: a directory under
-	// os.TempDir() named after the host.
+	// Dir is where a target keeps its bases: a private directory (root,
+	// 0700) under the agent's data_dir, checked before each use. Empty:
+	// this host keeps none, and sources fall back to a full transfer.
 	Dir string
+	// MaxBaseBytes caps one base as rebuilt on the target (a small delta
+	// can describe a large archive); 0: no cap.
+	MaxBaseBytes int64
 }
 
 // DefaultPrecopyConfig returns the defaults.
@@ -381,6 +386,7 @@ func (a *Agent) precopyRound(ctx context.Context, c engine.Container, req OutReq
 // source never trusts a base it did not see acknowledged in this run.
 type baseStore struct {
 	dir string
+	max int64 // bytes one base may hold; 0: no cap
 	mu  sync.Mutex
 	m   map[string]storedBase
 }
@@ -396,12 +402,16 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 // errNoBase: the target holds no (or another) base for the migration.
 var errNoBase = fmt.Errorf("%w: no pre-copied archive for this migration here", delta.ErrBase)
 
-func newBaseStore(dir string) *baseStore { return &baseStore{dir: dir, m: map[string]storedBase{}} }
+func newBaseStore(dir string, max int64) *baseStore {
+	return &baseStore{dir: dir, max: max, m: map[string]storedBase{}}
+}
 
 func (s *baseStore) clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_ = os.RemoveAll(s.dir)
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
+	}
 	s.m = map[string]storedBase{}
 }
 
@@ -432,7 +442,10 @@ func (s *baseStore) has(id, sumHex string) bool {
 
 // receive rebuilds a round from r into a new file and makes it id's base.
 func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBase, error) {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+	if s.dir == "" {
+		return storedBase{}, errors.New("this host keeps no pre-copy bases (no directory configured)")
+	}
+	if err := safefs.PrivateDir(s.dir); err != nil {
 		return storedBase{}, err
 	}
 	f, err := os.CreateTemp(s.dir, id+".*.partial")
@@ -440,7 +453,11 @@ func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBas
 		return storedBase{}, err
 	}
 	h := sha256.New()
-	n, err := delta.Decode(io.MultiWriter(f, h), r, base)
+	var w io.Writer = io.MultiWriter(f, h)
+	if s.max > 0 {
+		w = &capWriter{w: w, left: s.max}
+	}
+	n, err := delta.Decode(w, r, base)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -460,6 +477,21 @@ func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBas
 	}
 	s.m[id] = nb
 	return nb, nil
+}
+
+// capWriter fails with transfer.ErrTooLarge once more than left bytes
+// were written.
+type capWriter struct {
+	w    io.Writer
+	left int64
+}
+
+func (c *capWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > c.left {
+		return 0, fmt.Errorf("pre-copy base: %w", transfer.ErrTooLarge)
+	}
+	c.left -= int64(len(p))
+	return c.w.Write(p)
 }
 
 func (s *baseStore) drop(id string) {

@@ -296,7 +296,7 @@ func TestPrecopyBadDelta(t *testing.T) {
 }
 
 func TestBaseStore(t *testing.T) {
-	s := newBaseStore(t.TempDir())
+	s := newBaseStore(t.TempDir(), 0)
 	if _, _, err := s.open("m", "abcd"); !errors.Is(err, delta.ErrBase) {
 		t.Fatalf("open of a missing base: %v", err)
 	}

@@ -519,7 +519,7 @@ func (s *Store) restoreEntry(ctx context.Context, dir string, e Entry) (engine.C
 		return engine.Container{}, engine.Stats{}, fmt.Errorf("restore %s: %w", e.Name, err)
 	}
 	defer r.Close()
-	c, st, err := s.eng.Restore(ctx, r, engine.RestoreOptions{TCPEstablished: e.TCPEstablished})
+	c, st, err := s.eng.Restore(ctx, r, engine.RestoreOptions{TCPEstablished: e.TCPEstablished, Local: true})
 	if err != nil {
 		// An engine still finishing a restore of an earlier run refuses
 		// this one by name; its copy counts if it runs and matches.

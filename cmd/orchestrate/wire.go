@@ -3,11 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,6 +97,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		scfg := transfer.DefaultServerConfig()
 		scfg.Addr, scfg.HostKey, scfg.Authorizer = cfg.Transfer.Bind, c.HostSigner(), clusterAuthorizer{c}
 		scfg.SpoolDir = filepath.Join(cfg.Node.DataDir, "spool")
+		scfg.StallTimeout = cfg.Transfer.StallTimeout
+		scfg.MaxFileBytes, scfg.MinFreeBytes = int64(cfg.Transfer.MaxFileBytes), int64(cfg.Transfer.MinFreeBytes)
+		scfg.MaxStreamBytes = map[string]int64{forensics.KindSnapshot: int64(cfg.Transfer.MaxFileBytes), migrate.KindPreflight: 1 << 20}
 		scfg.Logger = logger.With("part", "transfer")
 		srv, err := transfer.NewServer(scfg)
 		if err != nil {
@@ -107,12 +107,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		ccfg := transfer.DefaultClientConfig()
 		ccfg.Signer, ccfg.HostKeys, ccfg.Logger = c.ClientSigner(), c, logger.With("part", "transfer")
-		// Fault injection for the failure tests only (see transfer.ClientConfig).
-		if v := os.Getenv("ORCHESTRATE_FAULT_CORRUPT_STREAM_AFTER"); v != "" {
-			if ccfg.CorruptAfter, err = strconv.ParseInt(v, 10, 64); err != nil {
-				return fmt.Errorf("ORCHESTRATE_FAULT_CORRUPT_STREAM_AFTER=%q: %w", v, err)
-			}
-			logger.Warn("fault injection: the first stream after this many bytes will be corrupted", "bytes", ccfg.CorruptAfter)
+		// Fault injection, in test builds only (faults_testhooks.go).
+		if err := applyFaults(&ccfg, logger); err != nil {
+			return err
 		}
 		client, err := transfer.NewClient(ccfg)
 		if err != nil {
@@ -120,6 +117,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		defer client.Close()
 		ma := migrate.NewAgent(cfg.Node.Name, eng, client, logger.With("part", "migrate"))
+		pc := migrate.DefaultPrecopyConfig()
+		pc.Dir, pc.MaxBaseBytes = filepath.Join(cfg.Node.DataDir, "precopy"), int64(cfg.Transfer.MaxFileBytes)
+		ma.SetPrecopy(pc)
 		ma.SetPages(migrate.PagesConfig{Dir: filepath.Join(cfg.Node.DataDir, "pages")})
 		ma.SetImageStage(filepath.Join(cfg.Node.DataDir, "stage"))
 		ma.Register(c, srv)

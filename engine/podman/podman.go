@@ -68,6 +68,10 @@ type Config struct {
 	// PageStall ends a page session that makes no progress this long
 	// (a cut link). Zero: 10 s.
 	PageStall time.Duration
+	// Policy is this host's restore policy (policy.go); the zero value
+	// refuses privileged containers, host binds, devices and added
+	// capabilities.
+	Policy engine.RestorePolicy
 }
 
 // DefaultConfig returns the defaults for a rootful Podman service.
@@ -347,6 +351,9 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		q.Set("name", opts.Name)
 	}
 	src := &stickyReader{r: r}
+	if !opts.Local {
+		src.r = e.checkArchive(r) // the restore policy (policy.go)
+	}
 	sc := newScanner()
 	resp, err := e.do(ctx, http.MethodPost, "/containers/import/restore", q, io.TeeReader(src, sc))
 	if err == nil {

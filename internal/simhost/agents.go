@@ -26,7 +26,8 @@ var (
 )
 
 // Binary builds bin/orchestrate once per test binary (static, with the
-// podman build tags) and returns its path.
+// podman build tags plus testhooks, which compiles in the fault injection
+// the failure tests use) and returns its path.
 func Binary(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
@@ -36,7 +37,7 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "orchestrate")
-		cmd := exec.Command("go", "build", "-tags", "remote,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper,containers_image_openpgp",
+		cmd := exec.Command("go", "build", "-tags", "remote,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper,containers_image_openpgp,testhooks",
 			"-o", binPath, "./cmd/orchestrate")
 		cmd.Dir = Root()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
