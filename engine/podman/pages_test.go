@@ -312,6 +312,23 @@ func TestPagesCrossHost(t *testing.T) {
 	}
 	sameMemory(t, "back on h1", after, h1.WaitReport(port, 10*time.Second))
 
+	// On a bridge network the address and the hostname come along.
+	bport := simhost.Port()
+	bid := strings.TrimSpace(h1.MustRun("podman", "run", "-d", "--name", "pb", "--network", "bridge", "--hostname", "pages-host",
+		simhost.WorkloadImage, "-mib", "16", "-listen", fmt.Sprintf(":%d", bport)))
+	ip := h1.ContainerIP("pb")
+	bbefore := h1.WaitReportAt(ip, bport, 30*time.Second)
+	if r := h1.move(t, h2, bid, nil); r.dumpErr != nil || r.restoreErr != nil {
+		t.Fatalf("move pb: dump %v, restore %v", r.dumpErr, r.restoreErr)
+	}
+	if got := h2.ContainerIP("pb"); got != ip {
+		t.Errorf("address %s on h2, %s on h1", got, ip)
+	}
+	if got := strings.TrimSpace(h2.MustRun("podman", "exec", "pb", "cat", "/proc/sys/kernel/hostname")); got != "pages-host" {
+		t.Errorf("hostname %q on h2", got)
+	}
+	sameMemory(t, "pb on h2", bbefore, h2.WaitReportAt(ip, bport, 10*time.Second))
+
 	// A named volume arrives in the target's own volume. (It does not go
 	// back here: simulated hosts share one file system, and Podman's
 	// import keeps the source's volume path in the restored spec, which
