@@ -40,6 +40,7 @@ package migrate
 // reason.
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/hex"
@@ -49,6 +50,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -141,14 +143,13 @@ type pageHandlers interface {
 
 // PageReport is what the page path did, for the record.
 type PageReport struct {
-	PageBytes    int64         `json:"page_bytes"`              // page session bytes CRIU sent
-	Pages        int64         `json:"pages"`                   // memory pages carried
-	WireBytes    int64         `json:"wire_bytes,omitempty"`    // on the channel, after delta and zstd
-	ArchiveBytes int64         `json:"archive_bytes"`           // the metadata archive
-	Session      time.Duration `json:"session"`                 // from CRIU's connect to its CLOSE answered
-	Fallback     string        `json:"fallback,omitempty"`      // why the page path did not run
-	DeltaSaved   int64         `json:"delta_saved,omitempty"`   // page bytes not sent thanks to the base
-	RollbackNote string        `json:"rollback_note,omitempty"` // set on the source when a replay ran
+	PageBytes    int64         `json:"page_bytes"`            // page session bytes CRIU sent
+	Pages        int64         `json:"pages"`                 // memory pages carried
+	WireBytes    int64         `json:"wire_bytes,omitempty"`  // on the channel, after delta and zstd
+	ArchiveBytes int64         `json:"archive_bytes"`         // the metadata archive
+	Session      time.Duration `json:"session"`               // from CRIU's connect to its CLOSE answered
+	Fallback     string        `json:"fallback,omitempty"`    // why the page path did not run
+	DeltaSaved   int64         `json:"delta_saved,omitempty"` // page bytes not sent thanks to the base
 }
 
 // pagesDecision says whether the page path runs for a container, and why
@@ -205,6 +206,9 @@ func (a *Agent) pagesOut(ctx context.Context, c engine.Container, req OutRequest
 	if oneWay {
 		meta["oneway"] = "zstd+delta"
 		meta["base"] = hex.EncodeToString(sumOf(base))
+	}
+	if ctx.Err() != nil {
+		return fallback(fmt.Sprintf("the leader's request ended: %v", ctx.Err()))
 	}
 	// From the page channel on, the session runs to its end whatever
 	// happens to the leader's request (see PagesConfig.Timeout).
@@ -275,6 +279,12 @@ func (a *Agent) pagesOut(ctx context.Context, c engine.Container, req OutRequest
 		if errors.Is(err, engine.ErrNoPageServer) {
 			noPages = true
 		}
+		if err == nil && session.Sent == 0 {
+			// CRIU never connected (its runtime ignored runc.conf): the
+			// pages are in the archive. End the empty session so that
+			// the target restores the archive as it is.
+			_ = pc.CloseWrite()
+		}
 		if err == nil {
 			emit(Progress{Kind: EvReceived, Bytes: ckpt.Bytes, Checkpoint: &ckpt})
 		}
@@ -303,8 +313,12 @@ func (a *Agent) pagesOut(ctx context.Context, c engine.Container, req OutRequest
 		emit(Progress{Kind: EvFailed, Err: fmt.Sprintf("target %s answered %q: %v", req.TargetHost, result, err), Precopy: pre})
 		return true
 	}
+	after := time.Duration(0)
+	if !sessionEnd.IsZero() {
+		after = time.Since(sessionEnd).Round(time.Millisecond)
+	}
 	log.Info("migrated out (page path)", "method", pre.Method, "pages_mib", session.Sent>>20, "wire_mib", rep.WireBytes>>20,
-		"archive", ckpt.Bytes, "session", rep.Session, "frozen", ckpt.FrozenTime, "after_session", time.Since(sessionEnd).Round(time.Millisecond))
+		"archive", ckpt.Bytes, "session", rep.Session, "frozen", ckpt.FrozenTime, "after_session", after)
 	emit(Progress{Kind: progRestored, Bytes: session.Sent + st.Bytes, Compression: st.Compression, Checkpoint: &ckpt,
 		Restore: &res.Stats, Container: &res.Container, Precopy: pre})
 	return true
@@ -327,6 +341,13 @@ func (r *PrecopyReport) recordPages(ckpt engine.Stats, st transfer.StreamStats, 
 	r.WireBytes += f.WireBytes
 	note := "memory pages sent while CRIU dumps"
 	switch {
+	case p.PageBytes == 0:
+		// CRIU dumped locally: Podman's archive carried the pages.
+		if r.Method == MethodContent {
+			r.Method = MethodFallback
+		}
+		p.Fallback = "CRIU did not connect to the page server (its runtime ignored /etc/criu/runc.conf): the pages went in the archive"
+		note = p.Fallback
 	case p.DeltaSaved > 0 || (r.Method == MethodContent && r.Fallback == ""):
 		r.Method, r.BytesSaved = MethodContentPages, p.DeltaSaved
 		note = "final round: memory pages as a delta while CRIU dumps"
@@ -335,7 +356,7 @@ func (r *PrecopyReport) recordPages(ckpt engine.Stats, st transfer.StreamStats, 
 	default:
 		r.Method = MethodPages
 	}
-	if oneWay && r.Method != MethodContentPages {
+	if oneWay && p.PageBytes > 0 && r.Method != MethodContentPages {
 		note += ", compressed (slow link)"
 	}
 	r.Reason = strings.TrimPrefix(r.Reason+"; "+note, "; ")
@@ -509,15 +530,36 @@ func (a *Agent) handlePagesRestore(ctx context.Context, h transfer.StreamHeader,
 	delete(a.pp.receipts, h.ID)
 	a.pp.mu.Unlock()
 	defer a.bases.drop(h.ID)
-	if rc.err != nil {
-		<-read
-		return nil, fmt.Errorf("restore %s on %s: pages: %w", h.Meta["name"], a.host, rc.err)
-	}
 	<-read
 	if rerr != nil {
 		return nil, rerr
 	}
+	if rc.err != nil {
+		// Only an archive that carries its own pages (CRIU did not use
+		// the page server) restores without its session; the receiver
+		// has discarded its directory by now.
+		if !archiveHasPages(archive) {
+			return nil, fmt.Errorf("restore %s on %s: pages: %w", h.Meta["name"], a.host, rc.err)
+		}
+		a.log.Info("the archive carries its pages: restoring it as it is", "migration", h.ID, "container", rc.container)
+	}
 	return a.restoreFrom(ctx, h, bytes.NewReader(archive))
+}
+
+// archiveHasPages reports whether a checkpoint archive holds CRIU's page
+// images itself.
+func archiveHasPages(archive []byte) bool {
+	tr := tar.NewReader(bytes.NewReader(archive))
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			return false
+		}
+		dir, base := path.Split(strings.TrimPrefix(h.Name, "./"))
+		if path.Clean(dir) == "checkpoint" && strings.HasPrefix(base, "pages-") && strings.HasSuffix(base, ".img") {
+			return true
+		}
+	}
 }
 
 // discardPages removes a page directory no container took (after a failed

@@ -1,6 +1,8 @@
 package migrate
 
 import (
+	"archive/tar"
+	"bytes"
 	"testing"
 
 	"github.com/edgemigrate/orchestrate/engine"
@@ -55,5 +57,42 @@ func TestRecordPagesMethod(t *testing.T) {
 		if pre.Reason == "" {
 			t.Errorf("%s: no reason", c.name)
 		}
+	}
+}
+
+// CRIU that never connected (a runtime that ignores runc.conf) leaves the
+// pages in the archive: the record does not claim the page path, and the
+// target restores such an archive as it is.
+func TestPagesNotUsedByCRIU(t *testing.T) {
+	pre := PrecopyReport{Method: MethodDirect}
+	p := &PageReport{}
+	pre.recordPages(engine.Stats{Bytes: 64 << 20}, transfer.StreamStats{Bytes: 64 << 20}, p, delta.Stats{}, false)
+	if pre.Method != MethodDirect || p.Fallback == "" {
+		t.Fatalf("method %s, fallback %q", pre.Method, p.Fallback)
+	}
+	pre = PrecopyReport{Method: MethodContent}
+	pre.recordPages(engine.Stats{}, transfer.StreamStats{}, &PageReport{}, delta.Stats{}, true)
+	if pre.Method != MethodFallback {
+		t.Fatalf("after pre-copy: method %s", pre.Method)
+	}
+
+	archive := func(names ...string) []byte {
+		var b bytes.Buffer
+		tw := tar.NewWriter(&b)
+		for _, n := range names {
+			tw.WriteHeader(&tar.Header{Name: n, Mode: 0o600, Size: 1})
+			tw.Write([]byte{1})
+		}
+		tw.Close()
+		return b.Bytes()
+	}
+	if archiveHasPages(archive("config.dump", "checkpoint/inventory.img", "checkpoint/pagemap-1.img")) {
+		t.Error("a pagemap alone is not pages")
+	}
+	if !archiveHasPages(archive("config.dump", "checkpoint/pagemap-1.img", "checkpoint/pages-1.img")) {
+		t.Error("pages not seen")
+	}
+	if archiveHasPages(archive("volumes/pages-1.img")) {
+		t.Error("a volume's file is not CRIU's")
 	}
 }
