@@ -163,9 +163,11 @@ func closeWrite(c io.Closer) error {
 
 // PumpConfig tunes Pump.
 type PumpConfig struct {
-	// Record, when set, receives every byte the dump side sends, before
-	// it is forwarded: a failed write ends the session before the server
-	// sees those bytes, so CRIU's dump fails and the container runs on.
+	// Record, when set, receives every byte the dump side sends. It is
+	// written on a goroutine of its own, beside the forwarding, and
+	// drained before CRIU gets the answer to its CLOSE: CRIU's dump
+	// succeeds only with the whole session recorded, and a failed write
+	// ends the session, so CRIU's dump fails and the container runs on.
 	Record io.Writer
 	// Stall: a write to either side, an answer the server owes, or the
 	// rest of a command the dump side began, that makes no progress for
@@ -209,9 +211,84 @@ type pump struct {
 	midCommand     atomic.Bool  // the dump side is inside a command
 	closed         atomic.Bool  // the dump side sent CLOSE
 
+	rec *recorder // nil without cfg.Record
+
 	once sync.Once
 	err  error
 	done chan struct{}
+}
+
+// recorder writes the dump side's bytes to a Writer on its own goroutine.
+// Buffers come from a pool and go back once both the forwarder and the
+// recorder are done with them.
+type recorder struct {
+	w    io.Writer
+	q    chan *recBuf
+	pool sync.Pool
+	wg   sync.WaitGroup // buffers queued and not yet written
+	mu   sync.Mutex
+	err  error
+	stop chan struct{}
+}
+
+type recBuf struct {
+	b    []byte
+	n    int
+	refs atomic.Int32
+}
+
+func newRecorder(w io.Writer, size int) *recorder {
+	r := &recorder{w: w, q: make(chan *recBuf, 64), stop: make(chan struct{})}
+	r.pool.New = func() any { return &recBuf{b: make([]byte, size)} }
+	go r.run()
+	return r
+}
+
+func (r *recorder) get() *recBuf { return r.pool.Get().(*recBuf) }
+
+func (r *recorder) release(b *recBuf) {
+	if b.refs.Add(-1) == 0 {
+		r.pool.Put(b)
+	}
+}
+
+// queue hands b (already counted for the caller) to the recorder.
+func (r *recorder) queue(b *recBuf) {
+	b.refs.Add(1)
+	r.wg.Add(1)
+	r.q <- b
+}
+
+func (r *recorder) run() {
+	for {
+		select {
+		case <-r.stop:
+			return
+		case b := <-r.q:
+			if r.error() == nil {
+				if _, err := r.w.Write(b.b[:b.n]); err != nil {
+					r.mu.Lock()
+					r.err = fmt.Errorf("record page-server session: %w", err)
+					r.mu.Unlock()
+				}
+			}
+			r.release(b)
+			r.wg.Done()
+		}
+	}
+}
+
+func (r *recorder) error() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// flush waits until everything queued is written and reports the first
+// write error.
+func (r *recorder) flush() error {
+	r.wg.Wait()
+	return r.error()
 }
 
 // aborter is implemented by ends whose Close can block on a dead link
@@ -239,6 +316,10 @@ func (p *pump) run(ctx context.Context) (Stats, error) {
 	stop := context.AfterFunc(ctx, func() { p.fail(ctx.Err()) })
 	defer stop()
 	p.lastRead.Store(time.Now().UnixNano())
+	if cfg := p.cfg; cfg.Record != nil {
+		p.rec = newRecorder(cfg.Record, cfg.BufferSize)
+		defer close(p.rec.stop)
+	}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); p.forward() }()
@@ -246,6 +327,11 @@ func (p *pump) run(ctx context.Context) (Stats, error) {
 	go p.watch()
 	wg.Wait()
 	close(p.done)
+	if p.rec != nil {
+		if err := p.rec.flush(); err != nil {
+			p.fail(err)
+		}
+	}
 	p.fail(nil) // close both ends; keeps an earlier error
 	st := Stats{Sent: p.sent.Load(), Answered: p.answered.Load(), Pages: int64(p.parser.pages)}
 	st.Complete = p.err == nil && p.parser.complete() && st.Answered == p.parser.owed
@@ -262,9 +348,19 @@ func (p *pump) write(w io.Writer, b []byte) error {
 
 // forward carries the dump side to the server, parsing and recording it.
 func (p *pump) forward() {
-	buf := make([]byte, p.cfg.BufferSize)
+	own := make([]byte, p.cfg.BufferSize)
 	for {
+		buf := own
+		var rb *recBuf
+		if p.rec != nil {
+			rb = p.rec.get()
+			rb.refs.Store(1)
+			buf = rb.b
+		}
 		n, rerr := p.dump.Read(buf)
+		if rb != nil {
+			rb.n = n
+		}
 		if n > 0 {
 			p.lastRead.Store(time.Now().UnixNano())
 			if err := p.parser.feed(buf[:n]); err != nil {
@@ -277,19 +373,27 @@ func (p *pump) forward() {
 				p.owed.Store(owed)
 				p.progress.Store(time.Now().UnixNano())
 			}
-			if p.cfg.Record != nil {
-				if _, err := p.cfg.Record.Write(buf[:n]); err != nil {
-					p.fail(fmt.Errorf("record page-server session: %w", err))
+			if p.rec != nil {
+				if err := p.rec.error(); err != nil {
+					p.rec.release(rb)
+					p.fail(err)
 					return
 				}
+				p.rec.queue(rb)
 			}
-			if err := p.write(p.server, buf[:n]); err != nil {
+			err := p.write(p.server, buf[:n])
+			if rb != nil {
+				p.rec.release(rb)
+			}
+			if err != nil {
 				// The server went away; CRIU will see its
 				// connection close and fail the dump.
 				p.fail(nil)
 				return
 			}
 			p.sent.Add(int64(n))
+		} else if rb != nil {
+			p.rec.release(rb)
 		}
 		if rerr != nil {
 			if !errors.Is(rerr, io.EOF) {
@@ -309,6 +413,14 @@ func (p *pump) answer() {
 		n, rerr := p.server.Read(buf)
 		if n > 0 {
 			p.progress.Store(time.Now().UnixNano())
+			// The answer to CLOSE completes CRIU's dump: only once the
+			// whole session is recorded.
+			if p.rec != nil && p.closed.Load() {
+				if err := p.rec.flush(); err != nil {
+					p.fail(err)
+					return
+				}
+			}
 			if err := p.write(p.dump, buf[:n]); err != nil {
 				p.fail(nil)
 				return

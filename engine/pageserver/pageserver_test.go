@@ -282,27 +282,27 @@ func (f *failWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// A recording that cannot be written ends the session before the server
-// gets those bytes: the dump fails and the container keeps running, rather
-// than losing the only copy that allows a rollback.
+// A recording that cannot be written ends the session before CRIU gets the
+// answer to its CLOSE: the dump fails and the container keeps running,
+// rather than losing the only copy that allows a rollback. (The server may
+// have seen the whole session; the target restores nothing without the
+// archive that only a successful dump produces.)
 func TestPumpRecordFails(t *testing.T) {
-	criu, criuEnd := socketPair(t)
-	srvEnd, srv := socketPair(t)
-	fs := &fakeServer{}
-	srvErr := make(chan error, 1)
-	go func() { srvErr <- fs.serve(srv) }()
-	dumpErr := make(chan error, 1)
-	go func() { dumpErr <- dumpSide(criu, session()) }()
-	st, err := Pump(context.Background(), criuEnd, srvEnd, PumpConfig{Record: &failWriter{n: HeaderSize}, BufferSize: HeaderSize})
-	if err == nil || st.Complete {
-		t.Fatalf("pump: %+v %v, want an error", st, err)
-	}
-	if err := <-dumpErr; err == nil {
-		t.Fatal("the dump side must see its session fail")
-	}
-	<-srvErr
-	if fs.got.Len() > HeaderSize {
-		t.Fatalf("the server got %d bytes that were never recorded", fs.got.Len())
+	for _, size := range []int{HeaderSize, 1 << 20} {
+		criu, criuEnd := socketPair(t)
+		srvEnd, srv := socketPair(t)
+		srvErr := make(chan error, 1)
+		go func() { srvErr <- (&fakeServer{}).serve(srv) }()
+		dumpErr := make(chan error, 1)
+		go func() { dumpErr <- dumpSide(criu, session()) }()
+		st, err := Pump(context.Background(), criuEnd, srvEnd, PumpConfig{Record: &failWriter{n: 3 * HeaderSize}, BufferSize: size})
+		if err == nil || st.Complete {
+			t.Fatalf("buffer %d: pump %+v %v, want an error", size, st, err)
+		}
+		if err := <-dumpErr; err == nil {
+			t.Fatalf("buffer %d: the dump side must see its session fail", size)
+		}
+		<-srvErr
 	}
 }
 
