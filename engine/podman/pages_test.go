@@ -391,12 +391,29 @@ func checkRolledBack(t *testing.T, src, dst *pageHost, id string, port int, befo
 	}
 }
 
+// Failures of the page path, each made to happen, on one pair of hosts:
+// every one leaves the container running on the source with its memory
+// and nothing of it on the target.
+func TestPagesFailures(t *testing.T) {
+	hs := newPageHosts(t, simhost.New(t), simhost.New(t))
+	for _, c := range []struct {
+		name string
+		run  func(*testing.T, *pageHost, *pageHost)
+	}{
+		{"ReceiverKilledMidDump", receiverKilled},
+		{"LinkCutMidDump", linkCut},
+		{"TargetPodmanKilledMidRestore", targetPodmanKilled},
+		{"CallerGivesUpMidDump", canceledMidDump},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.run(t, hs[0], hs[1]) })
+	}
+}
+
 // The target's page receiver dies mid-dump: CRIU's dump fails, the
 // container never stopped.
-func TestPagesReceiverKilled(t *testing.T) {
-	hs := newPageHosts(t, simhost.New(t), simhost.New(t))
-	h1, h2 := hs[0], hs[1]
-	id, port, before := startRollbackWorkload(t, h1, "rk", 128)
+func receiverKilled(t *testing.T, h1, h2 *pageHost) {
+	defer func() { h2.onBytes = nil }()
+	id, port, before := startRollbackWorkload(t, h1, "rk", 64)
 	var once sync.Once
 	h2.onBytes = func(n int64) {
 		if n > 16<<20 {
@@ -422,10 +439,9 @@ func TestPagesReceiverKilled(t *testing.T) {
 // The link is cut mid-dump (the target's interface goes down, nothing
 // answers): the stall watchdog ends the session, CRIU's dump fails and the
 // container runs on.
-func TestPagesLinkCut(t *testing.T) {
-	hs := newPageHosts(t, simhost.New(t), simhost.New(t))
-	h1, h2 := hs[0], hs[1]
-	id, port, before := startRollbackWorkload(t, h1, "lc", 128)
+func linkCut(t *testing.T, h1, h2 *pageHost) {
+	defer func() { h2.onBytes = nil }()
+	id, port, before := startRollbackWorkload(t, h1, "lc", 64)
 	var once sync.Once
 	h2.onBytes = func(n int64) {
 		if n > 16<<20 {
@@ -474,9 +490,8 @@ func TestPagesDiskFull(t *testing.T) {
 
 // The target's Podman dies mid-restore, after all pages arrived: the
 // source rebuilds its pages from the recording and resumes.
-func TestPagesTargetPodmanKilled(t *testing.T) {
-	hs := newPageHosts(t, simhost.New(t), simhost.New(t))
-	h1, h2 := hs[0], hs[1]
+func targetPodmanKilled(t *testing.T, h1, h2 *pageHost) {
+	defer func() { h2.onBytes = nil }()
 	id, port, before := startRollbackWorkload(t, h1, "pk", 64)
 	// Kill the service as soon as the restore request reaches it.
 	var once sync.Once
@@ -530,10 +545,9 @@ func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 
 // The caller gives up mid-dump (its context ends): the session ends, CRIU's
 // dump fails, and the container runs on with its memory.
-func TestPagesCanceledMidDump(t *testing.T) {
-	hs := newPageHosts(t, simhost.New(t), simhost.New(t))
-	h1, h2 := hs[0], hs[1]
-	id, port, before := startRollbackWorkload(t, h1, "cx", 128)
+func canceledMidDump(t *testing.T, h1, h2 *pageHost) {
+	defer func() { h2.onBytes = nil }()
+	id, port, before := startRollbackWorkload(t, h1, "cx", 64)
 	ctx, cancel := context.WithCancel(context.Background())
 	var once sync.Once
 	h2.onBytes = func(n int64) {
