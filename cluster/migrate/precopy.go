@@ -265,6 +265,14 @@ func (r *PrecopyReport) clone() *PrecopyReport {
 	c := *r
 	c.Rounds = append([]PrecopyRound(nil), r.Rounds...)
 	c.ExtraFreezes = append([]time.Duration(nil), r.ExtraFreezes...)
+	if r.Final != nil {
+		f := *r.Final
+		c.Final = &f
+	}
+	if r.Pages != nil {
+		p := *r.Pages
+		c.Pages = &p
+	}
 	return &c
 }
 
