@@ -280,7 +280,13 @@ func (p *pagesMethod) out(ctx context.Context, job *OutJob, base *delta.Index, p
 	if err != nil {
 		return OutResult{}, notRun{fmt.Sprintf("recording: %v", err)}
 	}
-	defer rec.Close()
+	defer func() {
+		rec.Close()
+		if job.frozen.IsZero() {
+			// Nothing froze, so no rollback step will come for it.
+			_ = os.Remove(rec.Name())
+		}
+	}()
 
 	// The record has the method and its variant from the freeze on, even
 	// if the final report never reaches a leader.

@@ -61,6 +61,7 @@ func newPageHosts(t *testing.T, hosts ...*simhost.Host) []*pageHost {
 			Socket:        h.Socket,
 			CRIUConfigDir: simhost.CRIUConfigDir(h.Name),
 			PageStall:     testStall,
+			CLI:           simhost.PodmanCLI(h.Name),
 			ListenPages: func() (ln net.Listener, err error) {
 				err = simhost.InNetns(ns, func() error {
 					ln, err = net.Listen("tcp", "127.0.0.1:0")
@@ -403,6 +404,7 @@ func TestPagesFailures(t *testing.T) {
 		{"ReceiverKilledMidDump", receiverKilled},
 		{"LinkCutMidDump", linkCut},
 		{"TargetPodmanKilledMidRestore", targetPodmanKilled},
+		{"SourcePodmanKilledMidDump", sourcePodmanKilled},
 		{"CallerGivesUpMidDump", canceledMidDump},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.run(t, hs[0], hs[1]) })
@@ -433,6 +435,63 @@ func receiverKilled(t *testing.T, h1, h2 *pageHost) {
 		t.Fatal("the checkpoint succeeded although the page server died")
 	}
 	t.Logf("expected failure: %v", r.dumpErr)
+	checkRolledBack(t, h1, h2, id, port, before)
+}
+
+// The source's Podman service dies mid-dump. runc and CRIU go on: the dump
+// finishes, every page reaches the target, and Podman, started again, has
+// a stopped container nobody recorded as checkpointed. No archive came,
+// so the migration failed: the rollback rebuilds the pages from the
+// recording and resumes the container in place.
+func sourcePodmanKilled(t *testing.T, h1, h2 *pageHost) {
+	defer func() { h2.onBytes = nil }()
+	id, port, before := startRollbackWorkload(t, h1, "sp", 64)
+	var once sync.Once
+	h2.onBytes = func(n int64) {
+		if n > 16<<20 {
+			once.Do(func() {
+				t.Logf("killing %s's Podman after %d MiB", h1.Name, n>>20)
+				if out, err := simhost.Script("kill-podman", h1.Name); err != nil {
+					t.Error(out, err)
+				}
+			})
+		}
+	}
+	r := h1.move(t, h2, id, nil)
+	if r.dumpErr == nil {
+		t.Fatal("the checkpoint call succeeded although its Podman died")
+	}
+	t.Logf("expected failure: %v", r.dumpErr)
+	if !r.pages.Complete {
+		t.Fatalf("CRIU did not finish its dump after Podman died: %+v", r.pages)
+	}
+	if out, err := simhost.Script("start-podman", h1.Name); err != nil {
+		t.Fatal(out, err)
+	}
+	ctx := context.Background()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := h1.eng.Inspect(ctx, id)
+		if err == nil && !c.Running {
+			t.Logf("after Podman's restart: state %s, checkpointed %v", c.State, c.Checkpointed)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the source copy %+v %v", c, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	f, err := os.Open(filepath.Join(h1.rec, id+".pages"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := h1.eng.ReplayPages(ctx, id, f); err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if err := h1.eng.Resume(ctx, id); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
 	checkRolledBack(t, h1, h2, id, port, before)
 }
 

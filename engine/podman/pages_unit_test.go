@@ -6,8 +6,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestScanTCPTable(t *testing.T) {
@@ -74,5 +77,43 @@ func TestCopyWithoutPages(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "config.dump,checkpoint/inventory.img,rootfs-diff.tar,volumes/pages-1.img" {
 		t.Fatalf("kept %v", got)
+	}
+}
+
+// Only a dump of this run that CRIU finished counts as an interrupted
+// checkpoint that Resume may restore.
+func TestInterruptedDump(t *testing.T) {
+	started := time.Now().Add(-time.Minute)
+	for _, c := range []struct {
+		name      string
+		log       string
+		inventory bool
+		since     time.Time
+		ok        bool
+	}{
+		{"finished", "(00.1) Writing stats\n(00.2) Dumping finished successfully\n\n", true, started, true},
+		{"failed", "(00.1) Error (criu/cr-dump.c:1975): Dumping FAILED.\n", true, started, false},
+		{"cut short", "(00.1) Dumping pages\n", true, started, false},
+		{"no inventory", "(00.2) Dumping finished successfully\n", false, started, false},
+		{"from before the last start", "(00.2) Dumping finished successfully\n", true, time.Now().Add(time.Minute), false},
+		{"no log", "", true, started, false},
+	} {
+		dir := t.TempDir()
+		if c.log != "" {
+			if err := os.WriteFile(filepath.Join(dir, "dump.log"), []byte(c.log), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "checkpoint"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if c.inventory {
+			if err := os.WriteFile(filepath.Join(dir, "checkpoint", "inventory.img"), []byte{1}, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := interruptedDump(dir, c.since); (err == nil) != c.ok {
+			t.Errorf("%s: %v, want ok=%v", c.name, err, c.ok)
+		}
 	}
 }

@@ -68,6 +68,11 @@ type Config struct {
 	// PageStall ends a page session that makes no progress this long
 	// (a cut link). Zero: 10 s.
 	PageStall time.Duration
+	// CLI is the command line of the podman client acting on the same
+	// storage as the service, for the one step the service's API lacks
+	// (`container cleanup` after a checkpoint whose service died,
+	// interrupted.go). Nil: "podman".
+	CLI []string
 	// Policy is this host's restore policy (policy.go); the zero value
 	// refuses privileged containers, host binds, devices and added
 	// capabilities.
@@ -84,6 +89,7 @@ func DefaultConfig() Config {
 		CRIUConfigDir:  "/etc/criu",
 		ListenPages:    func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") },
 		PageStall:      10 * time.Second,
+		CLI:            []string{"podman"},
 	}
 }
 
@@ -129,6 +135,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.PageStall <= 0 {
 		cfg.PageStall = def.PageStall
+	}
+	if len(cfg.CLI) == 0 {
+		cfg.CLI = def.CLI
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
@@ -461,7 +470,11 @@ func (e *Engine) Resume(ctx context.Context, id string) error {
 		return nil
 	}
 	if !c.Checkpointed {
-		return fmt.Errorf("resume %s: %w (state %s)", id, engine.ErrNoCheckpoint, c.State)
+		// Podman may have died during the checkpoint, after CRIU
+		// finished (interrupted.go).
+		if err := e.finishInterrupted(ctx, c.ID); err != nil {
+			return fmt.Errorf("resume %s: %w (state %s): %v", id, engine.ErrNoCheckpoint, c.State, err)
+		}
 	}
 	q := url.Values{}
 	q.Set("keep", "false")
@@ -578,9 +591,11 @@ type inspectData struct {
 	Created   time.Time `json:"Created"`
 	StaticDir string    `json:"StaticDir"`
 	State     struct {
-		Status       string `json:"Status"`
-		Running      bool   `json:"Running"`
-		Checkpointed bool   `json:"Checkpointed"`
+		Status       string    `json:"Status"`
+		Running      bool      `json:"Running"`
+		Checkpointed bool      `json:"Checkpointed"`
+		StartedAt    time.Time `json:"StartedAt"`
+		RestoredAt   time.Time `json:"RestoredAt"`
 	} `json:"State"`
 	Config struct {
 		Labels      map[string]string `json:"Labels"`

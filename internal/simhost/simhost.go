@@ -37,6 +37,10 @@ func Root() string {
 
 func script(name string) string { return filepath.Join(Root(), "scripts", name) }
 
+// PodmanCLI is the command line of the podman client inside host name (its
+// storage, its configuration), for an engine that runs outside it.
+func PodmanCLI(name string) []string { return []string{script("simhost.sh"), "exec", name, "podman"} }
+
 // Tag is OSIM_TAG: it keeps one set of simulated hosts apart from another on
 // the same machine (scripts/simhost.sh names its directories and namespaces
 // after it), so that two test runs at once do not tear down each other's
