@@ -383,6 +383,13 @@ func (p *pagesMethod) out(ctx context.Context, job *OutJob, base *delta.Index, p
 	pre.recordPages(ckpt, st, rep, es, oneWay)
 	res := OutResult{Precopy: pre}
 	if err != nil {
+		// CRIU only saw its connection break: the target's receiver
+		// says why (a full disk, its page server gone).
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if perr := pc.Result(wctx); perr != nil && !errors.Is(perr, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w; the target's page receiver: %v", err, perr)
+		}
+		cancel()
 		log.Warn("migrate out (page path) failed", "err", err, "session_complete", session.Complete)
 		return res, fmt.Errorf("send %s to %s: %w", c.Name, req.TargetHost, err)
 	}

@@ -316,6 +316,9 @@ func runCell(t *testing.T, c *simhost.Cluster, i int, faultName, phase string) c
 	end := waitTerminal(t, c, rec.ID, terminalBound)
 	res := cellResult{outcome: end.Phase, toTerminal: time.Since(healed), fromFault: time.Since(applied), downtimeMS: end.DowntimeMS}
 	t.Logf("%s: %s %.1f s after the heal (%s)", name, end.Phase, res.toTerminal.Seconds(), end.Error)
+	if faultName == "disk" && !strings.Contains(strings.ToLower(end.Error), "no space") {
+		t.Errorf("the cause (no space left) is not in the record: %q", end.Error)
+	}
 
 	// Exactly one running copy, with its memory, going on.
 	c.WaitFormed(60 * time.Second)
