@@ -70,6 +70,11 @@ type CheckpointOptions struct {
 	// Keep keeps the checkpoint on the source after the export, so that
 	// Resume can restore the container in place (migration rollback).
 	Keep bool
+	// Starting, when set, is called once right before the engine asks the
+	// runtime to checkpoint, after any wait for a host-wide lock: from
+	// here the container may freeze. Engines that cannot tell do not
+	// call it (PageMover's CheckpointPages does).
+	Starting func()
 }
 
 // Stats describes one checkpoint or restore.

@@ -344,15 +344,24 @@ func (p *pagesMethod) out(ctx context.Context, job *OutJob, base *delta.Index, p
 	var ckpt engine.Stats
 	var noPages bool
 	result, st, err := a.sender.Stream(ctx, req.TargetAddr, hdr, func(w io.Writer) error {
-		job.Frozen()
-		pause.At(ctx, pause.Checkpointing) // test builds only
 		// A runtime that ignores runc.conf leaves the pages in the
 		// archive: its first bytes then say the state is crossing.
 		cw := &progressWriter{w: w, first: job.Streaming}
 		var err error
-		ckpt, err = pm.CheckpointPages(ctx, c.ID, cw, sink, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
-		if errors.Is(err, engine.ErrNoPageServer) {
+		// The freeze is announced once the engine holds the host-wide
+		// lock and is about to ask the runtime (other page checkpoints
+		// may hold it a moment): the downtime does not count the wait,
+		// and a refusal before it leaves the container untouched.
+		ckpt, err = pm.CheckpointPages(ctx, c.ID, cw, sink, engine.CheckpointOptions{Keep: true, TCPEstablished: true,
+			Starting: func() {
+				job.Frozen()
+				pause.At(ctx, pause.Checkpointing) // test builds only
+			}})
+		if errors.Is(err, engine.ErrNoPageServer) && job.frozen.IsZero() {
 			noPages = true
+		}
+		if err == nil {
+			job.Frozen() // an engine that could not tell when it started
 		}
 		if err == nil && session.Sent == 0 {
 			// CRIU never connected: the pages are in the archive. End
@@ -366,17 +375,15 @@ func (p *pagesMethod) out(ctx context.Context, job *OutJob, base *delta.Index, p
 		return err
 	})
 	if noPages {
-		// Refused before CRIU ran, although CheckPages said yes a moment
-		// ago. The record already names the page path, so this run
-		// fails (the container runs on; the leader rolls back), once
-		// the target's receiver has seen the session end and discarded
-		// its directory.
+		// Refused before anything froze, although CheckPages said yes a
+		// moment ago: export/import it is, once the target's receiver
+		// has seen the session end and discarded its directory (the
+		// import will need that container ID).
 		_ = pc.CloseWrite()
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_ = pc.Result(wctx)
 		cancel()
-		pre.Pages = &PageReport{Fallback: err.Error()}
-		return OutResult{Precopy: pre}, fmt.Errorf("send %s to %s: %w", c.Name, req.TargetHost, err)
+		return OutResult{}, notRun{err.Error()}
 	}
 	rep.PageBytes, rep.Pages, rep.ArchiveBytes, rep.DeltaSaved = session.Sent, session.Pages, ckpt.Bytes, es.CopiedBytes
 	pre.Pages = rep

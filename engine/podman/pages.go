@@ -11,11 +11,14 @@ package podman
 // names its own (annotation org.criu.config), and CRIU lets it override the
 // RPC options (runc libcontainer/container_linux.go, CRIU cr-service.c). The
 // engine writes one that points CRIU at a listener on 127.0.0.1 it opened
-// for this one checkpoint, and takes CRIU's connection only from the CRIU
-// process that runc started for this container (found in /proc, uid 0).
-// The file affects every checkpoint on the host while it exists, so it is
-// written under an exclusive lock and removed as soon as CRIU connected (CRIU
-// reads it once, at the start); plain checkpoints hold the same lock shared.
+// for its page-path checkpoints, and hands each connection to the checkpoint
+// whose runtime started that CRIU (found in /proc, uid 0); others are
+// closed. The file affects every checkpoint on the host while it exists, so
+// it is written under an exclusive lock and removed as soon as no page-path
+// checkpoint of the engine waits for its CRIU to connect (CRIU reads it
+// once, at the start): several page-path checkpoints (a drain) share one
+// file and one listener instead of queueing for the lock, while plain
+// checkpoints hold the same lock shared (pageGate).
 // Restores ignore the page-server settings (CRIU uses them for lazy pages
 // only). The caller's PageSink carries the connection to wherever the pages
 // go. If the sink fails mid-dump, CRIU's dump fails and the container keeps
@@ -67,7 +70,7 @@ const (
 	runcConfName = "runc.conf"
 	// runcConfMarker starts every runc.conf the engine writes, so that a
 	// file left by a crashed agent is told apart from an operator's own.
-	runcConfMarker = "# written by orchestrate for one checkpoint"
+	runcConfMarker = "# written by orchestrate"
 	lockName       = ".orchestrate-runc-conf.lock"
 	// pagesMarker, in a target's container storage directory, says the
 	// directory was made by PreparePages and no container owns it yet.
@@ -143,12 +146,12 @@ func (e *Engine) removeStaleRuncConf(ctx context.Context) {
 
 // writeRuncConf points CRIU at 127.0.0.1:port. The caller holds the
 // exclusive lock.
-func (e *Engine) writeRuncConf(ctr string, port int) error {
+func (e *Engine) writeRuncConf(port int) error {
 	path := filepath.Join(e.cfg.CRIUConfigDir, runcConfName)
 	if b, err := os.ReadFile(path); err == nil && !strings.HasPrefix(string(b), runcConfMarker) {
 		return fmt.Errorf("%w: %s exists and is not orchestrate's", engine.ErrNoPageServer, path)
 	}
-	body := fmt.Sprintf("%s (container %s, pid %d)\npage-server\naddress 127.0.0.1\nport %d\n", runcConfMarker, ctr, os.Getpid(), port)
+	body := fmt.Sprintf("%s for its page-path checkpoints (pid %d)\npage-server\naddress 127.0.0.1\nport %d\n", runcConfMarker, os.Getpid(), port)
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
 		return err
@@ -224,41 +227,30 @@ func (e *Engine) CheckpointPages(ctx context.Context, id string, w io.Writer, si
 	if err := removePageImages(filepath.Join(d.StaticDir, "checkpoint")); err != nil {
 		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, err)
 	}
-	unlock, err := e.criuLock(ctx, unix.LOCK_EX)
+	ticket, err := e.pages.enter(ctx, e, d.ID)
 	if err != nil {
-		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w: %v", id, engine.ErrNoPageServer, err)
+		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, err)
 	}
-	var unlockOnce sync.Once
-	release := func() {
-		unlockOnce.Do(func() {
-			_ = os.Remove(filepath.Join(e.cfg.CRIUConfigDir, runcConfName))
-			unlock()
-		})
-	}
-	defer release()
-	ln, err := e.cfg.ListenPages()
-	if err != nil {
-		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w: listen: %v", id, engine.ErrNoPageServer, err)
-	}
-	defer ln.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
-	if err := e.writeRuncConf(d.ID, port); err != nil {
-		if errors.Is(err, engine.ErrNoPageServer) {
-			return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, err)
-		}
-		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w: %v", id, engine.ErrNoPageServer, err)
+	defer ticket.leave()
+	if opts.Starting != nil {
+		opts.Starting()
 	}
 
 	// CRIU connects before it freezes anything. The session belongs to the
-	// sink from then on; the lock and the config file go at once.
+	// sink from then on; once no other page checkpoint waits for its CRIU,
+	// the lock and the config file go.
 	acceptCtx, stopAccept := context.WithCancel(ctx)
 	defer stopAccept()
 	sinkDone := make(chan error, 1)
 	connected := make(chan struct{})
 	go func() {
-		conn, err := e.acceptCRIU(acceptCtx, ln, d.ID, port)
-		release()
-		if err != nil {
+		var conn net.Conn
+		select {
+		case conn = <-ticket.conn:
+		case <-acceptCtx.Done():
+		}
+		ticket.leave()
+		if conn == nil {
 			sinkDone <- nil // no session: the pages stay in the archive
 			return
 		}
@@ -271,7 +263,6 @@ func (e *Engine) CheckpointPages(ctx context.Context, id string, w io.Writer, si
 	q.Set("keep", "true")
 	q.Set("tcpEstablished", fmt.Sprint(opts.TCPEstablished))
 	resp, err := e.do(ctx, http.MethodPost, "/containers/"+url.PathEscape(d.ID)+"/checkpoint", q, nil)
-	ln.Close()
 	stopAccept()
 	if err != nil {
 		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, errors.Join(err, <-sinkDone))
@@ -319,40 +310,151 @@ func (e *Engine) CheckpointPages(ctx context.Context, id string, w io.Writer, si
 	return st, nil
 }
 
-// acceptCRIU accepts connections on ln until one comes from the CRIU that
-// runc started to checkpoint ctr; others are closed.
-func (e *Engine) acceptCRIU(ctx context.Context, ln net.Listener, ctr string, port int) (net.Conn, error) {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
+// pageGate lets page-path checkpoints of one engine run at once. While
+// any of them waits for its CRIU to connect, the engine holds the host-wide
+// lock exclusively, runc.conf points every CRIU at one loopback listener,
+// and each connection goes to the checkpoint whose runtime started that
+// CRIU (found in /proc); other connections are closed. When the last one
+// connected (or gave up), runc.conf and the listener go and the lock is
+// released, so plain checkpoints, which hold the lock shared, never send
+// their pages to the listener.
+type pageGate struct {
+	enterMu sync.Mutex // taken by enter; first comers take the lock under it
+
+	mu      sync.Mutex
+	waiters map[string]chan net.Conn // by container ID, until CRIU connected
+	unlock  func()
+	ln      net.Listener
+	port    int
+}
+
+// pageTicket is one checkpoint's place at the gate.
+type pageTicket struct {
+	g    *pageGate
+	e    *Engine
+	id   string
+	conn chan net.Conn // CRIU's connection, once
+	once sync.Once
+}
+
+// enter registers container id's checkpoint, taking the lock and writing
+// runc.conf if it is the first.
+func (g *pageGate) enter(ctx context.Context, e *Engine, id string) (*pageTicket, error) {
+	g.enterMu.Lock()
+	defer g.enterMu.Unlock()
+	t := &pageTicket{g: g, e: e, id: id, conn: make(chan net.Conn, 1)}
+	// The check and the registration are one step: a last ticket leaving
+	// in between would otherwise close the listener this one counts on.
+	g.mu.Lock()
+	if g.ln != nil {
+		defer g.mu.Unlock()
+		if _, busy := g.waiters[id]; busy {
+			return nil, fmt.Errorf("%w: a page checkpoint of %s is already waiting for its CRIU", engine.ErrNoPageServer, id)
+		}
+		g.waiters[id] = t.conn
+		return t, nil
+	}
+	g.mu.Unlock()
+	// The first: only enter opens the gate, and enterMu is held, so it
+	// stays closed until this one opens it.
+	unlock, err := e.criuLock(ctx, unix.LOCK_EX)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", engine.ErrNoPageServer, err)
+	}
+	ln, err := e.cfg.ListenPages()
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("%w: listen: %v", engine.ErrNoPageServer, err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := e.writeRuncConf(port); err != nil {
+		ln.Close()
+		unlock()
+		if errors.Is(err, engine.ErrNoPageServer) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", engine.ErrNoPageServer, err)
+	}
+	g.mu.Lock()
+	g.unlock, g.ln, g.port = unlock, ln, port
+	g.waiters = map[string]chan net.Conn{id: t.conn}
+	g.mu.Unlock()
+	go g.accept(e, ln, port)
+	return t, nil
+}
+
+// leave ends the ticket's wait (CRIU connected, or the checkpoint is over);
+// the last one out removes runc.conf, closes the listener and releases
+// the lock. Safe to call more than once.
+func (t *pageTicket) leave() {
+	t.once.Do(func() {
+		g := t.g
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if c, ok := g.waiters[t.id]; ok && c == t.conn {
+			delete(g.waiters, t.id)
+		}
+		if len(g.waiters) == 0 && g.ln != nil {
+			_ = os.Remove(filepath.Join(t.e.cfg.CRIUConfigDir, runcConfName))
+			g.ln.Close()
+			g.unlock()
+			g.ln, g.unlock = nil, nil
+		}
+	})
+}
+
+// accept hands each connection on ln to the waiting checkpoint whose
+// runtime's CRIU made it, until ln closes.
+func (g *pageGate) accept(e *Engine, ln net.Listener, port int) {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			return nil, err
+			return
 		}
 		raddr, ok := conn.RemoteAddr().(*net.TCPAddr)
 		if !ok || !raddr.IP.IsLoopback() {
 			conn.Close()
 			continue
 		}
-		if err := checkCRIUPeer(ctr, raddr.Port, port); err != nil {
-			e.log.Warn("refused a page-server connection", "container", ctr, "from", raddr.String(), "err", err)
+		g.mu.Lock()
+		ids := make([]string, 0, len(g.waiters))
+		for id := range g.waiters {
+			ids = append(ids, id)
+		}
+		g.mu.Unlock()
+		id, err := criuPeer(ids, raddr.Port, port)
+		if err != nil {
+			e.log.Warn("refused a page-server connection", "from", raddr.String(), "err", err)
 			conn.Close()
 			continue
 		}
-		return conn, nil
+		g.mu.Lock()
+		c, ok := g.waiters[id]
+		if ok {
+			delete(g.waiters, id)
+		}
+		g.mu.Unlock()
+		if !ok {
+			conn.Close()
+			continue
+		}
+		c <- conn
 	}
 }
 
-// checkCRIUPeer verifies that the TCP connection from local port from to
-// port to belongs to a process of uid 0 started (directly, or through one
-// wrapper) by the OCI runtime's `checkpoint ... ctr` (runc execs CRIU as
-// its child). It reads /proc only.
-func checkCRIUPeer(ctr string, from, to int) error {
+// criuPeer returns which of the containers ctrs the TCP connection from
+// local port from to port to belongs to: a process of uid 0 started
+// (directly, or through one wrapper) by the OCI runtime's `checkpoint ...
+// <id>` (runc execs CRIU as its child). It reads /proc only.
+func criuPeer(ctrs []string, from, to int) (string, error) {
+	if len(ctrs) == 0 {
+		return "", errors.New("no checkpoint waits for a page-server connection")
+	}
 	procs, err := os.ReadDir("/proc")
 	if err != nil {
-		return err
+		return "", err
 	}
-	runtimes := map[int]bool{} // the runtime's checkpoint of ctr
+	runtimes := map[int]string{} // the runtime's checkpoint, by pid: its container
 	parent := map[int]int{}
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
@@ -376,26 +478,33 @@ func checkCRIUPeer(ctr string, from, to int) error {
 		ppid, _ := strconv.Atoi(f[1])
 		parent[pid] = ppid
 		cmd, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err != nil || !strings.Contains(string(cmd), ctr) {
+		if err != nil {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
-		if slicesContains(args, "checkpoint") && args[len(args)-1] == ctr {
-			runtimes[pid] = true
+		if !slicesContains(args, "checkpoint") {
+			continue
+		}
+		if last := args[len(args)-1]; slicesContains(ctrs, last) {
+			runtimes[pid] = last
 		}
 	}
 	if len(runtimes) == 0 {
-		return fmt.Errorf("no runtime checkpoint of %s is running", ctr)
+		return "", fmt.Errorf("no runtime checkpoint of %v is running", ctrs)
 	}
 	for pid, ppid := range parent {
-		if !runtimes[ppid] && !runtimes[parent[ppid]] {
+		ctr, ok := runtimes[ppid]
+		if !ok {
+			ctr, ok = runtimes[parent[ppid]]
+		}
+		if !ok {
 			continue
 		}
-		if ok, err := ownsConnection(pid, from, to); err == nil && ok {
-			return nil
+		if owns, err := ownsConnection(pid, from, to); err == nil && owns {
+			return ctr, nil
 		}
 	}
-	return fmt.Errorf("port %d is not CRIU's for %s", from, ctr)
+	return "", fmt.Errorf("port %d is no CRIU's of %v", from, ctrs)
 }
 
 func slicesContains(s []string, v string) bool {

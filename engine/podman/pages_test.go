@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,7 +197,7 @@ type moveResult struct {
 // it: page channel first (the target prepares), checkpoint with pages into
 // it and a recording, then the small archive into the target's restore.
 // After a failed restore it rolls back: replay the recording, resume.
-func (p *pageHost) move(t *testing.T, q *pageHost, id string, before func()) moveResult {
+func (p *pageHost) move(t testing.TB, q *pageHost, id string, before func()) moveResult {
 	t.Helper()
 	ctx := context.Background()
 	var r moveResult
@@ -330,6 +331,39 @@ func TestPagesCrossHost(t *testing.T) {
 	}
 	sameMemory(t, "pb on h2", bbefore, h2.WaitReportAt(ip, bport, 10*time.Second))
 
+	// Two at once (a drain): their CRIUs share one runc.conf and one
+	// listener, each connection goes to its own checkpoint.
+	var ids [2]string
+	var ports [2]int
+	var befores [2]simhost.Report
+	for i := range ids {
+		ids[i], ports[i], befores[i] = startRollbackWorkload(t, h1, fmt.Sprintf("two%d", i), 32)
+	}
+	var wg sync.WaitGroup
+	var results [2]moveResult
+	var tbs [2]*goTB
+	for i := range ids {
+		tbs[i] = &goTB{TB: t}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = h1.move(tbs[i], h2, ids[i], nil)
+		}()
+	}
+	wg.Wait()
+	for i := range ids {
+		if tbs[i].failed != "" || results[i].dumpErr != nil || results[i].restoreErr != nil {
+			t.Fatalf("two at once, %d: %s; dump %v, restore %v", i, tbs[i].failed, results[i].dumpErr, results[i].restoreErr)
+		}
+		if results[i].archive > 2<<20 {
+			t.Errorf("two at once, %d: archive of %d bytes: the pages should not be in it", i, results[i].archive)
+		}
+		sameMemory(t, fmt.Sprintf("two at once, %d on h2", i), befores[i], h2.WaitReport(ports[i], 10*time.Second))
+	}
+	if _, err := os.Stat(filepath.Join(simhost.CRIUConfigDir(h1.Name), "runc.conf")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("runc.conf outlived the checkpoints: %v", err)
+	}
+
 	// A named volume arrives in the target's own volume. (It does not go
 	// back here: simulated hosts share one file system, and Podman's
 	// import keeps the source's volume path in the restored spec, which
@@ -345,6 +379,20 @@ func TestPagesCrossHost(t *testing.T) {
 		t.Fatalf("the volume did not arrive on h2: %v", err)
 	}
 }
+
+// goTB lets a helper that fails with Fatal run on a goroutine of its own:
+// Fatal ends that goroutine and keeps the message.
+type goTB struct {
+	testing.TB
+	failed string
+}
+
+func (g *goTB) Fatal(args ...any) { g.failed = fmt.Sprint(args...); runtime.Goexit() }
+func (g *goTB) Fatalf(format string, args ...any) {
+	g.failed = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+func (g *goTB) Helper() {}
 
 // pageServerPID finds the target's `criu page-server` for container id.
 func pageServerPID(id string) int {

@@ -108,6 +108,8 @@ type Engine struct {
 	storeMu     sync.Mutex
 	graphRoot   string // from the service's info, once
 	graphDriver string
+
+	pages pageGate // page-path checkpoints (pages.go)
 }
 
 var _ engine.Engine = (*Engine)(nil)
