@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -208,11 +209,19 @@ func TestE2ELocalRebootPodman(t *testing.T) {
 	if err := h.JSON(&evs, "events"); err != nil {
 		t.Fatal(err)
 	}
-	var restored []string
+	// In the order they were restored: each event is stamped when its
+	// container came back. Its place in the log may differ, because an
+	// event written while the restarted agent has no leader yet is retried.
+	var rows []eventRow
 	for _, e := range evs {
 		if e.Action == "restored" {
-			restored = append(restored, e.Result)
+			rows = append(rows, e)
 		}
+	}
+	sort.SliceStable(rows, func(i, j int) bool { return rows[i].Time.Before(rows[j].Time) })
+	var restored []string
+	for _, e := range rows {
+		restored = append(restored, e.Result)
 	}
 	if strings.Join(restored, ",") != "lr-vip,lr-conn,lr-low" {
 		t.Fatalf("restore events %v", restored)
