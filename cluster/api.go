@@ -40,6 +40,8 @@ import (
 type API struct {
 	c   *Cluster
 	mux *http.ServeMux
+	// uploads: routes whose body is a file, with their caps (HandleUpload).
+	uploads sync.Map
 }
 
 func newAPI(c *Cluster) *API {
@@ -228,7 +230,7 @@ func (a *API) serve(ctx context.Context, l listeners) error {
 	var srvs []*http.Server
 	errc := make(chan error, 2)
 	start := func(ln net.Listener, h http.Handler) {
-		s := newAPIServer(h)
+		s := newAPIServer(h, &a.uploads)
 		srvs = append(srvs, s)
 		go func() {
 			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

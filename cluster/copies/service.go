@@ -54,6 +54,13 @@ type Kept struct {
 	Name string `json:"name"`
 }
 
+// UploadMux is a Mux that also takes routes whose body is a file
+// (cluster.Cluster.HandleUpload).
+type UploadMux interface {
+	Mux
+	HandleUpload(pattern string, limit int64, h func(http.ResponseWriter, *http.Request))
+}
+
 // Service serves `orchestrate restore` on any agent: it resolves the
 // source, checks and places the copies, and drives the holder's and the
 // targets' steps.
@@ -73,7 +80,10 @@ func NewService(c Cluster, local *Agent) *Service {
 //
 //	POST /v1/restore          RestoreRequest -> RestoreResult
 //	POST /v1/restore/archive  ?host=&name=&count=, body: a checkpoint archive -> RestoreResult
-func (s *Service) Register(mux Mux) {
+//
+// The archive route is an upload (UploadMux): its body may be up to
+// maxArchive bytes.
+func (s *Service) Register(mux UploadMux, maxArchive int64) {
 	mux.HandleFunc("POST /v1/restore", func(w http.ResponseWriter, r *http.Request) {
 		var req RestoreRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Source == "" {
@@ -82,7 +92,7 @@ func (s *Service) Register(mux Mux) {
 		}
 		s.reply(w, r.Context(), req, nil)
 	})
-	mux.HandleFunc("POST /v1/restore/archive", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleUpload("POST /v1/restore/archive", maxArchive, func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		req := RestoreRequest{Source: "archive", Host: q.Get("host"), Name: q.Get("name")}
 		if c := q.Get("count"); c != "" {

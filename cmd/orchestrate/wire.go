@@ -140,6 +140,6 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		copier = copies.NewAgent(cpcfg, c, nil, nil, nil)
 	}
 	copier.Register(c)
-	copies.NewService(c, copier).Register(c)
+	copies.NewService(c, copier).Register(c, int64(cfg.Transfer.MaxFileBytes))
 	return g.Wait()
 }
