@@ -192,9 +192,10 @@ func (a *API) ps(w http.ResponseWriter, r *http.Request) {
 // authenticate lets through only requests bearing the cluster's token.
 func (a *API) authenticate(next http.Handler) http.Handler {
 	want := []byte("Bearer " + a.c.token)
+	metrics := []byte("Bearer " + MetricsToken(a.c.cfg.Secret)) // GET /metrics only (metricstoken.go)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		if subtle.ConstantTimeCompare(got, want) != 1 && (!metricsRequest(r) || subtle.ConstantTimeCompare(got, metrics) != 1) {
 			writeJSON(w, http.StatusUnauthorized, apiError{Error: "unauthorized", Code: "unauthorized"})
 			return
 		}
