@@ -67,7 +67,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	reg.MustRegister(migrate.ClusterCollector{C: c})
 	c.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 
-	pa := &migrate.PolicyAgent{Host: cfg.Node.Name, Store: c, Lead: c, Log: logger.With("part", "policy"),
+	pa := &migrate.PolicyAgent{Host: cfg.Node.Name, Store: c, Lead: c, Steps: c, Log: logger.With("part", "policy"),
 		Reboot: cfg.RebootConfig(), CheckInterval: cfg.Policy.Reboot.CheckInterval, Dir: filepath.Join(cfg.Node.DataDir, "reboot")}
 	pa.Checker = policy.NewRebootChecker(pa.Reboot)
 	if eng != nil {
