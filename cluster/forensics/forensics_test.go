@@ -3,6 +3,8 @@ package forensics
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -141,12 +143,18 @@ func ls(t *testing.T, dir string) []string {
 // a unix socket, PeerClient dials it, the replicated state is one shared
 // map, and streams go straight into the target's handler.
 type world struct {
-	t     *testing.T
-	mu    sync.Mutex
-	recs  map[string]cluster.SnapshotRecord
-	locks map[string]cluster.Lock
-	migs  []cluster.MigrationRecord
-	hosts map[string]*simHost
+	t *testing.T
+	// leader signs its steps with priv for term; every host verifies them
+	// against pub, as cluster.LeaderStep does.
+	leader string
+	term   uint64
+	pub    ed25519.PublicKey
+	priv   ed25519.PrivateKey
+	mu     sync.Mutex
+	recs   map[string]cluster.SnapshotRecord
+	locks  map[string]cluster.Lock
+	migs   []cluster.MigrationRecord
+	hosts  map[string]*simHost
 }
 
 type simHost struct {
@@ -164,7 +172,9 @@ func newWorld(t *testing.T, names ...string) *world { return newWorldWith(t, nil
 // newWorldWith is newWorld with each host's engine made by mk (nil: a
 // plain fake engine holding the image "img").
 func newWorldWith(t *testing.T, mk func(host string) Engine, names ...string) *world {
-	w := &world{t: t, recs: map[string]cluster.SnapshotRecord{}, locks: map[string]cluster.Lock{}, hosts: map[string]*simHost{}}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	w := &world{t: t, leader: names[0], term: 3, pub: pub, priv: priv,
+		recs: map[string]cluster.SnapshotRecord{}, locks: map[string]cluster.Lock{}, hosts: map[string]*simHost{}}
 	dir, err := os.MkdirTemp("", "fx")
 	if err != nil {
 		t.Fatal(err)
@@ -294,6 +304,31 @@ func (v *hostView) PeerClient(name string) (*cluster.Client, error) {
 		return nil, fmt.Errorf("host %s: %w", name, cluster.ErrNotFound)
 	}
 	return v.w.client(name), nil
+}
+func (v *hostView) IsLeader() bool { return v.w.leader == v.name }
+func (v *hostView) LeaderClient() (*cluster.Client, error) {
+	return v.w.client(v.w.leader), nil
+}
+
+// StepClient signs only on the leader, as cluster.Cluster's does.
+func (v *hostView) StepClient(name string) (*cluster.Client, error) {
+	cl, err := v.PeerClient(name)
+	if err != nil || !v.IsLeader() {
+		return cl, err
+	}
+	return cl.WithStepKey(v.w.priv, v.w.term, name), nil
+}
+func (v *hostView) LeaderStep(h http.HandlerFunc) http.HandlerFunc {
+	return func(rw http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		key := cluster.TermKey{Term: v.w.term, Leader: v.w.leader, PublicKey: v.w.pub}
+		if err := cluster.VerifyStep(key, r.Header.Get(cluster.StepHeader), v.name, r.Method, r.URL.Path, body, time.Now()); err != nil {
+			cluster.WriteError(rw, err)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		h(rw, r)
+	}
 }
 func (v *hostView) PS(ctx context.Context) cluster.PSResult {
 	var res cluster.PSResult

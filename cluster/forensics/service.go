@@ -42,8 +42,13 @@ type CheckpointRequest struct {
 	TLSVerify    *bool  `json:"tls_verify,omitempty"`
 }
 
-// Service serves the operator routes on any agent: it finds the container's
-// host or the snapshot's store host and relays to that host's agent.
+// Service serves the operator routes on any agent. Those that act on a
+// host (a checkpoint, in any form, and removing a snapshot) are carried out
+// by the leader: any other agent forwards them there (cluster.Forward) and
+// relays the answer, a streamed archive included. The leader finds the
+// container's host or the snapshot's store host and orders the step with
+// its signature (StepClient). Reads (records, a stored archive, grep) are
+// served by any agent.
 type Service struct {
 	c         Cluster
 	storeHost string
@@ -56,7 +61,7 @@ func NewService(c Cluster, storeHost string) *Service { return &Service{c: c, st
 
 // Register adds the operator routes.
 func (s *Service) Register(mux Mux) {
-	mux.HandleFunc("POST /v1/checkpoint", s.checkpoint)
+	mux.HandleFunc("POST /v1/checkpoint", cluster.Forward(s.c, s.checkpoint))
 	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		recs := s.c.Snapshots()
 		if recs == nil {
@@ -74,7 +79,7 @@ func (s *Service) Register(mux Mux) {
 	})
 	mux.HandleFunc("GET /v1/snapshots/{id}/archive", s.archive)
 	mux.HandleFunc("POST /v1/snapshots/grep", s.grep)
-	mux.HandleFunc("DELETE /v1/snapshots/{id}", s.remove)
+	mux.HandleFunc("DELETE /v1/snapshots/{id}", cluster.Forward(s.c, s.remove))
 }
 
 // remove asks the store host to drop a snapshot, record and file.
@@ -84,7 +89,7 @@ func (s *Service) remove(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, err)
 		return
 	}
-	cl, err := s.c.PeerClient(rec.StoreHost)
+	cl, err := s.c.StepClient(rec.StoreHost)
 	if err == nil {
 		err = cl.Do(r.Context(), http.MethodPost, "/v1/agent/forensics/remove", RemoveRequest{ID: rec.ID}, nil)
 	}
@@ -141,7 +146,7 @@ func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	cl, err := s.c.PeerClient(host)
+	cl, err := s.c.StepClient(host)
 	if err != nil {
 		cluster.WriteError(w, err)
 		return
@@ -158,7 +163,7 @@ func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 			cluster.WriteError(w, err)
 			return
 		}
-		relay(w, resp)
+		cluster.Relay(w, resp)
 		return
 	}
 	storeHost := req.StoreHost
@@ -180,7 +185,7 @@ func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, err)
 		return
 	}
-	relay(w, resp)
+	cluster.Relay(w, resp)
 }
 
 // archive relays a stored archive from its store host.
@@ -200,29 +205,7 @@ func (s *Service) archive(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, err)
 		return
 	}
-	relay(w, resp)
-}
-
-// relay copies a streamed answer, its length and its trailers.
-func relay(w http.ResponseWriter, resp *http.Response) {
-	defer resp.Body.Close()
-	for _, k := range []string{"Content-Type", "Content-Length"} {
-		if v := resp.Header.Get(k); v != "" {
-			w.Header().Set(k, v)
-		}
-	}
-	w.WriteHeader(resp.StatusCode)
-	_, err := io.Copy(w, resp.Body)
-	if err != nil {
-		// Without a result trailer the client discards what it got.
-		w.Header().Set(http.TrailerPrefix+TrailerError, "relay: "+err.Error())
-		return
-	}
-	for k, vs := range resp.Trailer {
-		for _, v := range vs {
-			w.Header().Add(http.TrailerPrefix+k, v)
-		}
-	}
+	cluster.Relay(w, resp)
 }
 
 // StreamCheckpoint asks the agent at cl for a checkpoint archive and
@@ -346,10 +329,12 @@ func (s *Snapshotter) storeHost(host string) string {
 	return host
 }
 
-// Take is Snapshot that returns the record.
+// Take is Snapshot that returns the record. It runs on the leader (the
+// coordinator's evacuations): the host takes the snapshot only as the
+// leader's signed step.
 func (s *Snapshotter) Take(ctx context.Context, host, container, reason string) (cluster.SnapshotRecord, error) {
 	var rec cluster.SnapshotRecord
-	cl, err := s.C.PeerClient(host)
+	cl, err := s.C.StepClient(host)
 	if err != nil {
 		return rec, err
 	}
