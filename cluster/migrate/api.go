@@ -47,6 +47,7 @@ func (co *Coordinator) Register(mux Mux, lead Leadership) {
 			return
 		}
 		res, err := co.Drain(r.Context(), req)
+		co.recordDrain(r.Context(), req, res, err) // drainevent.go
 		if err != nil {
 			writeErr(w, err)
 			return
