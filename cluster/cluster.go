@@ -74,8 +74,12 @@ type Config struct {
 	RaftHeartbeatTimeout time.Duration
 	RaftElectionTimeout  time.Duration
 	// StatsInterval is how often local capacity and container counts are
-	// refreshed into gossip.
+	// refreshed into gossip, and the local containers checked against their
+	// replicated report (inventory.go).
 	StatsInterval time.Duration
+	// Retention bounds the replicated history (retention.go); the leader
+	// prunes to its own.
+	Retention Retention
 
 	// LeaderLoop, when set, runs once per leadership term, after Barrier,
 	// with a context cancelled when leadership is lost. An error ends the
@@ -107,6 +111,7 @@ func DefaultConfig() Config {
 		RaftHeartbeatTimeout: time.Second,
 		RaftElectionTimeout:  time.Second,
 		StatsInterval:        10 * time.Second,
+		Retention:            DefaultRetention(),
 		Logger:               slog.Default(),
 	}
 }
@@ -136,6 +141,10 @@ type Cluster struct {
 	members map[string]*memberEntry
 	acks    map[string]time.Time // last direct probe ack, by member
 
+	// invWake is poked on every applied entry, for the inventory loop.
+	invWake <-chan struct{}
+	net     netCounters
+
 	peerOnce sync.Once
 	peerHTTP *http.Client
 
@@ -157,6 +166,12 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	if cfg.MaxVoters < 1 {
 		cfg.MaxVoters = 3
+	}
+	if cfg.Retention == (Retention{}) {
+		cfg.Retention = DefaultRetention()
+	}
+	if err := cfg.Retention.Validate(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -185,6 +200,7 @@ func New(cfg Config) (*Cluster, error) {
 		HostKey: rawKey(c.hostKey.PublicKey()), ClientKey: rawKey(c.clientKey.PublicKey()),
 	}
 	c.fsm.log = c.logger.With("part", "fsm")
+	c.invWake = c.fsm.watch()
 	c.api = newAPI(c)
 	return c, nil
 }
@@ -225,6 +241,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	g.Go(func() error { return c.leadershipLoop(gctx) })
 	g.Go(func() error { return c.statsLoop(gctx) })
 	g.Go(func() error { return c.reapLoop(gctx) })
+	g.Go(func() error { return c.inventoryLoop(gctx) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -281,6 +298,11 @@ func (c *Cluster) startGossip() error {
 	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = max(c.cfg.SuspicionMult, 1), 2
 	mc.Delegate, mc.Events, mc.Ping = &delegate{c}, &delegate{c}, &delegate{c}
 	mc.Logger = memberlistLogger(c.logger)
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: port, Logger: mc.Logger})
+	if err != nil {
+		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
+	}
+	mc.Transport = newCountingTransport(nt, &c.net) // netstats.go
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)

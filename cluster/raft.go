@@ -42,11 +42,12 @@ type tlsLayer struct {
 	net.Listener
 	addr net.Addr
 	tls  *clusterTLS
+	n    *netCounters
 }
 
 var _ raft.StreamLayer = (*tlsLayer)(nil)
 
-func newTLSLayer(bind string, t *clusterTLS) (*tlsLayer, error) {
+func newTLSLayer(bind string, t *clusterTLS, n *netCounters) (*tlsLayer, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("raft listen %s: %w", bind, err)
@@ -56,13 +57,26 @@ func newTLSLayer(bind string, t *clusterTLS) (*tlsLayer, error) {
 		ln.Close()
 		return nil, fmt.Errorf("raft bind %s: need a concrete IP that peers can dial: %w", bind, ErrInvalid)
 	}
-	return &tlsLayer{Listener: tls.NewListener(ln, t.mutualServerConfig()), addr: addr, tls: t}, nil
+	counted := countingListener{ln, &n.raftIn, &n.raftOut} // netstats.go
+	return &tlsLayer{Listener: tls.NewListener(counted, t.mutualServerConfig()), addr: addr, tls: t, n: n}, nil
 }
 
 func (l *tlsLayer) Addr() net.Addr { return l.addr }
 
 func (l *tlsLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", string(addr), l.tls.clientConfig())
+	d := &net.Dialer{Timeout: timeout}
+	raw, err := d.Dial("tcp", string(addr))
+	if err != nil {
+		return nil, err
+	}
+	conn := tls.Client(countingConn{raw, &l.n.raftIn, &l.n.raftOut}, l.tls.clientConfig())
+	conn.SetDeadline(time.Now().Add(timeout))
+	if err := conn.Handshake(); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
 }
 
 // raftConfig returns the raft settings both the agent and the in-memory
@@ -97,7 +111,7 @@ func (c *Cluster) startRaft() error {
 		c.store.close()
 		return fmt.Errorf("raft snapshots: %w", err)
 	}
-	layer, err := newTLSLayer(c.cfg.RaftBindAddr, c.tls)
+	layer, err := newTLSLayer(c.cfg.RaftBindAddr, c.tls, &c.net)
 	if err != nil {
 		c.store.close()
 		return err
@@ -237,6 +251,7 @@ func (c *Cluster) leaderTerm(ctx context.Context) {
 	c.setMeta(func(m *nodeMeta) { m.InRaft = true })
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.reconcileLoop(gctx) })
+	g.Go(func() error { return c.housekeepingLoop(gctx) })
 	if c.cfg.LeaderLoop != nil {
 		g.Go(func() error {
 			if err := c.cfg.LeaderLoop(gctx); err != nil && gctx.Err() == nil {

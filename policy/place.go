@@ -12,7 +12,8 @@ import (
 var ErrNoTarget = errors.New("no host can take the container")
 
 // Unfit says why dst cannot take c from src, or "" when it can: alive and
-// uncordoned, a different host, the same engine and architecture, CRIU at
+// uncordoned, a different host with a container engine (never a witness),
+// the same engine and architecture, CRIU at
 // least the source's, enough free memory, and every
 // orchestrate.constraint.KEY=VALUE label of c matched by dst's labels.
 func Unfit(c ContainerInfo, src, dst HostLoad) string {
@@ -23,6 +24,8 @@ func Unfit(c ContainerInfo, src, dst HostLoad) string {
 		return "not alive"
 	case dst.Cordoned:
 		return "cordoned"
+	case dst.Witness():
+		return "a witness (engine none): never hosts containers"
 	case dst.Engine != src.Engine:
 		return fmt.Sprintf("engine %s, container needs %s", dst.Engine, src.Engine)
 	case dst.Arch != src.Arch:

@@ -25,7 +25,7 @@ type HostLoad struct {
 	Name        string
 	Alive       bool
 	Cordoned    bool
-	Engine      string // "podman", "docker", "fake": only like engines exchange checkpoints
+	Engine      string // "podman", "docker", "fake": only like engines exchange checkpoints; "none": a witness
 	Arch        string
 	CRIUVersion string // a target needs at least the source's version
 	Labels      map[string]string
@@ -70,7 +70,19 @@ func variance(hosts []HostLoad) float64 {
 	return sq/float64(n) - m*m
 }
 
-func (h HostLoad) eligible() bool { return h.Alive && !h.Cordoned && h.MemoryCapacity > 0 }
+// EngineNone is the engine of a witness: an agent that votes in raft and
+// never hosts containers.
+const EngineNone = "none"
+
+// Witness reports whether h runs no container engine (engine none, or
+// unknown).
+func (h HostLoad) Witness() bool { return h.Engine == EngineNone || h.Engine == "" }
+
+// eligible: hosts whose memory use the rebalancer evens out. A witness's
+// memory is not container capacity.
+func (h HostLoad) eligible() bool {
+	return h.Alive && !h.Cordoned && h.MemoryCapacity > 0 && !h.Witness()
+}
 
 func (h HostLoad) utilisation() float64 { return float64(h.MemoryUsed) / float64(h.MemoryCapacity) }
 
@@ -80,7 +92,7 @@ func movable(c ContainerInfo) bool { return !strings.EqualFold(c.Labels[LabelMig
 func fits(c ContainerInfo, src, dst HostLoad) bool { return Unfit(c, src, dst) == "" }
 
 // Spread is the rebalance metric: max minus min of MemoryUsed/MemoryCapacity
-// over eligible hosts (alive, not cordoned, known capacity), so 0.3 means
+// over eligible hosts (alive, not cordoned, known capacity, not a witness), so 0.3 means
 // the fullest host is 30 percentage points fuller than the emptiest. It is 0
 // with fewer than two eligible hosts. Max-min (rather than stddev) is what
 // an operator reads off a dashboard, and a move that lowers it always

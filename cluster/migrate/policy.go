@@ -219,10 +219,16 @@ func (co *Coordinator) Rebalance(ctx context.Context, dryRun bool) (RebalanceRes
 	}
 	res.SpreadAfter = policy.Spread(after)
 	batch := newID()
+	var refused map[string]string
+	if !dryRun { // the targets confirm before anything is recorded (accept.go)
+		_, refused = co.confirmMoves(ctx, v, "", moves, v.hosts, nil)
+	}
 	for _, mv := range moves {
 		l := byID[mv.Container]
 		dm := DrainMove{Container: mv.Container, Name: l.c.Name, To: mv.To}
-		if !dryRun {
+		if why, ok := refused[mv.Container]; ok {
+			dm.Skipped = why
+		} else if !dryRun {
 			rec, err := co.record(ctx, l, mv.To, cluster.MigrationRecord{Batch: batch, Parallel: 1, Rebalance: true})
 			if err != nil {
 				dm.Skipped = err.Error()
