@@ -25,7 +25,7 @@ import (
 //
 //	GET  /v1/self             this agent's member record, labels untruncated
 //	GET  /v1/status           raft view: leader, state, term, stats
-//	GET  /v1/members          []Member
+//	GET  /v1/members          []Member; ?name=N only that one (none when unknown)
 //	GET  /v1/containers       this agent's local containers ([]engine.Container)
 //	GET  /v1/ps               PSResult: containers across the cluster, from the
 //	                          replicated reports (inventory.go); no host is asked
@@ -49,7 +49,7 @@ func newAPI(c *Cluster) *API {
 	a := &API{c: c, mux: http.NewServeMux()}
 	a.mux.HandleFunc("GET /v1/self", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Self()) })
 	a.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Status()) })
-	a.mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Members()) })
+	a.mux.HandleFunc("GET /v1/members", a.members)
 	a.mux.HandleFunc("GET /v1/containers", a.containers)
 	a.mux.HandleFunc("GET /v1/ps", a.ps)
 	a.mux.HandleFunc("GET /v1/hosts", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Hosts()) })

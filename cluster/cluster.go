@@ -134,6 +134,9 @@ type Cluster struct {
 
 	leaderCh      chan bool
 	wakeBootstrap chan struct{}
+	// joined is closed once the first join succeeded (or there is nothing
+	// to join): only then is the member table complete enough to bootstrap.
+	joined        chan struct{}
 	wakeReconcile chan struct{}
 
 	mu      sync.Mutex
@@ -182,7 +185,7 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{
 		cfg: cfg, logger: cfg.Logger.With("node", cfg.NodeName), tls: t, token: APIToken(cfg.Secret),
-		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
+		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), joined: make(chan struct{}), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
 	}
 	if c.hostKey, err = transfer.LoadOrCreateKey(filepath.Join(cfg.DataDir, HostKeyFile)); err != nil {
 		return nil, err
@@ -242,6 +245,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	g.Go(func() error { return c.statsLoop(gctx) })
 	g.Go(func() error { return c.reapLoop(gctx) })
 	g.Go(func() error { return c.inventoryLoop(gctx) })
+	g.Go(func() error { return c.reconnectLoop(gctx) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -285,6 +289,7 @@ func (c *Cluster) Shutdown() error {
 
 func (c *Cluster) startGossip() error {
 	mc := memberlist.DefaultLANConfig()
+	tuneGossip(mc) // gossip_tuning.go
 	mc.Name = c.cfg.NodeName
 	host, port, err := splitHostPort(c.cfg.BindAddr)
 	if err != nil {
@@ -325,13 +330,9 @@ func splitHostPort(addr string) (string, int, error) {
 
 // joinLoop joins the seeds, retrying with jitter until at least one answers.
 func (c *Cluster) joinLoop(ctx context.Context) error {
-	var seeds []string
-	for _, s := range c.cfg.Join {
-		if s != "" && s != c.cfg.BindAddr {
-			seeds = append(seeds, s)
-		}
-	}
+	seeds := c.seeds() // rejoin.go: the configured seeds and a few peers known before a restart
 	if len(seeds) == 0 {
+		close(c.joined)
 		<-ctx.Done()
 		return nil
 	}
@@ -340,12 +341,14 @@ func (c *Cluster) joinLoop(ctx context.Context) error {
 		n, err := c.ml.Join(seeds)
 		if n > 0 {
 			c.logger.Info("joined cluster", "contacted", n)
+			close(c.joined)
 			break
 		}
 		c.logger.Warn("join failed, retrying", "seeds", seeds, "err", err)
 		if err := sleepCtx(ctx, jitter(backoff)); err != nil {
 			return nil
 		}
+		seeds = c.seeds()
 		backoff = min(backoff*2, 5*time.Second)
 	}
 	<-ctx.Done()
@@ -420,7 +423,7 @@ func (c *Cluster) refreshStats(ctx context.Context) {
 		}
 	}
 	c.setMeta(func(m *nodeMeta) {
-		m.MemTotal, m.MemUsed, m.Containers, m.CRIU = total, total-avail, n, criu
+		m.MemTotal, m.MemUsed, m.Containers, m.CRIU = total, gossipedMemUsed(m.MemUsed, total-avail, total), n, criu
 		m.InRaft = m.InRaft || c.hasRaftState()
 	})
 }

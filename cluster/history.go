@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -174,4 +175,15 @@ func (cl *Client) History(ctx context.Context, path string, q HistoryQuery, out 
 		return -1, nil // an agent of an older version: no total
 	}
 	return total, nil
+}
+
+// members serves GET /v1/members; ?name= narrows it to one member (an empty
+// list when unknown), which is what a watcher polling a hundred agents for
+// one member's status needs.
+func (a *API) members(w http.ResponseWriter, r *http.Request) {
+	ms := a.c.Members()
+	if name := r.URL.Query().Get("name"); name != "" {
+		ms = slices.DeleteFunc(ms, func(m Member) bool { return m.Name != name })
+	}
+	writeJSON(w, http.StatusOK, orEmpty(ms))
 }

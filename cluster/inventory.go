@@ -77,11 +77,19 @@ func (h HostContainers) clone() HostContainers {
 	return h
 }
 
-// ReportContainersRequest replaces Host's container report. With Forget
-// set (the leader, once a host left the cluster), the report is dropped.
+// ReportContainersRequest replaces Host's container report with
+// Containers, or, with Base set, changes the report stored at raft index
+// Base: Upsert replaces or adds containers by ID, Remove drops IDs. A delta
+// whose base is not the stored report is refused (ErrConflict) and the host
+// sends its whole list. Deltas keep an entry, which raft sends to every
+// member, as small as the change rather than the host. With Forget set
+// (the leader, once a host left the cluster), the report is dropped.
 type ReportContainersRequest struct {
 	Host       string             `json:"host"`
 	Containers []engine.Container `json:"containers,omitempty"`
+	Base       uint64             `json:"base,omitempty"`
+	Upsert     []engine.Container `json:"upsert,omitempty"`
+	Remove     []string           `json:"remove,omitempty"`
 	At         time.Time          `json:"at"`
 	Forget     bool               `json:"forget,omitempty"`
 	Served     uint64             `json:"served,omitempty"`
@@ -130,14 +138,22 @@ func (r *ReportContainersRequest) validate() error {
 	if err := checkName("host", r.Host); err != nil {
 		return err
 	}
-	if len(r.Containers) > maxReported {
-		return fmt.Errorf("report of %s: %d containers (at most %d): %w", r.Host, len(r.Containers), maxReported, ErrInvalid)
+	if len(r.Containers)+len(r.Upsert)+len(r.Remove) > maxReported {
+		return fmt.Errorf("report of %s: more than %d containers: %w", r.Host, maxReported, ErrInvalid)
 	}
-	if r.Forget && len(r.Containers) > 0 {
+	if r.Forget && len(r.Containers)+len(r.Upsert)+len(r.Remove) > 0 {
 		return fmt.Errorf("report of %s: forget with containers: %w", r.Host, ErrInvalid)
 	}
-	for _, c := range r.Containers {
+	if r.Base == 0 && len(r.Upsert)+len(r.Remove) > 0 || r.Base > 0 && len(r.Containers) > 0 {
+		return fmt.Errorf("report of %s: a delta needs a base and no full list: %w", r.Host, ErrInvalid)
+	}
+	for _, c := range slices.Concat(r.Containers, r.Upsert) {
 		if err := checkName("container id", c.ID); err != nil {
+			return fmt.Errorf("report of %s: %w", r.Host, err)
+		}
+	}
+	for _, id := range r.Remove {
+		if err := checkName("container id", id); err != nil {
 			return fmt.Errorf("report of %s: %w", r.Host, err)
 		}
 	}
@@ -150,8 +166,57 @@ func (f *fsm) applyReportContainers(index uint64, req ReportContainersRequest) e
 		delete(f.s.ReportsWanted, req.Host)
 		return nil
 	}
-	f.s.Containers[req.Host] = HostContainers{Host: req.Host, Containers: slices.Clone(req.Containers), ListedAt: req.At, Index: index, Served: req.Served}
+	cs := applyDelta(nil, req.Containers, nil) // a sorted copy
+	if req.Base > 0 {
+		old, ok := f.s.Containers[req.Host]
+		if !ok || old.Index != req.Base {
+			return fmt.Errorf("report of %s: delta on %d, stored report is %d: %w", req.Host, req.Base, old.Index, ErrConflict)
+		}
+		cs = applyDelta(old.Containers, req.Upsert, req.Remove)
+	}
+	f.s.Containers[req.Host] = HostContainers{Host: req.Host, Containers: cs, ListedAt: req.At, Index: index, Served: req.Served}
 	return nil
+}
+
+// applyDelta returns old without the removed IDs and with upsert replacing
+// or adding containers by ID, sorted by ID. old is not changed.
+func applyDelta(old, upsert []engine.Container, remove []string) []engine.Container {
+	byID := make(map[string]engine.Container, len(old)+len(upsert))
+	for _, c := range old {
+		byID[c.ID] = c
+	}
+	for _, id := range remove {
+		delete(byID, id)
+	}
+	for _, c := range upsert {
+		byID[c.ID] = c
+	}
+	out := make([]engine.Container, 0, len(byID))
+	for _, c := range byID {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// reportDelta is the change from old to cur worth reporting (see
+// containerChanged): the containers to upsert and the IDs to remove.
+func reportDelta(old, cur []engine.Container) (upsert []engine.Container, remove []string) {
+	byID := make(map[string]engine.Container, len(old))
+	for _, c := range old {
+		byID[c.ID] = c
+	}
+	for _, c := range cur {
+		if o, ok := byID[c.ID]; !ok || containerChanged(o, c) {
+			upsert = append(upsert, c)
+		}
+		delete(byID, c.ID)
+	}
+	for id := range byID {
+		remove = append(remove, id)
+	}
+	sort.Strings(remove)
+	return upsert, remove
 }
 
 func (f *fsm) containers() []HostContainers {
@@ -200,25 +265,21 @@ func reportsChanged(old, cur []engine.Container) bool {
 	if len(old) != len(cur) {
 		return true
 	}
-	byID := make(map[string]engine.Container, len(old))
-	for _, c := range old {
-		byID[c.ID] = c
+	up, rm := reportDelta(old, cur)
+	return len(up)+len(rm) > 0
+}
+
+// containerChanged: a container's report is worth renewing.
+func containerChanged(o, c engine.Container) bool {
+	if o.Name != c.Name || o.Image != c.Image || o.ImageID != c.ImageID || o.State != c.State ||
+		o.Running != c.Running || o.Checkpointed != c.Checkpointed || !equalLabels(o.Labels, c.Labels) {
+		return true
 	}
-	for _, c := range cur {
-		o, ok := byID[c.ID]
-		if !ok || o.Name != c.Name || o.Image != c.Image || o.ImageID != c.ImageID || o.State != c.State ||
-			o.Running != c.Running || o.Checkpointed != c.Checkpointed || !equalLabels(o.Labels, c.Labels) {
-			return true
-		}
-		d := c.MemoryBytes - o.MemoryBytes
-		if d < 0 {
-			d = -d
-		}
-		if d > memSlack && d > o.MemoryBytes/4 {
-			return true
-		}
+	d := c.MemoryBytes - o.MemoryBytes
+	if d < 0 {
+		d = -d
 	}
-	return false
+	return d > memSlack && d > o.MemoryBytes/4
 }
 
 func equalLabels(a, b map[string]string) bool {
@@ -288,15 +349,27 @@ func (c *Cluster) reportContainers(ctx context.Context, force bool, served uint6
 		return fmt.Errorf("list containers: %w", err)
 	}
 	sort.Slice(cs, func(i, j int) bool { return cs[i].ID < cs[j].ID })
-	if old, ok := c.fsm.hostContainers(c.cfg.NodeName); ok && !force && !reportsChanged(old.Containers, cs) {
-		return nil
+	req := ReportContainersRequest{Host: c.cfg.NodeName, Containers: cs, At: at, Served: served}
+	if old, ok := c.fsm.hostContainers(c.cfg.NodeName); ok {
+		up, rm := reportDelta(old.Containers, cs)
+		if len(up)+len(rm) == 0 && !force {
+			return nil
+		}
+		if len(up) < len(cs) { // else the whole list is as small
+			req.Containers, req.Base, req.Upsert, req.Remove = nil, old.Index, up, rm
+		}
 	}
 	if c.Leader() == "" {
 		return ErrNoLeader
 	}
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return c.apply(wctx, ReportContainersType, ReportContainersRequest{Host: c.cfg.NodeName, Containers: cs, At: at, Served: served})
+	err = c.apply(wctx, ReportContainersType, req)
+	if errors.Is(err, ErrConflict) { // the base moved on: send the whole list
+		req.Containers, req.Base, req.Upsert, req.Remove = cs, 0, nil, nil
+		err = c.apply(wctx, ReportContainersType, req)
+	}
+	return err
 }
 
 // ErrNoReport: a host did not answer a report request in time.
@@ -432,3 +505,21 @@ const EngineNone = "none"
 // MemInfo returns this host's total and available memory in bytes (from
 // /proc/meminfo; zeros when unreadable).
 func MemInfo() (total, avail int64) { return memInfo() }
+
+// gossipedMemUsed is the memory use to gossip: the last gossiped value
+// until the real one moved by more than a 64th of the host's memory (and
+// at least memSlack). Every change of an agent's metadata is a broadcast
+// that every member retransmits; with each host's use wiggling on every
+// refresh, a hundred agents kept memberlist's queues full (tens of kB/s
+// per agent at idle, slower failure detection; internal/scale). Placement
+// needs no finer figure: the chosen target checks its memory itself.
+func gossipedMemUsed(last, now, total int64) int64 {
+	d := now - last
+	if d < 0 {
+		d = -d
+	}
+	if last == 0 || d > max(total/64, memSlack) {
+		return now
+	}
+	return last
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -134,5 +135,64 @@ func TestContainerReports(t *testing.T) {
 	}
 	if inv := c.Inventory(); len(inv) != 1 || inv[0].Host != "r1" || len(inv[0].Containers) != 2 {
 		t.Fatalf("reports after housekeeping: %+v", inv)
+	}
+}
+
+func TestGossipedMemUsed(t *testing.T) {
+	const gib = int64(1) << 30
+	for _, tc := range []struct {
+		last, now, total, want int64
+	}{
+		{0, 3 * gib, 16 * gib, 3 * gib},               // first refresh
+		{3 * gib, 3*gib + 200<<20, 16 * gib, 3 * gib}, // under 256 MiB (16 GiB / 64): kept
+		{3 * gib, 3*gib + 300<<20, 16 * gib, 3*gib + 300<<20},
+		{3 * gib, 3*gib - 300<<20, 16 * gib, 3*gib - 300<<20},
+		{1 * gib, 1*gib + 20<<20, 1 * gib, 1 * gib}, // small host: at least memSlack
+		{1 * gib, 1*gib + 40<<20, 1 * gib, 1*gib + 40<<20},
+	} {
+		if got := gossipedMemUsed(tc.last, tc.now, tc.total); got != tc.want {
+			t.Errorf("gossipedMemUsed(%d, %d, %d) = %d, want %d", tc.last, tc.now, tc.total, got, tc.want)
+		}
+	}
+}
+
+func TestReportDeltas(t *testing.T) {
+	a, b, c := engine.Container{ID: "a", Name: "a"}, engine.Container{ID: "b", Name: "b"}, engine.Container{ID: "c", Name: "c"}
+	ids := func(f *fsm) (out []string) {
+		h, _ := f.hostContainers("h1")
+		for _, x := range h.Containers {
+			out = append(out, x.ID+"="+x.Name)
+		}
+		return out
+	}
+	f := newFSM()
+	steps := []struct {
+		req     ReportContainersRequest
+		wantErr error
+		want    []string
+	}{
+		{ReportContainersRequest{Host: "h1", Containers: []engine.Container{b, a}}, nil, []string{"a=a", "b=b"}},
+		{ReportContainersRequest{Host: "h1", Base: 1, Upsert: []engine.Container{c, {ID: "a", Name: "renamed"}}, Remove: []string{"b"}}, nil, []string{"a=renamed", "c=c"}},
+		// A delta on a report that was replaced since is refused.
+		{ReportContainersRequest{Host: "h1", Base: 1, Remove: []string{"a"}}, ErrConflict, []string{"a=renamed", "c=c"}},
+		{ReportContainersRequest{Host: "h1", Base: 2, Remove: []string{"a", "nope"}}, nil, []string{"c=c"}},
+		{ReportContainersRequest{Host: "h1", Upsert: []engine.Container{a}}, ErrInvalid, []string{"c=c"}},
+		{ReportContainersRequest{Host: "h1", Base: 4, Containers: []engine.Container{a}}, ErrInvalid, []string{"c=c"}},
+		{ReportContainersRequest{Host: "h1", Forget: true}, nil, nil},
+		{ReportContainersRequest{Host: "h2", Base: 1}, ErrConflict, nil},
+	}
+	for i, s := range steps {
+		err := apply(f, uint64(i+1), cmd(t, ReportContainersType, s.req))
+		if !errors.Is(err, s.wantErr) || s.wantErr == nil && err != nil {
+			t.Fatalf("step %d: %v, want %v", i+1, err, s.wantErr)
+		}
+		if got := ids(f); !slices.Equal(got, s.want) {
+			t.Fatalf("step %d: report %v, want %v", i+1, got, s.want)
+		}
+	}
+	// The agent's side: the delta from what is stored to what runs.
+	up, rm := reportDelta([]engine.Container{a, b}, []engine.Container{{ID: "a", Name: "a", MemoryBytes: 1 << 20}, c})
+	if len(up) != 1 || up[0].ID != "c" || !slices.Equal(rm, []string{"b"}) {
+		t.Errorf("reportDelta = %v, %v", up, rm)
 	}
 }

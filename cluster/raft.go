@@ -147,10 +147,21 @@ func (c *Cluster) hasRaftState() bool {
 // already in a raft cluster, then bootstraps raft with all of them (the
 // first MaxVoters by name as voters). Every agent computes the same set, so
 // their bootstraps agree.
+//
+// It waits for the first join to complete: a join merges the seed's whole
+// member table at once, but delivers it one member at a time, and an agent
+// that looked in between could see three newcomers and no member of the
+// existing cluster, and bootstrap a second one (seen with 50 agents
+// starting together; internal/scale).
 func (c *Cluster) bootstrapLoop(ctx context.Context) error {
 	for {
 		if c.hasRaftState() {
 			c.setMeta(func(m *nodeMeta) { m.InRaft = true })
+			return nil
+		}
+		select {
+		case <-c.joined:
+		case <-ctx.Done():
 			return nil
 		}
 		c.tryBootstrap()

@@ -183,3 +183,28 @@ func TestDrainNeedsAReport(t *testing.T) {
 		t.Fatalf("drain without a report: %v", err)
 	}
 }
+
+// A host that gossip suspects (slow to ack under load) still runs its
+// containers: a drain of it plans them all, and it is never a target.
+func TestDrainOfASuspectHost(t *testing.T) {
+	w := newWorld(t, "h1", "h2", "h3")
+	for i := range 3 {
+		w.hosts["h1"].eng.Run(fmt.Sprintf("c%d", i), "img:1", 1<<20, nil)
+	}
+	w.hosts["h3"].eng.Run("other", "img:1", 1<<20, nil)
+	for i := range w.store.members {
+		if n := w.store.members[i].Name; n == "h1" || n == "h2" {
+			w.store.members[i].Status = cluster.StatusSuspect
+		}
+	}
+	co, _ := w.leaderCounting(t)
+	res, err := co.Drain(context.Background(), DrainRequest{Host: "h1", DryRun: true})
+	if err != nil || len(res.Moves) != 3 {
+		t.Fatalf("dry-run drain of a suspect host: %+v, %v", res, err)
+	}
+	for _, m := range res.Moves {
+		if m.To != "h3" {
+			t.Errorf("%s planned to %q, want h3 (h2 is suspect)", m.Name, m.To)
+		}
+	}
+}

@@ -558,7 +558,9 @@ func (co *Coordinator) snapshot(ctx context.Context) view {
 			Engine: m.Engine, CRIUVersion: m.CRIUVersion, Labels: m.Labels,
 			MemoryCapacity: m.MemoryTotal, MemoryUsed: m.MemoryUsed,
 		})
-		if m.Status != cluster.StatusAlive || m.Engine == "" || m.Engine == cluster.EngineNone {
+		// A suspect host's containers are real (a drain of it must see
+		// them); it is just no target (Alive above).
+		if m.Status != cluster.StatusAlive && m.Status != cluster.StatusSuspect || m.Engine == "" || m.Engine == cluster.EngineNone {
 			continue
 		}
 		h, ok := reports[m.Name]
@@ -797,8 +799,8 @@ func (co *Coordinator) Drain(ctx context.Context, req DrainRequest) (DrainResult
 		return DrainResult{}, fmt.Errorf("%w: no host %s in the cluster", cluster.ErrNotFound, req.Host)
 	}
 	// A drain moves what the host runs now, not what it last reported (a
-	// host that is not alive has nothing that can move).
-	if m.Status == cluster.StatusAlive && m.Engine != cluster.EngineNone {
+	// host that is dead or gone has nothing that can move).
+	if (m.Status == cluster.StatusAlive || m.Status == cluster.StatusSuspect) && m.Engine != cluster.EngineNone {
 		if err := co.store.RefreshReports(ctx, []string{req.Host}, drainReportWait); err != nil {
 			return DrainResult{}, fmt.Errorf("drain %s: cannot list its containers: %w", req.Host, err)
 		}
