@@ -30,7 +30,8 @@ func Unfit(c ContainerInfo, src, dst HostLoad) string {
 		return fmt.Sprintf("engine %s, container needs %s", dst.Engine, src.Engine)
 	case dst.Arch != src.Arch:
 		return fmt.Sprintf("arch %s, container needs %s", dst.Arch, src.Arch)
-	case src.CRIUVersion != "" && (dst.CRIUVersion == "" || CompareVersions(dst.CRIUVersion, src.CRIUVersion) < 0):
+	case src.CRIUVersion != "" && dst.CRIUVersion != src.CRIUVersion && // equal needs no parsing (planners call this per container and host)
+		(dst.CRIUVersion == "" || CompareVersions(dst.CRIUVersion, src.CRIUVersion) < 0):
 		return fmt.Sprintf("CRIU %q older than the source's %s", dst.CRIUVersion, src.CRIUVersion)
 	case dst.MemoryCapacity <= 0:
 		return "memory capacity unknown"
