@@ -86,7 +86,12 @@ func raftConfig(id string, heartbeat, election time.Duration) *raft.Config {
 	rc.LocalID = raft.ServerID(id)
 	if heartbeat > 0 {
 		rc.HeartbeatTimeout = heartbeat
-		rc.LeaderLeaseTimeout = min(rc.LeaderLeaseTimeout, heartbeat/2)
+		// The lease is how long a leader that hears from no quorum of
+		// voters keeps leading. Failover time does not depend on it (the
+		// followers' heartbeat timeout does), and writes need a quorum
+		// either way; half the heartbeat made a leader of 100 agents on a
+		// starved CPU step down again and again (internal/scale).
+		rc.LeaderLeaseTimeout = heartbeat
 	}
 	if election > 0 {
 		rc.ElectionTimeout = election

@@ -2,6 +2,7 @@ package scale
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -311,10 +312,17 @@ func runFleet(t *testing.T, bin string, n, k int, eng string) (res run, err erro
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := follower.Client().Apply(wctx, cluster.AppendEventType, cluster.AppendEventRequest{Event: cluster.Event{ID: id, Kind: "scale", At: time.Now().UTC()}})
 		cancel()
-		if err != nil {
+		// Duplicate: a retried write whose first try was committed (a
+		// leader that lost its lease mid-write); it is in the log.
+		if err != nil && !errors.Is(err, cluster.ErrDuplicate) {
 			return res, fmt.Errorf("write before failover: %w", err)
 		}
 	}
+	// Kill whoever leads now (leadership may have moved under load).
+	if leader, err = WaitLeader(ctx, f.Running(), "", time.Minute); err != nil {
+		return res, err
+	}
+	la, _ = f.Agent(leader)
 	var voters []*Agent
 	for _, a := range f.Agents[:min(3, n)] {
 		if a.Name != leader {

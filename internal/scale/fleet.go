@@ -57,8 +57,10 @@ type Config struct {
 	Dir string
 	// N agents, named s001... in start order.
 	N int
-	// Engine is every agent's engine.type: "fake" (default) or "none".
-	Engine string
+	// Engine is every agent's engine.type: "fake" (default) or "none";
+	// Engines overrides it for some agents, by index.
+	Engine  string
+	Engines map[int]string
 	// Containers is how many containers each fake engine starts with;
 	// agent BigHost (an index, when BigContainers > 0) starts with
 	// BigContainers instead.
@@ -129,6 +131,9 @@ func New(cfg Config) (*Fleet, error) {
 	}
 	for i := range cfg.N {
 		a := &Agent{Name: fmt.Sprintf("s%03d", i+1), IP: fmt.Sprintf("%s%d", cfg.IPPrefix, cfg.FirstIP+i), Engine: cfg.Engine, bin: cfg.Bin}
+		if e, ok := cfg.Engines[i]; ok {
+			a.Engine = e
+		}
 		port := cfg.BasePort + 4*i
 		a.GossipAddr, a.RaftAddr = fmt.Sprintf("%s:%d", a.IP, port), fmt.Sprintf("%s:%d", a.IP, port+1)
 		a.APIAddr, a.TransferAddr = fmt.Sprintf("%s:%d", a.IP, port+2), fmt.Sprintf("%s:%d", a.IP, port+3)
