@@ -94,6 +94,10 @@ func (co *Coordinator) HandleTrigger(ctx context.Context, t policy.Trigger) (Tri
 // snapshotBefore keeps a forensic snapshot of every container on the host;
 // a failed snapshot is recorded and never holds up the evacuation.
 func (co *Coordinator) snapshotBefore(ctx context.Context, t policy.Trigger) {
+	// What the host runs now, not what it last reported.
+	if err := co.store.RefreshReports(ctx, []string{t.Host}, drainReportWait); err != nil {
+		co.log.Warn("fresh container report before the snapshots", "host", t.Host, "err", err)
+	}
 	v := co.snapshot(ctx)
 	for _, l := range v.containers {
 		if l.host != t.Host || !l.c.Running {

@@ -91,11 +91,17 @@ func TestBenchScale(t *testing.T) {
 		for r := range repeats {
 			start := time.Now()
 			res, err := runFleet(t, bin, n, k, eng)
-			if err != nil {
-				t.Fatalf("N=%d run %d: %v", n, r+1, err)
+			if err != nil { // a finding: reported, and the other runs go on
+				t.Errorf("N=%d run %d failed after %s: %v", n, r+1, time.Since(start).Round(time.Second), err)
+				continue
 			}
 			t.Logf("N=%d run %d took %s (load %s)", n, r+1, time.Since(start).Round(time.Second), res.load)
 			results[n] = append(results[n], res)
+		}
+	}
+	for _, n := range sizes {
+		if len(results[n]) == 0 {
+			t.Fatalf("no run at N=%d completed", n)
 		}
 	}
 	printTable(sizes, results, k, eng)
@@ -153,6 +159,18 @@ func runFleet(t *testing.T, bin string, n, k int, eng string) (res run, err erro
 		return res, fmt.Errorf("raft membership: %w", err)
 	}
 	res.raftConverged = max(res.raftConverged, d)
+	// Voters stay capped at max_voters (3); everyone else is a non-voter.
+	ms, err := follower.Client().Members(ctx)
+	if err != nil {
+		return res, err
+	}
+	roles := map[string]int{}
+	for _, m := range ms {
+		roles[m.Role]++
+	}
+	if roles[cluster.RoleLeader] != 1 || roles[cluster.RoleVoter] != min(n, 3)-1 || roles[cluster.RoleNonvoter] != n-min(n, 3) {
+		return res, fmt.Errorf("raft roles at %d agents: %v", n, roles)
+	}
 	// Leadership may have moved while n agents joined (a leader that
 	// cannot reach a quorum within its lease steps down).
 	if leader, err = WaitLeader(ctx, f.Agents, "", time.Minute); err != nil {
@@ -475,7 +493,11 @@ func printTable(sizes []int, results map[int][]run, k int, eng string) {
 			return fMed(func(r run) float64 { return Median(r.raftBytes) }, bps)(rs) + " / " + fMed(func(r run) float64 { return r.leaderRaft }, bps)(rs)
 		}},
 	}
-	fmt.Printf("\nscale harness: agents on loopback, engine %s, %d containers each (s004: 100), medians of %d runs\n", eng, k, len(results[sizes[0]]))
+	var runs []string
+	for _, n := range sizes {
+		runs = append(runs, fmt.Sprintf("N=%d: %d", n, len(results[n])))
+	}
+	fmt.Printf("\nscale harness: agents on loopback, engine %s, %d containers each (s004: 100); medians of the runs (%s)\n", eng, k, strings.Join(runs, ", "))
 	fmt.Printf("%-40s %-10s", "measure", "target")
 	for _, n := range sizes {
 		fmt.Printf(" %22s", fmt.Sprintf("N=%d", n))
