@@ -52,6 +52,7 @@ type run struct {
 	leaderRSS, leaderCPU, leaderRaft            float64
 	leaderHeap, leaderGoroutines                float64
 	lost                                        int
+	startCPU                                    time.Duration // all agents, from start to gossip convergence
 	load                                        string
 }
 
@@ -95,7 +96,9 @@ func TestBenchScale(t *testing.T) {
 				t.Errorf("N=%d run %d failed after %s: %v", n, r+1, time.Since(start).Round(time.Second), err)
 				continue
 			}
-			t.Logf("N=%d run %d took %s (load %s)", n, r+1, time.Since(start).Round(time.Second), res.load)
+			t.Logf("N=%d run %d took %s (load %s): converged %s (agents' CPU %s), raft %s, failover %s, dead %s/%s, ps p99 %s (API %s), idle RSS %.1f MB, gossip %.0f B/s",
+				n, r+1, time.Since(start).Round(time.Second), res.load, secs(res.converged), secs(res.startCPU), secs(res.raftConverged), secs(res.failover),
+				secs(res.deadFollower), secs(res.deadLeader), ms(Pct(res.psCLI, 99)), ms(Pct(res.psAPI, 99)), Median(res.rss)/1e6, Median(res.gossip))
 			results[n] = append(results[n], res)
 		}
 	}
@@ -143,6 +146,13 @@ func runFleet(t *testing.T, bin string, n, k int, eng string) (res run, err erro
 	par := max(4, runtime.NumCPU()*2)
 	if res.converged, err = WaitAll(ctx, f.Agents, par, 2*time.Minute, last, SeesAlive(n)); err != nil {
 		return res, fmt.Errorf("gossip convergence: %w", err)
+	}
+	// What starting cost: all agents share this machine's cores, so the
+	// CPU they needed to start bounds how fast n of them can converge.
+	for _, a := range f.Agents {
+		if p, err := ReadProc(a.Pid()); err == nil {
+			res.startCPU += p.CPU
+		}
 	}
 	// Raft has converged when every agent follows a leader and the
 	// configuration with all n servers reached the last agent started.
@@ -452,6 +462,7 @@ func printTable(sizes []int, results map[int][]run, k int, eng string) {
 	rows := []row{
 		{name: "first leader election (3 voters)", med: durMed(func(r run) time.Duration { return r.election }, secs)},
 		{name: "gossip converged after last start", target: "<= 5 s", med: durMed(func(r run) time.Duration { return r.converged }, secs)},
+		{name: "  CPU all agents used until then", med: durMed(func(r run) time.Duration { return r.startCPU }, secs)},
 		{name: "raft converged after last start", med: durMed(func(r run) time.Duration { return r.raftConverged }, secs)},
 		{name: "all container reports in ps", med: durMed(func(r run) time.Duration { return r.reports }, secs)},
 		{name: "leader failover (SIGKILL to elected)", target: "<= 2 s", med: durMed(func(r run) time.Duration { return r.failover }, secs)},
