@@ -44,7 +44,12 @@ import (
 // (migrate.Agent's /v1/agent/accept), so a stale report costs a refusal,
 // never a wrong move.
 
-// ReportContainersType stores one host's container report.
+// ReportContainersType stores one host's container report. Writers set
+// IgnoreUnknownTypeFlag on it, on RequestReportsType and on PruneType:
+// agents of an older version, which read no reports and prune nothing,
+// skip them during a rolling upgrade. (An older agent never reports, so a
+// drain of it fails until it is upgraded: "has not reported its
+// containers yet".)
 const ReportContainersType MessageType = 10
 
 // RequestReportsType asks hosts for fresh reports. Written only by the
@@ -364,10 +369,10 @@ func (c *Cluster) reportContainers(ctx context.Context, force bool, served uint6
 	}
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err = c.apply(wctx, ReportContainersType, req)
+	err = c.apply(wctx, ReportContainersType|IgnoreUnknownTypeFlag, req)
 	if errors.Is(err, ErrConflict) { // the base moved on: send the whole list
 		req.Containers, req.Base, req.Upsert, req.Remove = cs, 0, nil, nil
-		err = c.apply(wctx, ReportContainersType, req)
+		err = c.apply(wctx, ReportContainersType|IgnoreUnknownTypeFlag, req)
 	}
 	return err
 }
@@ -384,7 +389,7 @@ func (c *Cluster) RefreshReports(ctx context.Context, hosts []string, wait time.
 	if !c.IsLeader() {
 		return ErrNotLeader
 	}
-	if err := c.apply(ctx, RequestReportsType, RequestReportsRequest{Hosts: hosts, At: time.Now().UTC()}); err != nil {
+	if err := c.apply(ctx, RequestReportsType|IgnoreUnknownTypeFlag, RequestReportsRequest{Hosts: hosts, At: time.Now().UTC()}); err != nil {
 		return err
 	}
 	if hosts == nil {
@@ -426,7 +431,7 @@ func (c *Cluster) forgetGoneHosts(ctx context.Context) error {
 		if _, ok := roles[h.Host]; ok {
 			continue
 		}
-		if err := c.apply(ctx, ReportContainersType, ReportContainersRequest{Host: h.Host, At: time.Now().UTC(), Forget: true}); err != nil {
+		if err := c.apply(ctx, ReportContainersType|IgnoreUnknownTypeFlag, ReportContainersRequest{Host: h.Host, At: time.Now().UTC(), Forget: true}); err != nil {
 			return err
 		}
 	}

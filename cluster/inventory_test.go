@@ -190,6 +190,17 @@ func TestReportDeltas(t *testing.T) {
 			t.Fatalf("step %d: report %v, want %v", i+1, got, s.want)
 		}
 	}
+	// Reports travel with IgnoreUnknownTypeFlag (older agents skip them)
+	// and may be forwarded; requests for reports come from the leader only.
+	if err := checkForwarded(cmd(t, ReportContainersType|IgnoreUnknownTypeFlag, ReportContainersRequest{Host: "h1", Containers: []engine.Container{a}})); err != nil {
+		t.Errorf("forwarded report: %v", err)
+	}
+	if err := checkForwarded(cmd(t, RequestReportsType|IgnoreUnknownTypeFlag, RequestReportsRequest{At: t0})); err == nil {
+		t.Error("a forwarded report request was accepted")
+	}
+	if err := apply(f, 100, cmd(t, ReportContainersType|IgnoreUnknownTypeFlag, ReportContainersRequest{Host: "h3", Containers: []engine.Container{a}})); err != nil {
+		t.Errorf("report with the flag: %v", err)
+	}
 	// The agent's side: the delta from what is stored to what runs.
 	up, rm := reportDelta([]engine.Container{a, b}, []engine.Container{{ID: "a", Name: "a", MemoryBytes: 1 << 20}, c})
 	if len(up) != 1 || up[0].ID != "c" || !slices.Equal(rm, []string{"b"}) {

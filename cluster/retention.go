@@ -211,7 +211,7 @@ func (c *Cluster) housekeep(ctx context.Context) error {
 	now := time.Now().UTC()
 	r := c.cfg.Retention
 	if pruneDue(c.fsm.historyStats(), now, r) {
-		if err := c.apply(ctx, PruneType, PruneRequest{At: now, Retention: r}); err != nil {
+		if err := c.apply(ctx, PruneType|IgnoreUnknownTypeFlag, PruneRequest{At: now, Retention: r}); err != nil {
 			return err
 		}
 	}
