@@ -171,7 +171,8 @@ func (b *movingBody) Read(p []byte) (int, error) {
 // createGossip is memberlist.Create with gossipGuard's caps on its TCP
 // (stream) connections. memberlist's own TCPTimeout bounds how long each
 // may take.
-func createGossip(mc *memberlist.Config) (*memberlist.Memberlist, error) {
+// wrap, when not nil, wraps the guarded transport (the traffic counters).
+func createGossip(mc *memberlist.Config, wrap func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport) (*memberlist.Memberlist, error) {
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
 		BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
 	})
@@ -181,6 +182,9 @@ func createGossip(mc *memberlist.Config) (*memberlist.Memberlist, error) {
 	gt := &guardedTransport{NetTransport: nt, lim: netguard.NewLimiter(gossipGuard), out: make(chan net.Conn), done: make(chan struct{})}
 	go gt.relay()
 	mc.Transport = gt
+	if wrap != nil {
+		mc.Transport = wrap(gt)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		gt.Shutdown()

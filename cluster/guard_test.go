@@ -187,7 +187,7 @@ func TestGossipStreamCap(t *testing.T) {
 	mc := memberlist.DefaultLANConfig()
 	mc.Name, mc.BindAddr, mc.BindPort, mc.AdvertisePort = "g1", "127.0.0.1", port, port
 	mc.LogOutput = io.Discard
-	ml, err := createGossip(mc)
+	ml, err := createGossip(mc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

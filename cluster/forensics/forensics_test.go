@@ -155,6 +155,9 @@ type world struct {
 	locks  map[string]cluster.Lock
 	migs   []cluster.MigrationRecord
 	hosts  map[string]*simHost
+	// noReports makes PS show nothing, as right after a cluster starts or
+	// before a host reports a container started a moment ago.
+	noReports bool
 }
 
 type simHost struct {
@@ -196,6 +199,14 @@ func newWorldWith(t *testing.T, mk func(host string) Engine, names ...string) *w
 		h.agent = NewAgent(cfg, engineOf(h), hostStreamer{w, n}, (*hostView)(h))
 		h.agent.Register(h.mux, h)
 		NewService((*hostView)(h), "").Register(h.mux)
+		h.mux.HandleFunc("GET /v1/containers", func(rw http.ResponseWriter, r *http.Request) {
+			cs, err := h.eng.List(r.Context())
+			if err != nil {
+				cluster.WriteError(rw, err)
+				return
+			}
+			cluster.WriteJSON(rw, http.StatusOK, cs)
+		})
 		ln, err := net.Listen("unix", h.sock)
 		if err != nil {
 			t.Fatal(err)
@@ -295,7 +306,7 @@ func (v *hostView) Name() string { return v.name }
 func (v *hostView) Members() []cluster.Member {
 	var out []cluster.Member
 	for n := range v.w.hosts {
-		out = append(out, cluster.Member{Name: n, Status: cluster.StatusAlive, TransferAddr: n + ":7922"})
+		out = append(out, cluster.Member{Name: n, Status: cluster.StatusAlive, TransferAddr: n + ":7922", Engine: "fake"})
 	}
 	return out
 }
@@ -332,6 +343,12 @@ func (v *hostView) LeaderStep(h http.HandlerFunc) http.HandlerFunc {
 }
 func (v *hostView) PS(ctx context.Context) cluster.PSResult {
 	var res cluster.PSResult
+	v.w.mu.Lock()
+	stale := v.w.noReports
+	v.w.mu.Unlock()
+	if stale {
+		return res
+	}
 	for n, h := range v.w.hosts {
 		cs, _ := h.eng.List(ctx)
 		for _, c := range cs {
@@ -566,6 +583,22 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 
 // TestRunAppliesAgeRetention: records past max_age go, with their files,
 // without a new snapshot arriving.
+// A container no report shows yet (just started, or the hosts have not
+// reported since the cluster started) is found by asking the hosts.
+func TestCheckpointFindsUnreportedContainer(t *testing.T) {
+	w := newWorld(t, "h1", "h2")
+	w.noReports = true
+	ctx := context.Background()
+	w.hosts["h2"].eng.(*enginetest.Fake).Run("fresh", "img", 1<<20, nil)
+	res, err := StreamCheckpoint(ctx, w.client("h1"), CheckpointRequest{Container: "fresh", LeaveRunning: true}, io.Discard)
+	if err != nil || res.Host != "h2" {
+		t.Fatalf("checkpoint of an unreported container: %+v, %v", res, err)
+	}
+	if _, err := StreamCheckpoint(ctx, w.client("h1"), CheckpointRequest{Container: "nope"}, io.Discard); !errors.Is(err, cluster.ErrNotFound) {
+		t.Fatalf("checkpoint of a missing container: %v", err)
+	}
+}
+
 func TestRunAppliesAgeRetention(t *testing.T) {
 	w := newWorld(t, "h1")
 	ctx := context.Background()

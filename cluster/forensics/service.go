@@ -11,9 +11,12 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
+	"github.com/edgemigrate/orchestrate/engine"
 )
 
 // ErrIncomplete: a streamed archive ended without its outcome, or with a
@@ -107,16 +110,16 @@ func RemoveSnapshot(ctx context.Context, cl *cluster.Client, id string) error {
 }
 
 // locate finds the host running the container ref (a name, an ID or an
-// ID prefix of at least 12 characters).
+// ID prefix of at least 12 characters). It reads the hosts' container
+// reports; a container the reports do not show (started since its host
+// last reported, or hosts that have not reported yet) is looked for once
+// more by asking every alive host with an engine for its list.
 func (s *Service) locate(ctx context.Context, ref string) (string, error) {
 	res := s.c.PS(ctx)
-	var hosts []string
-	for _, e := range res.Containers {
-		if e.Name == ref || e.ID == ref || len(ref) >= 12 && strings.HasPrefix(e.ID, ref) {
-			if e.State == "running" {
-				hosts = append(hosts, e.Host)
-			}
-		}
+	hosts := runningOn(res, ref)
+	if len(hosts) == 0 {
+		res = s.listAlive(ctx)
+		hosts = runningOn(res, ref)
 	}
 	switch len(hosts) {
 	case 0:
@@ -130,6 +133,58 @@ func (s *Service) locate(ctx context.Context, ref string) (string, error) {
 	}
 	return "", fmt.Errorf("%w: %q runs on %d hosts (%s): pick one with --host", cluster.ErrInvalid, ref, len(hosts), strings.Join(hosts, ", "))
 }
+
+// runningOn returns the hosts where res shows ref running.
+func runningOn(res cluster.PSResult, ref string) []string {
+	var hosts []string
+	for _, e := range res.Containers {
+		if e.Name == ref || e.ID == ref || len(ref) >= 12 && strings.HasPrefix(e.ID, ref) {
+			if e.State == "running" {
+				hosts = append(hosts, e.Host)
+			}
+		}
+	}
+	return hosts
+}
+
+// listAlive asks every alive host with an engine for its containers, in
+// parallel, each within listTimeout. A host that does not answer is listed
+// in Errors.
+func (s *Service) listAlive(ctx context.Context) cluster.PSResult {
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
+	res := cluster.PSResult{Containers: []cluster.PSEntry{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range s.c.Members() {
+		if m.Status != cluster.StatusAlive || m.Engine == "" || m.Engine == cluster.EngineNone {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var cs []engine.Container
+			cl, err := s.c.PeerClient(m.Name)
+			if err == nil {
+				err = cl.Do(ctx, http.MethodGet, "/v1/containers", nil, &cs)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Errors = append(res.Errors, cluster.HostError{Host: m.Name, Error: err.Error()})
+				return
+			}
+			for _, c := range cs {
+				res.Containers = append(res.Containers, cluster.PSEntry{Host: m.Name, Name: c.Name, ID: c.ID, Image: c.Image, State: c.State})
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// listTimeout bounds listAlive.
+const listTimeout = 5 * time.Second
 
 func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 	var req CheckpointRequest

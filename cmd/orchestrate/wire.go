@@ -64,8 +64,9 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	co.Metrics = migrate.NewMetrics(reg)
-	reg.MustRegister(migrate.ClusterCollector{C: c})
+	reg.MustRegister(migrate.ClusterCollector{C: c}, netCollector{c})
 	c.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	registerDebug(c)
 
 	pa := &migrate.PolicyAgent{Host: cfg.Node.Name, Store: c, Lead: c, Steps: c, Log: logger.With("part", "policy"),
 		Reboot: cfg.RebootConfig(), CheckInterval: cfg.Policy.Reboot.CheckInterval, Dir: filepath.Join(cfg.Node.DataDir, "reboot")}
