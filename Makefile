@@ -6,7 +6,9 @@
 #                unit, real Podman + CRIU, real SSH, multi-process clusters,
 #                simulated multi-host e2e, and short fuzz runs
 #   make e2e     only the simulated multi-host end-to-end tests
-#   make bench   measurements, printed as tables (see docs/benchmarks.md)
+#   make bench   measurements, printed as tables (see docs/benchmarks.md); the
+#                scale harness (internal/scale: 10, 50 and 100 agents on
+#                loopback, 3 runs each, about 15 minutes) is part of it
 #   make demo    three simulated hosts, a workload, a drain
 #   make lint    gofmt and go vet
 SHELL := /bin/bash
@@ -71,7 +73,7 @@ e2e: setup clean-hosts
 
 bench: setup clean-hosts
 	@trap 'bash scripts/simhost.sh down-all' EXIT; \
-	set -o pipefail; ORCHESTRATE_BENCH=1 go test -p 1 -count=1 -timeout 80m -run 'Bench' -v ./engine/podman/ ./internal/e2e/ | grep -v '^=== RUN\|^--- \|^PASS\|^ok\|^        time='
+	set -o pipefail; ORCHESTRATE_BENCH=1 go test -p 1 -count=1 -timeout 80m -run 'Bench' -v ./engine/podman/ ./internal/e2e/ ./cluster/ ./policy/ ./internal/scale/ | grep -v '^=== RUN\|^--- \|^PASS\|^ok\|^        time='
 	@echo "transfer throughput:"; bash scripts/bench-transfer.sh
 
 demo: build setup clean-hosts
