@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -50,12 +51,17 @@ func (s *Server) HandlePages(kind string, h PageHandler) {
 	s.pageHandlers[kind] = h
 }
 
+// pageCloseGrace bounds how long a closed page channel stays open for the
+// server's result (see PageChannel.Close and PageConn.Close).
+const pageCloseGrace = 5 * time.Second
+
 // PageChannel is the server's end of a page channel.
 type PageChannel struct {
-	ch       ssh.Channel
-	dropConn func()
-	mu       sync.Mutex
-	accepted bool
+	ch        ssh.Channel
+	dropConn  func()
+	mu        sync.Mutex
+	accepted  bool
+	closeOnce sync.Once
 }
 
 // Accept tells the peer it may start sending. Reading or writing before
@@ -96,8 +102,20 @@ func (p *PageChannel) Write(b []byte) (int, error) {
 // CloseWrite ends the server's half: the peer reads EOF.
 func (p *PageChannel) CloseWrite() error { return p.ch.CloseWrite() }
 
-// Close closes the channel both ways; the peer's reads and writes fail.
-func (p *PageChannel) Close() error { return p.ch.Close() }
+// Close ends the server's half at once: the peer reads EOF and its writes
+// fail, and the channel's reads end once the peer closes its half (a
+// PageConn does on EOF) or the connection drops. The channel itself
+// closes once the handler's result has gone out, or after pageCloseGrace:
+// a handler whose pump closes the channel when it fails (a full disk, its
+// page server gone) still tells the peer why. Safe to call more than once.
+func (p *PageChannel) Close() error {
+	var err error
+	p.closeOnce.Do(func() {
+		err = p.ch.CloseWrite()
+		time.AfterFunc(pageCloseGrace, func() { p.ch.Close() })
+	})
+	return err
+}
 
 // Abort drops the whole SSH connection the channel came on (see
 // PageConn.Abort): for a link known dead, where Close could block.
@@ -151,9 +169,11 @@ type PageConn struct {
 	limit  *limiter
 	peer   string
 	id     string
-	result chan error // one value: the server handler's result
+	result chan error    // one value: the server handler's result
+	closed chan struct{} // closed when the server closed the channel
 	stop   func() bool
 	abort  func()
+	once   sync.Once
 }
 
 // OpenPages opens a page channel to peer's handler for h.Kind and waits
@@ -185,7 +205,7 @@ func (c *Client) openPages(ctx context.Context, peer string, h StreamHeader) (*P
 		}
 		return nil, err
 	}
-	p := &PageConn{ch: ch, ctx: ctx, limit: c.limit, peer: peer, id: h.ID, result: make(chan error, 1),
+	p := &PageConn{ch: ch, ctx: ctx, limit: c.limit, peer: peer, id: h.ID, result: make(chan error, 1), closed: make(chan struct{}),
 		abort: func() { c.drop(peer, conn) }}
 	p.stop = context.AfterFunc(ctx, func() { ch.Close() })
 	go p.collect(reqs)
@@ -221,6 +241,7 @@ func (p *PageConn) collect(reqs <-chan *ssh.Request) {
 		}
 	}
 	p.result <- res
+	close(p.closed)
 }
 
 // remoteError rebuilds a handler's error from its reply code and text.
@@ -246,10 +267,28 @@ func (p *PageConn) Write(b []byte) (int, error) {
 // CloseWrite ends the client's half: the server reads EOF.
 func (p *PageConn) CloseWrite() error { return p.ch.CloseWrite() }
 
-// Close closes the channel both ways. Safe to call more than once.
+// Close ends the client's half at once: the server reads EOF, and this
+// end's writes fail. The channel closes both ways once the server has
+// sent its result and closed (reads end then), or after pageCloseGrace:
+// a pump that closes the channel when CRIU's side fails still gets the
+// target's reason (Result). It does not block. Safe to call more than
+// once; cancelling the channel's context closes it at once.
 func (p *PageConn) Close() error {
-	p.stop()
-	return p.ch.Close()
+	var err error
+	p.once.Do(func() {
+		err = p.ch.CloseWrite()
+		go func() {
+			t := time.NewTimer(pageCloseGrace)
+			defer t.Stop()
+			select {
+			case <-p.closed:
+			case <-t.C:
+			}
+			p.stop()
+			p.ch.Close()
+		}()
+	})
+	return err
 }
 
 // Abort drops the whole SSH connection the channel runs on, which unblocks

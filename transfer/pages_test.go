@@ -91,6 +91,43 @@ func TestPageChannelErrors(t *testing.T) {
 	}
 }
 
+// Both ends close on failure as the page pumps do (the handler when its
+// page server is gone, the sender when it reads EOF), and the handler's
+// reason still reaches the sender.
+func TestPageChannelResultAfterClose(t *testing.T) {
+	ts, c := pair(t, nil, nil)
+	ts.srv.HandlePages("pages", func(ctx context.Context, h StreamHeader, ch *PageChannel) error {
+		ch.Accept()
+		buf := make([]byte, 1)
+		if _, err := io.ReadFull(ch, buf); err != nil {
+			return err
+		}
+		ch.Close()
+		// The handler tidies up before it returns: its reads end once the
+		// sender closed its half.
+		io.Copy(io.Discard, ch)
+		time.Sleep(50 * time.Millisecond)
+		return fmt.Errorf("page server: write: %w", syscall.ENOSPC)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pc, err := c.OpenPages(ctx, ts.addr, StreamHeader{Kind: "pages", ID: "m1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.Write([]byte("x"))
+	if _, err := io.Copy(io.Discard, pc); err != nil {
+		t.Fatal(err)
+	}
+	pc.Close()
+	if _, err := pc.Write([]byte("y")); err == nil {
+		t.Error("a write after Close succeeded")
+	}
+	if err := pc.Result(ctx); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("result %v, want ErrNoSpace", err)
+	}
+}
+
 // A connection cut mid-session: the sender's writes fail, and the result
 // says the channel closed without one.
 func TestPageChannelCut(t *testing.T) {
