@@ -512,6 +512,11 @@ func (s *Server) serveStream(ctx context.Context, log *slog.Logger, ch ssh.Chann
 		// verified stream.
 		herr = vr.drain()
 	}
+	if herr != nil && stall.stalled.Load() && !errors.Is(herr, ErrStalled) {
+		// The handler may have seen the dropped connection first (its
+		// ctx, a page channel): the cause is still the stall.
+		herr = fmt.Errorf("%w: no data for %s: %w", ErrStalled, s.cfg.StallTimeout, herr)
+	}
 	if herr != nil {
 		log.Info("stream failed", "err", herr, "bytes", vr.n)
 		replyError(ch, herr)

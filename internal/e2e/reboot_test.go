@@ -462,6 +462,9 @@ func TestE2ERebootReturnAfterDrain(t *testing.T) {
 		return nil
 	})
 	continued(t, h2, port, mid)
+	// The source removes its copy once the return is confirmed: a moment
+	// after the container runs on h2.
+	settledMigrations(t, h2, 30*time.Second)
 	onlyOn(t, c, "ret", h2)
 	st := waitRebootDone(t, h2, 60*time.Second)
 	if !strings.HasPrefix(st.Sequence.Outcome, "rebooted; 1 returned") {
