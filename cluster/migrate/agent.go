@@ -114,6 +114,7 @@ func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindPrecopy, a.handlePrecopy)
 	streams.Handle(KindPrecopyProbe, a.handleProbe)
 	streams.Handle(KindDeltaRestore, a.handleDeltaRestore)
+	a.registerEnginePrecopy(streams)
 	mux.HandleFunc("POST /v1/agent/migrate-out", a.migrateOut)
 	mux.HandleFunc("POST /v1/agent/push-image", a.pushImage)
 	mux.HandleFunc("POST /v1/agent/resume", a.containerStep(a.resume))
@@ -204,6 +205,7 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 	if base != nil {
 		hdr.Kind, hdr.Meta["base"] = KindDeltaRestore, hex.EncodeToString(sumOf(base))
 	}
+	a.finalHeader(pre, &hdr)
 	var ckpt engine.Stats
 	var denc *delta.Encoder
 	result, st, err := a.sender.Stream(ctx, req.TargetAddr, hdr, func(w io.Writer) error {
@@ -218,7 +220,7 @@ func (a *Agent) migrateOut(w http.ResponseWriter, r *http.Request) {
 		}
 		cw := &progressWriter{w: out, first: func() { emit(Progress{Kind: EvStreaming}) }}
 		var err error
-		ckpt, err = a.eng.Checkpoint(ctx, c.ID, cw, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
+		ckpt, err = a.finalCheckpoint(ctx, pre, c.ID, cw, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
 		if denc != nil {
 			if err != nil {
 				denc.CloseWithError(err)

@@ -43,7 +43,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -118,9 +117,8 @@ func DefaultPrecopyConfig() PrecopyConfig {
 type PrecopyReport struct {
 	Method string `json:"method"`
 	Reason string `json:"reason,omitempty"`
-	// EnginePreCopy: the engine reports kernel dirty tracking (soft-dirty).
-	// No engine driver offers its own pre-dump step yet, so it is reported
-	// and content pre-copy runs regardless.
+	// EnginePreCopy: the engine reports kernel dirty tracking (soft-dirty),
+	// which engine pre-copy (precopy_engine.go) needs.
 	EnginePreCopy bool            `json:"engine_precopy"`
 	LinkBps       float64         `json:"link_bytes_per_s,omitempty"`
 	Rounds        []PrecopyRound  `json:"rounds,omitempty"`
@@ -129,6 +127,10 @@ type PrecopyReport struct {
 	WireBytes     int64           `json:"wire_bytes,omitempty"`  // all rounds and the final, as sent
 	Fallback      string          `json:"fallback,omitempty"`    // why a full transfer ended it
 	ExtraFreezes  []time.Duration `json:"extra_freezes,omitempty"`
+
+	// PreDump is the sha256 of the pre-dump archive the target holds
+	// (method precopy-criu, precopy_engine.go).
+	PreDump string `json:"pre_dump,omitempty"`
 }
 
 // PrecopyRound is one round's numbers.
@@ -165,7 +167,7 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 			rep.EnginePreCopy = f.PreCopy
 		}
 	}
-	mode := strings.ToLower(c.Labels[LabelPrecopy])
+	mode, want := precopyLabel(c.Labels)
 	if mode == "off" || mode == "false" {
 		rep.Reason = LabelPrecopy + "=off"
 		return nil, rep
@@ -195,13 +197,11 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 		rep.Reason = "the deadline leaves no time for pre-copy"
 		return nil, rep
 	}
-	rep.Method = MethodContent
 	rep.Reason = fmt.Sprintf("link %.0f Mbit/s", rate*8/1e6)
-	if rep.EnginePreCopy {
-		// Soft-dirty tracking works here, but no engine driver has its own
-		// pre-dump step yet: say so, and pre-copy by content.
-		rep.Reason += "; the engine reports dirty tracking, but its driver has no pre-dump step: content pre-copy"
+	if a.enginePrecopy(ctx, c, req, want, rep, emit, log) {
+		return nil, rep // precopy_engine.go: the final round dumps only what changed
 	}
+	rep.Method = MethodContent
 	var base *delta.Index
 	var prev int64
 	var dump time.Duration // the last round's dump, without the link's push-back
