@@ -8,6 +8,7 @@
 #   make e2e     only the simulated multi-host end-to-end tests
 #   make bench   measurements, printed as tables (see docs/benchmarks.md)
 #   make demo    three simulated hosts, a workload, a drain
+#   make vm-test Debian 12 guests under QEMU (scripts/vm.sh): every VM test
 #   make lint    gofmt and go vet
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
@@ -24,7 +25,7 @@ FUZZ := ./engine/podman:FuzzParseDumpStats ./transfer:FuzzReadHeader ./transfer:
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts install check-install
+.PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts install check-install vm-test
 
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/orchestrate ./cmd/orchestrate
@@ -75,6 +76,13 @@ bench: setup clean-hosts
 
 demo: build setup clean-hosts
 	@bash scripts/demo.sh
+
+# vm-test boots Debian 12 guests under QEMU (scripts/vm.sh; the guest image is
+# built once and cached) and runs every VM test: the agent started by systemd,
+# Debian's CRIU through install-host.sh, the engine suites inside a guest,
+# CRIU's own pre-copy measured against content pre-copy, a real reboot.
+vm-test: setup
+	bash scripts/vm.sh test
 
 # install: the binary, the systemd unit, /etc/orchestrate with an example
 # config (an existing config is never overwritten), shell completion.
