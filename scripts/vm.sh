@@ -22,8 +22,7 @@
 # therefore never rebuilds the image.
 #
 # Guests vm1..vm3 have 1 vCPU and 1 GiB each and run under TCG (`-accel tcg`:
-# nested KVM hangs on these machines) as a plain qemu64 CPU (SSE2: emulating
-# newer vector units costs more than it saves). Their disks are copy-on-write overlays
+# nested KVM hangs on these machines). Their disks are copy-on-write overlays
 # of the cached image, thrown away by `down`. They sit on a bridge in a
 # network namespace of their own, ovm$OSIM_TAG, at 10.99.0.11-13; the
 # namespace holds 10.99.0.1, from where `ssh` reaches them. Nothing is routed
@@ -48,6 +47,7 @@
 #                       node, cluster, api, engine, transfer, log)
 #   VM_CACHE            image cache (default /var/cache/orchestrate/vm)
 #   VM_MEM, VM_CPUS     guest size (default 1024 MiB, 1 vCPU)
+#   VM_CPU              QEMU's -cpu (default: qemu64 with x86-64-v2 and AES-NI)
 #   VM_BOOT_TIMEOUT     seconds to wait for ssh after boot (default 600)
 #
 # Every QEMU process, tap, namespace and overlay of a set of guests goes with
@@ -65,6 +65,10 @@ DATA=/var/lib/orchestrate-vm$TAG    # disk overlays (they grow with what guests 
 CACHE=${VM_CACHE:-/var/cache/orchestrate/vm}
 MEM=${VM_MEM:-1024}
 CPUS=${VM_CPUS:-1}
+# A plain qemu64 with AES-NI and the SSE4 of x86-64-v2: emulating newer
+# vector units (-cpu max) made the guests several times slower, while the
+# agents' SSH transfers need AES-NI to move more than a few Mbit/s.
+CPU=${VM_CPU:-qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+aes,+pclmulqdq}
 BOOT_TIMEOUT=${VM_BOOT_TIMEOUT:-600}
 SUITE=bookworm
 HOST_IP=10.99.0.1
@@ -234,7 +238,7 @@ cmd_image() {
   echo "nameserver 10.99.0.3" >"$seed/etc/resolv.conf"
   tar -C "$seed" --owner=0 --group=0 --numeric-owner -cf "$work/seed.tar" .
   port=$((20000 + RANDOM % 10000))
-  qemu-system-x86_64 -accel tcg,tb-size=256 -cpu qemu64 -smp "$CPUS" -m "$MEM" -no-reboot \
+  qemu-system-x86_64 -accel tcg,tb-size=256 -cpu "$CPU" -smp "$CPUS" -m "$MEM" -no-reboot \
     -kernel "$work/vmlinuz" -initrd "$work/initrd.img" -append "$(cmdline)" \
     -drive "file=$work/disk.raw,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$work/seed.tar,if=none,id=seed,format=raw,readonly=on" -device virtio-blk-pci,drive=seed,serial=orchseed \
@@ -386,7 +390,7 @@ boot_guest() {
   ip -n "$NS" link show "$tap" >/dev/null 2>&1 || ip -n "$NS" tuntap add dev "$tap" mode tap
   ip -n "$NS" link set "$tap" master "$BR" up
   qemu-img create -q -f qcow2 -F raw -b "$img/disk.raw" "$DATA/vm$i.qcow2"
-  ip netns exec "$NS" qemu-system-x86_64 -name "vm$i$TAG" -accel tcg,tb-size=256 -cpu qemu64 -smp "$CPUS" -m "$MEM" \
+  ip netns exec "$NS" qemu-system-x86_64 -name "vm$i$TAG" -accel tcg,tb-size=256 -cpu "$CPU" -smp "$CPUS" -m "$MEM" \
     -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "$(cmdline)" \
     -drive "file=$DATA/vm$i.qcow2,if=virtio,format=qcow2,cache=unsafe" \
     -drive "file=$RUN/seed$i.tar,if=none,id=seed,format=raw,readonly=on" -device virtio-blk-pci,drive=seed,serial=orchseed \

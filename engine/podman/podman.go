@@ -592,6 +592,10 @@ func (e *Engine) probe(ctx context.Context) (engine.Features, error) {
 		f.EngineVersion = v.Server.Version
 	}
 	out, err := exec.CommandContext(ctx, e.cfg.CRIU, "--version").Output()
+	if err != nil && ctx.Err() != nil {
+		// Cut short by the caller (a slow host): probe again next time.
+		return f, fmt.Errorf("criu --version: %w", ctx.Err())
+	}
 	if err != nil {
 		// No CRIU: the engine runs containers but cannot migrate them.
 		e.log.Warn("criu not usable; checkpoints will fail", "criu", e.cfg.CRIU, "err", err)
@@ -600,6 +604,10 @@ func (e *Engine) probe(ctx context.Context) (engine.Features, error) {
 	f.CRIUVersion = parseCRIUVersion(string(out))
 	f.PreCopy = e.criuFeature(ctx, "mem_dirty_track")
 	f.LazyPages = e.criuFeature(ctx, "uffd-noncoop")
+	if ctx.Err() != nil {
+		// A check cut short says nothing about the feature.
+		return f, fmt.Errorf("criu check: %w", ctx.Err())
+	}
 	return f, nil
 }
 
