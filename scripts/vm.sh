@@ -333,6 +333,13 @@ cluster:
   join: ["$(guest_ip 1):7946"]
   bootstrap_expect: $n
   secret_file: /etc/orchestrate/cluster.key
+  # Emulated guests on a shared machine stall for seconds at a time: slower
+  # failure detection than on real hosts keeps the cluster from flapping.
+  probe_interval: 3s
+  probe_timeout: 2s
+  suspicion_mult: 6
+  raft_heartbeat_timeout: 5s
+  raft_election_timeout: 5s
 api:
   bind: $ip:7948
   socket: /run/orchestrate/agent.sock
