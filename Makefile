@@ -53,6 +53,7 @@ check-install: setup
 test: setup check-install clean-hosts
 	@trap 'bash scripts/simhost.sh down-all' EXIT; \
 	ORCHESTRATE_REQUIRE_HOSTS=1 go test -p 1 -count=1 -timeout $(GO_TEST_TIMEOUT) ./... && \
+	go test -count=1 -tags=$(TAGS),testhooks ./internal/pause/ ./internal/clock/ && \
 	$(MAKE) --no-print-directory fuzz
 
 fuzz:
@@ -101,3 +102,5 @@ install: build
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	go vet -tags $(TAGS),testhooks ./...
+	go mod tidy -diff

@@ -3,15 +3,12 @@ package cluster
 import (
 	"context"
 	"crypto/subtle"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,8 +32,9 @@ import (
 //	GET  /v1/migrations       []MigrationRecord; /v1/migrations/{id} one
 //	GET  /v1/locks            []Lock
 //	GET  /v1/events?since=N   []Event with raft index > N
-//	POST /v1/apply            a framed FSM command (type byte + JSON);
-//	                          applied on the leader, forwarded there if needed
+//	POST /v1/apply            a framed FSM command (type byte + JSON), validated
+//	                          in full, of a type members may write (not migration
+//	                          records); applied on the leader, forwarded there if needed
 //
 // Other packages add routes with Cluster.Handle; they get the same auth.
 type API struct {
@@ -86,6 +84,12 @@ const forwardedHeader = "X-Orchestrate-Forwarded"
 func (a *API) apply(w http.ResponseWriter, r *http.Request) {
 	b, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	if err != nil {
+		writeError(w, err)
+		return
+	}
+	// Validated in full before anything reaches raft, and only of the
+	// types members may write through another agent.
+	if err := checkForwarded(b); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -204,7 +208,7 @@ func (a *API) listen() (listeners, error) {
 	var l listeners
 	var err error
 	if addr := a.c.cfg.APIBindAddr; addr != "" {
-		if l.tcp, err = tls.Listen("tcp", addr, a.c.tls.serverConfig()); err != nil {
+		if l.tcp, err = listenAPI(addr, a.c.tls.serverConfig()); err != nil {
 			return l, fmt.Errorf("api listen %s: %w", addr, err)
 		}
 	}
@@ -219,35 +223,12 @@ func (a *API) listen() (listeners, error) {
 	return l, nil
 }
 
-// listenUnix creates the CLI socket with mode 0600, replacing a stale one.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("api socket dir: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("api socket %s: another agent is listening", path)
-		}
-		os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("api socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("api socket %s: %w", path, err)
-	}
-	return ln, nil
-}
-
 // serve runs the servers until ctx ends, then shuts them down.
 func (a *API) serve(ctx context.Context, l listeners) error {
 	var srvs []*http.Server
 	errc := make(chan error, 2)
 	start := func(ln net.Listener, h http.Handler) {
-		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+		s := newAPIServer(h)
 		srvs = append(srvs, s)
 		go func() {
 			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -295,6 +276,7 @@ var errorCodes = []struct {
 	{ErrConflict, "conflict", http.StatusConflict},
 	{ErrInvalid, "invalid", http.StatusBadRequest},
 	{ErrUnauthorized, "unauthorized", http.StatusUnauthorized},
+	{ErrForbidden, "forbidden", http.StatusForbidden},
 }
 
 // WriteError writes err as the API's JSON error, with the status and code

@@ -25,6 +25,8 @@ type Client struct {
 	socket string // unix socket path, when not https
 	hc     *http.Client
 	token  string
+	// sign, when set, signs each request as a leader's step (StepClient).
+	sign func(req *http.Request, body []byte)
 }
 
 // NewClient returns a client for agent, which is a unix socket path or
@@ -66,27 +68,51 @@ func (c *Cluster) peerClient(addr string) *Client {
 // response into out (nil to discard). API errors come back wrapping their
 // sentinel (ErrNotFound, ErrUnauthorized, ...).
 func (cl *Client) Do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
 	return cl.do(ctx, method, path, body, nil, out)
 }
 
-func (cl *Client) do(ctx context.Context, method, path string, body io.Reader, hdr http.Header, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, cl.base+path, body)
-	if err != nil {
-		return err
+// newRequest builds a request with the client's credentials (and step
+// signature).
+func (cl *Client) newRequest(ctx context.Context, method, path string, body []byte) (*http.Request, error) {
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
 	}
-	for k, v := range hdr {
-		req.Header[k] = v
+	req, err := http.NewRequestWithContext(ctx, method, cl.base+path, r)
+	if err != nil {
+		return nil, err
 	}
 	if cl.token != "" {
 		req.Header.Set("Authorization", "Bearer "+cl.token)
+	}
+	if cl.sign != nil {
+		cl.sign(req, body)
+	}
+	return req, nil
+}
+
+func (cl *Client) do(ctx context.Context, method, path string, body []byte, hdr http.Header, out any) error {
+	req, err := cl.newRequest(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	return cl.roundTrip(req, hdr, out)
+}
+
+// roundTrip sends req with the extra headers and decodes the JSON answer
+// into out (nil to discard).
+func (cl *Client) roundTrip(req *http.Request, hdr http.Header, out any) error {
+	method, path := req.Method, req.URL.Path
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	resp, err := cl.hc.Do(req)
 	if err != nil {
@@ -134,13 +160,13 @@ func (cl *Client) Apply(ctx context.Context, t MessageType, req any) error {
 	if err != nil {
 		return err
 	}
-	return cl.do(ctx, http.MethodPost, "/v1/apply", bytes.NewReader(b), nil, nil)
+	return cl.do(ctx, http.MethodPost, "/v1/apply", b, nil, nil)
 }
 
 // forward posts a framed command to the leader. A dial failure becomes
 // errUnreachable (nothing was sent, so the caller may retry).
 func (cl *Client) forward(ctx context.Context, b []byte) error {
-	err := cl.do(ctx, http.MethodPost, "/v1/apply", bytes.NewReader(b), http.Header{forwardedHeader: {"1"}}, nil)
+	err := cl.do(ctx, http.MethodPost, "/v1/apply", b, http.Header{forwardedHeader: {"1"}}, nil)
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
 		return fmt.Errorf("%w: %v", errUnreachable, err)

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/safefs"
 	"github.com/edgemigrate/orchestrate/transfer"
 )
 
@@ -136,6 +137,8 @@ type Cluster struct {
 	members map[string]*memberEntry
 	acks    map[string]time.Time // last direct probe ack, by member
 
+	signer *stepSigner // this leader's step key, while it leads (mu)
+
 	peerOnce sync.Once
 	peerHTTP *http.Client
 
@@ -158,7 +161,7 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.MaxVoters < 1 {
 		cfg.MaxVoters = 3
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if err := safefs.PrivateDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	t, err := newClusterTLS(cfg.Secret)
@@ -180,13 +183,19 @@ func New(cfg Config) (*Cluster, error) {
 		engineType = "none"
 	}
 	c.meta = nodeMeta{
-		Raft: cfg.RaftBindAddr, API: cfg.APIBindAddr, Transfer: cfg.TransferAddr, Engine: engineType,
+		Raft: cfg.RaftBindAddr, API: cfg.APIBindAddr, Transfer: cfg.TransferAddr, Engine: engineType, Arch: runtime.GOARCH,
 		CPUs: runtime.NumCPU(), Kernel: kernelRelease(), Labels: cfg.Labels,
 		HostKey: rawKey(c.hostKey.PublicKey()), ClientKey: rawKey(c.clientKey.PublicKey()),
 	}
+	c.fsm.log = c.logger.With("part", "fsm")
 	c.api = newAPI(c)
 	return c, nil
 }
+
+// StateChanged is poked (at most one pending) whenever the replicated state
+// changes on this replica. The leader's migration reconciler is its one
+// reader.
+func (c *Cluster) StateChanged() <-chan struct{} { return c.fsm.changed }
 
 // Name is this agent's node name.
 func (c *Cluster) Name() string { return c.cfg.NodeName }
@@ -275,7 +284,7 @@ func (c *Cluster) startGossip() error {
 	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = max(c.cfg.SuspicionMult, 1), 2
 	mc.Delegate, mc.Events, mc.Ping = &delegate{c}, &delegate{c}, &delegate{c}
 	mc.Logger = memberlistLogger(c.logger)
-	ml, err := memberlist.Create(mc)
+	ml, err := createGossip(mc)
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
 	}
@@ -389,6 +398,11 @@ func (c *Cluster) refreshStats(ctx context.Context) {
 		}
 		if ft, err := c.cfg.Engine.Features(lctx); err == nil {
 			criu = ft.CRIUVersion
+		} else {
+			c.logger.Warn("engine features", "err", err)
+			c.mu.Lock()
+			criu = c.meta.CRIU // keep what was known until it answers
+			c.mu.Unlock()
 		}
 	}
 	c.setMeta(func(m *nodeMeta) {

@@ -3,8 +3,10 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"slices"
 	"sort"
@@ -18,6 +20,13 @@ import (
 // command's JSON. Values are part of the log format: never renumber.
 type MessageType uint8
 
+// IgnoreUnknownTypeFlag, set in an entry's type byte, tells an FSM that does
+// not know the type to skip the entry (and log it) instead of refusing it: a
+// writer sets it on entries that older agents may safely ignore, so that
+// agents of two versions can share a log during a rolling upgrade (nomad's
+// IgnoreUnknownTypeFlag). Known types are applied with or without it.
+const IgnoreUnknownTypeFlag MessageType = 128
+
 const (
 	SetHostType         MessageType = 1
 	PutMigrationType    MessageType = 2
@@ -30,7 +39,7 @@ const (
 )
 
 func (t MessageType) String() string {
-	switch t {
+	switch t &^ IgnoreUnknownTypeFlag {
 	case SetHostType:
 		return "set-host"
 	case PutMigrationType:
@@ -47,8 +56,76 @@ func (t MessageType) String() string {
 		return "put-snapshot"
 	case DeleteSnapshotsType:
 		return "delete-snapshots"
+	case PutTermKeyType:
+		return "put-term-key"
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
+}
+
+// command is a decoded FSM command. validate checks what can be checked
+// without the state; it runs before an entry reaches raft and again in
+// Apply, so a malformed entry is neither committed nor applied.
+type command interface {
+	validate() error
+}
+
+// commandSpec describes one message type: how to decode it, and whether
+// any member may write it through another agent (POST /v1/apply). Records
+// that authorise steps on other hosts (migration records) are written only
+// by the leader's own coordinator: a member holding the API token must not
+// be able to forge one.
+type commandSpec struct {
+	new        func() command
+	forwarding bool
+}
+
+var commands = map[MessageType]commandSpec{
+	SetHostType:         {func() command { return &SetHostRequest{} }, true},
+	PutMigrationType:    {func() command { return &PutMigrationRequest{} }, false},
+	DeleteMigrationType: {func() command { return &DeleteMigrationRequest{} }, false},
+	AcquireLockType:     {func() command { return &AcquireLockRequest{} }, true},
+	ReleaseLockType:     {func() command { return &ReleaseLockRequest{} }, true},
+	AppendEventType:     {func() command { return &AppendEventRequest{} }, true},
+	PutSnapshotType:     {func() command { return &PutSnapshotRequest{} }, true},
+	DeleteSnapshotsType: {func() command { return &DeleteSnapshotsRequest{} }, true},
+}
+
+// errUnknownType: the entry's type is not one this agent knows.
+var errUnknownType = errors.New("unknown command type")
+
+// decodeCommand decodes and validates a framed command (type byte + JSON).
+// Every error wraps ErrInvalid; an unknown type also wraps errUnknownType.
+func decodeCommand(b []byte) (MessageType, command, error) {
+	if len(b) == 0 {
+		return 0, nil, fmt.Errorf("empty command: %w", ErrInvalid)
+	}
+	t := MessageType(b[0])
+	spec, ok := commands[t&^IgnoreUnknownTypeFlag]
+	if !ok {
+		return t, nil, fmt.Errorf("%w %d: %w", errUnknownType, uint8(t), ErrInvalid)
+	}
+	cmd := spec.new()
+	if err := json.Unmarshal(b[1:], cmd); err != nil {
+		return t, nil, fmt.Errorf("decode %s: %w: %v", t, ErrInvalid, err)
+	}
+	if err := cmd.validate(); err != nil {
+		return t, nil, fmt.Errorf("%s: %w", t, err)
+	}
+	return t, cmd, nil
+}
+
+// checkForwarded validates a command another agent sent to be applied here
+// (POST /v1/apply) before anything reaches raft: it must decode, validate,
+// and be of a type members may write through the API.
+func checkForwarded(b []byte) error {
+	t, _, err := decodeCommand(b)
+	if err != nil {
+		return err
+	}
+	if !commands[t&^IgnoreUnknownTypeFlag].forwarding {
+		return fmt.Errorf("%s is written only by the leader itself: %w", t, ErrInvalid)
+	}
+	return nil
 }
 
 // SetHostRequest changes a host's operator state. Nil fields are unchanged.
@@ -110,6 +187,83 @@ type DeleteSnapshotsRequest struct {
 	IDs []string `json:"ids"`
 }
 
+// maxName bounds names and IDs in commands.
+const maxName = 253
+
+func checkName(what, v string) error {
+	if v == "" || len(v) > maxName {
+		return fmt.Errorf("%s %q: empty or longer than %d bytes: %w", what, v, maxName, ErrInvalid)
+	}
+	for _, r := range v {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%s %q: control character: %w", what, v, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+func (r *SetHostRequest) validate() error { return checkName("host", r.Name) }
+
+func (r *PutMigrationRequest) validate() error {
+	m := r.Record
+	for _, f := range []struct{ what, v string }{{"migration id", m.ID}, {"container", m.Container}, {"source", m.From}, {"target", m.To}, {"phase", m.Phase}} {
+		if err := checkName(f.what, f.v); err != nil {
+			return fmt.Errorf("put migration %q: %w", m.ID, err)
+		}
+	}
+	if m.From == m.To {
+		return fmt.Errorf("put migration %s: source and target are both %s: %w", m.ID, m.From, ErrInvalid)
+	}
+	if m.Parallel < 0 {
+		return fmt.Errorf("put migration %s: parallel %d: %w", m.ID, m.Parallel, ErrInvalid)
+	}
+	return nil
+}
+
+func (r *DeleteMigrationRequest) validate() error { return checkName("migration id", r.ID) }
+
+func (r *AcquireLockRequest) validate() error {
+	if err := checkName("lock", r.Name); err != nil {
+		return err
+	}
+	if r.Limit < 0 || r.Limit > 1000 {
+		return fmt.Errorf("lock %s: limit %d: %w", r.Name, r.Limit, ErrInvalid)
+	}
+	return checkName("lock holder", r.Holder)
+}
+
+func (r *ReleaseLockRequest) validate() error {
+	if err := checkName("lock", r.Name); err != nil {
+		return err
+	}
+	return checkName("lock holder", r.Holder)
+}
+
+func (r *AppendEventRequest) validate() error {
+	if r.Event.ID == "" || r.Event.Kind == "" {
+		return fmt.Errorf("append event: id and kind are required: %w", ErrInvalid)
+	}
+	if err := checkName("event id", r.Event.ID); err != nil {
+		return err
+	}
+	return checkName("event kind", r.Event.Kind)
+}
+
+func (r *PutSnapshotRequest) validate() error {
+	rec := r.Record
+	if rec.ID == "" || rec.StoreHost == "" || rec.File == "" || rec.SHA256 == "" {
+		return fmt.Errorf("put snapshot %q: id, store host, file and sha256 are required: %w", rec.ID, ErrInvalid)
+	}
+	return nil
+}
+
+func (r *DeleteSnapshotsRequest) validate() error {
+	if len(r.IDs) > 100000 {
+		return fmt.Errorf("delete snapshots: %d ids: %w", len(r.IDs), ErrInvalid)
+	}
+	return nil
+}
+
 // encodeCommand frames a command for the raft log.
 func encodeCommand(t MessageType, req any) ([]byte, error) {
 	b, err := json.Marshal(req)
@@ -123,64 +277,69 @@ func encodeCommand(t MessageType, req any) ([]byte, error) {
 // Restore stay out of the package's API (hraftd style); Cluster reads it
 // through copying accessors.
 type fsm struct {
-	mu sync.RWMutex
-	s  *state
+	mu  sync.RWMutex
+	s   *state
+	log *slog.Logger
+	// changed is poked (without blocking) after every applied entry, for
+	// the leader's reconciler.
+	changed chan struct{}
 }
 
 var _ raft.FSM = (*fsm)(nil)
 
-func newFSM() *fsm { return &fsm{s: newState()} }
+func newFSM() *fsm {
+	return &fsm{s: newState(), log: slog.New(slog.DiscardHandler), changed: make(chan struct{}, 1)}
+}
 
-// Apply implements raft.FSM. The response is nil or an error (a rule
-// violation). A command that cannot be decoded panics: the log is corrupt or
-// written by a newer version, and continuing would diverge replicas.
+// Apply implements raft.FSM. The response is nil or an error. It never
+// panics on an entry's content: an entry that does not decode or validate
+// is refused (an error, the state unchanged, the same on every replica), an
+// unknown type is refused too unless it carries IgnoreUnknownTypeFlag, in
+// which case it is skipped. Both are logged. Writers validate before Apply,
+// so such entries come only from a newer version or a corrupt log.
 func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand || len(l.Data) == 0 {
 		return nil
 	}
-	t, body := MessageType(l.Data[0]), l.Data[1:]
+	t, cmd, err := decodeCommand(l.Data)
+	if err != nil {
+		if errors.Is(err, errUnknownType) && t&IgnoreUnknownTypeFlag != 0 {
+			f.log.Warn("skipping a log entry of a type this agent does not know (written by a newer version?)", "type", uint8(t), "index", l.Index)
+			return nil
+		}
+		f.log.Error("refusing a malformed log entry", "index", l.Index, "err", err)
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	switch t {
-	case SetHostType:
-		var req SetHostRequest
-		mustDecode(t, body, &req)
-		return f.applySetHost(req)
-	case PutMigrationType:
-		var req PutMigrationRequest
-		mustDecode(t, body, &req)
-		return f.applyPutMigration(req)
-	case DeleteMigrationType:
-		var req DeleteMigrationRequest
-		mustDecode(t, body, &req)
-		return f.applyDeleteMigration(req)
-	case AcquireLockType:
-		var req AcquireLockRequest
-		mustDecode(t, body, &req)
-		return f.applyAcquireLock(req)
-	case ReleaseLockType:
-		var req ReleaseLockRequest
-		mustDecode(t, body, &req)
-		return f.applyReleaseLock(req)
-	case AppendEventType:
-		var req AppendEventRequest
-		mustDecode(t, body, &req)
-		return f.applyAppendEvent(l.Index, req)
-	case PutSnapshotType:
-		var req PutSnapshotRequest
-		mustDecode(t, body, &req)
-		return f.applyPutSnapshot(req)
-	case DeleteSnapshotsType:
-		var req DeleteSnapshotsRequest
-		mustDecode(t, body, &req)
-		return f.applyDeleteSnapshots(req)
+	defer f.poke()
+	switch req := cmd.(type) {
+	case *SetHostRequest:
+		return f.applySetHost(*req)
+	case *PutMigrationRequest:
+		return f.applyPutMigration(*req)
+	case *DeleteMigrationRequest:
+		return f.applyDeleteMigration(*req)
+	case *AcquireLockRequest:
+		return f.applyAcquireLock(*req)
+	case *ReleaseLockRequest:
+		return f.applyReleaseLock(*req)
+	case *AppendEventRequest:
+		return f.applyAppendEvent(l.Index, *req)
+	case *PutSnapshotRequest:
+		return f.applyPutSnapshot(*req)
+	case *DeleteSnapshotsRequest:
+		return f.applyDeleteSnapshots(*req)
+	case *PutTermKeyRequest:
+		return f.applyPutTermKey(l.Term, *req)
 	}
-	panic(fmt.Sprintf("fsm: unknown message type %d at index %d", t, l.Index))
+	return fmt.Errorf("%s: no apply function: %w", t, ErrInvalid)
 }
 
-func mustDecode(t MessageType, b []byte, v any) {
-	if err := json.Unmarshal(b, v); err != nil {
-		panic(fmt.Sprintf("fsm: decode %s: %v", t, err))
+func (f *fsm) poke() {
+	select {
+	case f.changed <- struct{}{}:
+	default:
 	}
 }
 
@@ -320,6 +479,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.s = s
 	f.mu.Unlock()
+	f.poke()
 	return nil
 }
 

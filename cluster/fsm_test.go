@@ -24,6 +24,16 @@ func cmd(t *testing.T, mt MessageType, req any) []byte {
 
 func ptr[T any](v T) *T { return &v }
 
+// rec is a valid migration record of container web from h1 to h2.
+func rec(id, phase string) MigrationRecord {
+	return MigrationRecord{ID: id, Container: "web", From: "h1", To: "h2", Phase: phase, StartedAt: t0}
+}
+
+func withHistory(m MigrationRecord, h ...PhaseChange) MigrationRecord {
+	m.History = h
+	return m
+}
+
 // apply runs one command through the FSM like raft would.
 func apply(f *fsm, index uint64, b []byte) error {
 	resp := f.Apply(&raft.Log{Index: index, Type: raft.LogCommand, Data: b})
@@ -65,10 +75,10 @@ func TestFSMApply(t *testing.T) {
 			name: "migration put, conditional update, conflict, delete",
 			steps: []step{
 				{PutMigrationType, PutMigrationRequest{Record: MigrationRecord{ID: "m1", Container: "web", From: "h1", To: "h2", Phase: "Planned", StartedAt: t0}, IfAbsent: true}, nil},
-				{PutMigrationType, PutMigrationRequest{Record: MigrationRecord{ID: "m1"}, IfAbsent: true}, ErrConflict},
-				{PutMigrationType, PutMigrationRequest{Record: MigrationRecord{ID: "m1", Phase: "Checkpointing", History: []PhaseChange{{Phase: "Planned", At: t0}}}, IfPhase: "Planned"}, nil},
-				{PutMigrationType, PutMigrationRequest{Record: MigrationRecord{ID: "m1", Phase: "Done"}, IfPhase: "Planned"}, ErrConflict},
-				{PutMigrationType, PutMigrationRequest{Record: MigrationRecord{ID: "nope"}, IfPhase: "Planned"}, ErrNotFound},
+				{PutMigrationType, PutMigrationRequest{Record: rec("m1", "Planned"), IfAbsent: true}, ErrConflict},
+				{PutMigrationType, PutMigrationRequest{Record: withHistory(rec("m1", "Checkpointing"), PhaseChange{Phase: "Planned", At: t0}), IfPhase: "Planned"}, nil},
+				{PutMigrationType, PutMigrationRequest{Record: rec("m1", "Done"), IfPhase: "Planned"}, ErrConflict},
+				{PutMigrationType, PutMigrationRequest{Record: rec("nope", "Done"), IfPhase: "Planned"}, ErrNotFound},
 				{DeleteMigrationType, DeleteMigrationRequest{ID: "gone"}, ErrNotFound},
 			},
 			check: func(t *testing.T, f *fsm) {
@@ -82,7 +92,7 @@ func TestFSMApply(t *testing.T) {
 			name: "no new migration to a cordoned host",
 			steps: []step{
 				{SetHostType, SetHostRequest{Name: "h2", Cordoned: ptr(true), At: t0}, nil},
-				{PutMigrationType, PutMigrationRequest{Record: MigrationRecord{ID: "m2", To: "h2", Phase: "Planned"}}, ErrCordoned},
+				{PutMigrationType, PutMigrationRequest{Record: rec("m2", "Planned")}, ErrCordoned},
 			},
 		},
 		{
@@ -157,25 +167,98 @@ func TestFSMEventLogBounded(t *testing.T) {
 	}
 }
 
-func TestFSMDecodeFailurePanics(t *testing.T) {
-	for name, data := range map[string][]byte{
-		"bad json":     append([]byte{byte(SetHostType)}, "{"...),
-		"unknown type": append([]byte{99}, "{}"...),
+// Whatever bytes reach Apply, it never panics: an entry that does not
+// decode or validate is refused with ErrInvalid and leaves the state as it
+// was; an unknown type is refused, or skipped when it carries
+// IgnoreUnknownTypeFlag. Known types apply with the flag set too.
+func TestFSMNeverPanics(t *testing.T) {
+	good := cmd(t, AppendEventType, AppendEventRequest{Event: Event{ID: "e1", Kind: "k"}})
+	for _, tc := range []struct {
+		name    string
+		data    []byte
+		wantErr bool
+		applied bool
+	}{
+		{"bad json", append([]byte{byte(SetHostType)}, "{"...), true, false},
+		{"wrong json type", append([]byte{byte(PutMigrationType)}, `{"record": 7}`...), true, false},
+		{"json null", append([]byte{byte(AppendEventType)}, "null"...), true, false},
+		{"type byte only", []byte{byte(PutMigrationType)}, true, false},
+		{"invalid record", cmd(t, PutMigrationType, PutMigrationRequest{Record: MigrationRecord{ID: "m1"}}), true, false},
+		{"control characters", cmd(t, SetHostType, SetHostRequest{Name: "h\x00"}), true, false},
+		{"unknown type", append([]byte{99}, "{}"...), true, false},
+		{"unknown type, ignore flag", append([]byte{99 | byte(IgnoreUnknownTypeFlag)}, "{not json"...), false, false},
+		{"known type, ignore flag", append([]byte{byte(AppendEventType | IgnoreUnknownTypeFlag)}, good[1:]...), false, true},
 	} {
-		t.Run(name, func(t *testing.T) {
-			defer func() {
-				if recover() == nil {
-					t.Fatal("no panic")
-				}
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFSM()
+			var err error
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						t.Fatalf("Apply panicked: %v", r)
+					}
+				}()
+				err = apply(f, 1, tc.data)
 			}()
-			apply(newFSM(), 1, data)
+			if (err != nil) != tc.wantErr || (err != nil && !errors.Is(err, ErrInvalid)) {
+				t.Fatalf("err = %v, want error %v (ErrInvalid)", err, tc.wantErr)
+			}
+			if applied := len(f.events(0)) > 0; applied != tc.applied {
+				t.Fatalf("applied = %v", applied)
+			}
+			if len(f.migrations()) != 0 || len(f.hosts()) != 0 {
+				t.Fatal("a refused entry changed the state")
+			}
 		})
+	}
+}
+
+// FuzzFSMApply: no input makes Apply panic; what it refuses leaves the
+// state unchanged.
+func FuzzFSMApply(f *testing.F) {
+	f.Add([]byte{byte(PutMigrationType)})
+	f.Add(append([]byte{byte(PutMigrationType)}, `{"record":{"id":"m","container":"c","from":"a","to":"b","phase":"Planned"}}`...))
+	f.Add(append([]byte{byte(AcquireLockType)}, `{"name":"l","holder":"h","limit":-1}`...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m := newFSM()
+		before, _ := m.s.marshal()
+		if err, _ := m.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: b}).(error); err != nil {
+			if after, _ := m.s.marshal(); !bytes.Equal(before, after) {
+				t.Fatalf("refused entry %q changed the state", b)
+			}
+		}
+	})
+}
+
+// Commands other agents forward through POST /v1/apply are validated in
+// full, and migration records are never accepted that way.
+func TestCheckForwarded(t *testing.T) {
+	rec := MigrationRecord{ID: "m1", Container: "c", From: "h1", To: "h2", Phase: "Planned"}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		ok   bool
+	}{
+		{"event", cmd(t, AppendEventType, AppendEventRequest{Event: Event{ID: "e", Kind: "k"}}), true},
+		{"lock", cmd(t, AcquireLockType, AcquireLockRequest{Name: "reboot", Holder: "h1", Limit: 1}), true},
+		{"migration record", cmd(t, PutMigrationType, PutMigrationRequest{Record: rec}), false},
+		{"delete migration", cmd(t, DeleteMigrationType, DeleteMigrationRequest{ID: "m1"}), false},
+		{"garbage", []byte("\x06{"), false},
+		{"empty", nil, false},
+		{"unknown", []byte("\x63{}"), false},
+		{"lock limit", cmd(t, AcquireLockType, AcquireLockRequest{Name: "reboot", Holder: "h1", Limit: 1 << 30}), false},
+	} {
+		err := checkForwarded(tc.data)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrInvalid)) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
 	}
 }
 
 func TestFSMReadsReturnCopies(t *testing.T) {
 	f := newFSM()
-	rec := MigrationRecord{ID: "m1", History: []PhaseChange{{Phase: "Planned"}}, Extra: map[string]any{"a": "b"}}
+	rec := MigrationRecord{ID: "m1", Container: "c", From: "h1", To: "h2", Phase: "Planned", History: []PhaseChange{{Phase: "Planned"}},
+		Precopy: &PrecopyReport{Rounds: []PrecopyRound{{Round: 1}}}}
 	if err := apply(f, 1, cmd(t, PutMigrationType, PutMigrationRequest{Record: rec})); err != nil {
 		t.Fatal(err)
 	}
@@ -184,9 +267,9 @@ func TestFSMReadsReturnCopies(t *testing.T) {
 	}
 	m, _ := f.migration("m1")
 	m.History[0].Phase = "mutated"
-	m.Extra["a"] = "mutated"
+	m.Precopy.Rounds[0].Round = 9
 	f.locks()[0].Holders["h9"] = LockHolder{}
-	if m2, _ := f.migration("m1"); m2.History[0].Phase != "Planned" || m2.Extra["a"] != "b" {
+	if m2, _ := f.migration("m1"); m2.History[0].Phase != "Planned" || m2.Precopy.Rounds[0].Round != 1 {
 		t.Errorf("migration changed through a read: %+v", m2)
 	}
 	if len(f.locks()[0].Holders) != 1 {

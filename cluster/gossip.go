@@ -25,6 +25,7 @@ type nodeMeta struct {
 	API        string            `json:"a,omitempty"`
 	Transfer   string            `json:"t,omitempty"`
 	Engine     string            `json:"e,omitempty"`
+	Arch       string            `json:"ar,omitempty"` // GOARCH: checkpoints restore only on the same architecture
 	CRIU       string            `json:"c,omitempty"`
 	Kernel     string            `json:"k,omitempty"`
 	CPUs       int               `json:"n,omitempty"`
@@ -89,6 +90,7 @@ type Member struct {
 	APIAddr            string            `json:"api_addr,omitempty"`
 	TransferAddr       string            `json:"transfer_addr,omitempty"`
 	Engine             string            `json:"engine,omitempty"`
+	Arch               string            `json:"arch,omitempty"`
 	CRIUVersion        string            `json:"criu_version,omitempty"`
 	Kernel             string            `json:"kernel,omitempty"`
 	Labels             map[string]string `json:"labels,omitempty"`
@@ -248,7 +250,7 @@ func (c *Cluster) Members() []Member {
 			Name: e.name, Addr: e.addr, Status: e.status, Since: e.since,
 			Role: RoleNone, Containers: e.meta.Containers, MemoryTotal: e.meta.MemTotal, MemoryUsed: e.meta.MemUsed,
 			CPUs: e.meta.CPUs, RaftAddr: e.meta.Raft, APIAddr: e.meta.API, TransferAddr: e.meta.Transfer,
-			Engine: e.meta.Engine, CRIUVersion: e.meta.CRIU, Kernel: e.meta.Kernel,
+			Engine: e.meta.Engine, Arch: e.meta.Arch, CRIUVersion: e.meta.CRIU, Kernel: e.meta.Kernel,
 			Labels: maps.Clone(e.meta.Labels), LabelsTruncated: e.meta.Trunc,
 		}
 		if m.Status == StatusAlive && suspect[e.name] {

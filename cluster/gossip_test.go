@@ -12,7 +12,7 @@ func TestNodeMetaFitsLimit(t *testing.T) {
 	pub, _, _ := ed25519.GenerateKey(nil)
 	m := nodeMeta{
 		Raft: "255.255.255.255:65535", API: "255.255.255.255:65535", Transfer: "255.255.255.255:65535",
-		Engine: "podman", CRIU: "4.2.1", Kernel: "6.18.44-fc-v669-with-a-long-suffix", CPUs: 128,
+		Engine: "podman", Arch: "riscv64", CRIU: "4.2.1", Kernel: "6.18.44-fc-v669-with-a-long-suffix", CPUs: 128,
 		MemTotal: 1 << 40, MemUsed: 1 << 39, Containers: 9999, InRaft: true,
 		HostKey: pub, ClientKey: pub, Labels: map[string]string{"zone": "a"},
 	}

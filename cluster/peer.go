@@ -1,11 +1,9 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 )
 
@@ -44,20 +42,17 @@ func (c *Cluster) LeaderClient() (*Client, error) {
 // response for the caller to read and close: for streamed answers. A
 // non-2xx status is returned as an error wrapping its sentinel.
 func (cl *Client) Raw(ctx context.Context, method, path string, in any) (*http.Response, error) {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return nil, err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, cl.base+path, body)
+	req, err := cl.newRequest(ctx, method, path, body)
 	if err != nil {
 		return nil, err
-	}
-	if cl.token != "" {
-		req.Header.Set("Authorization", "Bearer "+cl.token)
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")

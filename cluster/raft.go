@@ -17,6 +17,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/edgemigrate/orchestrate/internal/clock"
 )
 
 // raftStore owns raft's storage and transport so Shutdown can close them.
@@ -56,7 +58,7 @@ func newTLSLayer(bind string, t *clusterTLS) (*tlsLayer, error) {
 		ln.Close()
 		return nil, fmt.Errorf("raft bind %s: need a concrete IP that peers can dial: %w", bind, ErrInvalid)
 	}
-	return &tlsLayer{Listener: tls.NewListener(ln, t.mutualServerConfig()), addr: addr, tls: t}, nil
+	return &tlsLayer{Listener: guardRaft(ln, t.mutualServerConfig()), addr: addr, tls: t}, nil
 }
 
 func (l *tlsLayer) Addr() net.Addr { return l.addr }
@@ -235,6 +237,11 @@ func (c *Cluster) leaderTerm(ctx context.Context) {
 	}
 	c.logger.Info("leadership acquired", "barrier", time.Since(start))
 	c.setMeta(func(m *nodeMeta) { m.InRaft = true })
+	if err := c.startTerm(ctx); err != nil {
+		c.logger.Error("leader term not started", "err", err)
+		return
+	}
+	defer c.endTerm()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.reconcileLoop(gctx) })
 	if c.cfg.LeaderLoop != nil {
@@ -395,11 +402,16 @@ func (c *Cluster) Status() Status {
 const applyTimeout = 15 * time.Second
 
 // apply frames a command and applies it on the leader: directly when this
-// agent leads, else forwarded over the API. While no leader is known (an
-// election) it waits, until ctx ends.
+// agent leads, else forwarded over the API (for the types members may
+// forward; the others fail with ErrNotLeader). While no leader is known (an
+// election) it waits, until ctx ends. The command is validated first:
+// nothing malformed reaches raft.
 func (c *Cluster) apply(ctx context.Context, t MessageType, req any) error {
 	b, err := encodeCommand(t, req)
 	if err != nil {
+		return err
+	}
+	if _, _, err := decodeCommand(b); err != nil {
 		return err
 	}
 	if err := c.applyRaw(ctx, b, false); err != nil {
@@ -408,6 +420,9 @@ func (c *Cluster) apply(ctx context.Context, t MessageType, req any) error {
 	return nil
 }
 
+// applyRaw applies a framed, validated command. forwarded marks one that
+// another agent sent here (POST /v1/apply): it is applied only if this
+// agent leads, and never forwarded again.
 func (c *Cluster) applyRaw(ctx context.Context, b []byte, forwarded bool) error {
 	if len(b) == 0 {
 		return ErrInvalid
@@ -417,9 +432,10 @@ func (c *Cluster) applyRaw(ctx context.Context, b []byte, forwarded bool) error 
 		ctx, cancel = context.WithTimeout(ctx, applyTimeout)
 		defer cancel()
 	}
+	leaderOnly := !commands[MessageType(b[0])&^IgnoreUnknownTypeFlag].forwarding
 	for {
-		err := c.tryApply(ctx, b, forwarded)
-		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) && !errors.Is(err, errUnreachable) || forwarded {
+		err := c.tryApply(ctx, b, forwarded || leaderOnly)
+		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) && !errors.Is(err, errUnreachable) || forwarded || leaderOnly {
 			return err
 		}
 		select {
@@ -478,7 +494,7 @@ func EventID(parts ...string) string {
 // SetHost applies a host change.
 func (c *Cluster) SetHost(ctx context.Context, req SetHostRequest) error {
 	if req.At.IsZero() {
-		req.At = time.Now().UTC()
+		req.At = clock.Now().UTC()
 	}
 	return c.apply(ctx, SetHostType, req)
 }
@@ -506,7 +522,7 @@ func (c *Cluster) DeleteMigration(ctx context.Context, id string) error {
 // AcquireLock takes a slot of a counted lock; ErrLockHeld when full.
 func (c *Cluster) AcquireLock(ctx context.Context, req AcquireLockRequest) error {
 	if req.At.IsZero() {
-		req.At = time.Now().UTC()
+		req.At = clock.Now().UTC()
 	}
 	return c.apply(ctx, AcquireLockType, req)
 }
@@ -519,7 +535,7 @@ func (c *Cluster) ReleaseLock(ctx context.Context, name, holder string) error {
 // AppendEvent adds an event to the log; ErrDuplicate when its ID is there.
 func (c *Cluster) AppendEvent(ctx context.Context, ev Event) error {
 	if ev.At.IsZero() {
-		ev.At = time.Now().UTC()
+		ev.At = clock.Now().UTC()
 	}
 	return c.apply(ctx, AppendEventType, AppendEventRequest{Event: ev})
 }

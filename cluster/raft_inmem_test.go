@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"runtime"
 	"testing"
 	"time"
 
@@ -196,6 +199,7 @@ func TestLeaderTermContext(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		c.HandleFunc("POST /v1/test/step", c.LeaderStep(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 		cs = append(cs, c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -240,9 +244,23 @@ func TestLeaderTermContext(t *testing.T) {
 		}
 		return n == 3
 	})
+	// Gossip carries each agent's architecture, engine and CRIU version.
+	waitFor(t, 5*time.Second, "arch and engine in gossip", func() bool {
+		for _, m := range leader.Members() {
+			if m.Arch != runtime.GOARCH || m.Engine == "" || m.Name == "t2" && (m.Engine != "fake" || m.CRIUVersion != "4.2.1") {
+				return false
+			}
+		}
+		return true
+	})
 	// ps fans out over the authenticated API to the agent with the engine.
 	for _, c := range cs {
-		res := c.PS(context.Background())
+		// Each agent's own gossip view must show t2 alive first.
+		var res PSResult
+		waitFor(t, 5*time.Second, "ps from "+c.Name(), func() bool {
+			res = c.PS(context.Background())
+			return len(res.Containers) > 0
+		})
 		if len(res.Errors) != 0 || len(res.Containers) != 1 ||
 			res.Containers[0] != (PSEntry{Host: "t2", Name: "web", ID: web.ID, Image: web.Image, State: "running"}) {
 			t.Fatalf("PS from %s = %+v", c.Name(), res)
@@ -267,6 +285,29 @@ func TestLeaderTermContext(t *testing.T) {
 	if name, ok := leader.Authorized(other.ClientSigner().PublicKey()); !ok || name != other.Name() {
 		t.Fatalf("Authorized(client key of %s) = %q, %v", other.Name(), name, ok)
 	}
+	// Steps: the leader's signed requests are accepted, a member's are not.
+	step := func(from *Cluster, to string) error {
+		cl, err := from.StepClient(to)
+		if err != nil {
+			return err
+		}
+		return cl.Do(context.Background(), http.MethodPost, "/v1/test/step", map[string]int{"x": 1}, nil)
+	}
+	waitFor(t, 5*time.Second, "the term key everywhere", func() bool {
+		for _, c := range cs {
+			if k, ok := c.TermKey(); !ok || k.Leader != leader.Name() {
+				return false
+			}
+		}
+		return true
+	})
+	if err := step(leader, other.Name()); err != nil {
+		t.Fatalf("the leader's step: %v", err)
+	}
+	if err := step(other, leader.Name()); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("a member's step: %v", err)
+	}
+	oldLeader, _ := leader.StepClient(other.Name())
 	if err := leader.raft.LeadershipTransfer().Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -282,6 +323,19 @@ func TestLeaderTermContext(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no new term")
+	}
+	// The deposed leader's signature no longer counts anywhere once the
+	// new term's key is replicated.
+	waitFor(t, 5*time.Second, "the new term key everywhere", func() bool {
+		for _, c := range cs {
+			if k, ok := c.TermKey(); !ok || k.Leader == leader.Name() {
+				return false
+			}
+		}
+		return true
+	})
+	if err := oldLeader.Do(context.Background(), http.MethodPost, "/v1/test/step", map[string]int{"x": 1}, nil); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("the old leader's step: %v", err)
 	}
 	// A write through the old leader is forwarded to the new one.
 	if err := leader.AppendEvent(context.Background(), Event{ID: "fwd", Kind: "test"}); err != nil {

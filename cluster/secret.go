@@ -17,10 +17,12 @@ import (
 	"math/big"
 	"os"
 	"time"
+
+	"github.com/edgemigrate/orchestrate/internal/safefs"
 )
 
-// The cluster secret is 32 random bytes, stored hex-encoded in a file of mode
-// 0600. Everything else is derived from it with HKDF-SHA256, one label per
+// The cluster secret is 32 random bytes, stored hex-encoded in a root-owned
+// file of mode 0600 (LoadSecret refuses anything weaker). Everything else is derived from it with HKDF-SHA256, one label per
 // use, so that no derived value reveals another:
 //
 //	gossip key  = HKDF(secret, "orchestrate gossip v1")  32 bytes, memberlist AES-256-GCM key
@@ -60,20 +62,41 @@ func WriteSecret(path string) error {
 	return f.Close()
 }
 
-// LoadSecret reads a secret file written by WriteSecret. Any file of at least
-// 16 bytes is accepted (its trimmed content is the secret), so operators may
-// bring their own.
+// minSecretHex is the shortest secret accepted: 64 hex digits, 256 bits,
+// what `orchestrate keygen` writes.
+const minSecretHex = 2 * secretLen
+
+// ErrWeakSecret: the secret file does not hold at least 256 random bits
+// written as hex.
+var ErrWeakSecret = errors.New("weak cluster secret")
+
+// LoadSecret reads a secret file written by WriteSecret. The file must be
+// owned by root (or the caller) with mode 0600 or 0400, as ssh demands of
+// private keys: anyone who reads it is a member. Its trimmed content must
+// be at least 64 hex digits (256 bits), because everything derived from it
+// goes through HKDF, a fast function: a short or guessable secret could be
+// found offline from one captured gossip packet, while 256 random bits
+// cannot. Make one with `orchestrate keygen FILE` or `openssl rand -hex 32`.
+// The derivation is unchanged, so secrets made by keygen keep working;
+// hand-made short secrets (accepted before) must be rotated (see
+// docs/operations.md).
 func LoadSecret(path string) ([]byte, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: set cluster.secret_file (create one with `orchestrate keygen FILE`)", ErrNoSecret)
 	}
-	b, err := os.ReadFile(path)
+	b, err := safefs.ReadSecret(path)
+	if errors.Is(err, safefs.ErrUnsafe) {
+		return nil, fmt.Errorf("%w: %w", ErrNoSecret, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoSecret, err)
 	}
 	b = bytes.TrimSpace(b)
-	if len(b) < 16 {
-		return nil, fmt.Errorf("%w: %s holds %d bytes, need at least 16 (create one with `orchestrate keygen FILE`)", ErrNoSecret, path, len(b))
+	if len(b) < minSecretHex {
+		return nil, fmt.Errorf("%w: %w: %s holds %d characters, need at least %d hex digits (256 bits; create one with `orchestrate keygen FILE`)", ErrNoSecret, ErrWeakSecret, path, len(b), minSecretHex)
+	}
+	if _, err := hex.DecodeString(string(b)); err != nil {
+		return nil, fmt.Errorf("%w: %w: %s is not hex: a secret is 64 or more hex digits (create one with `orchestrate keygen FILE`)", ErrNoSecret, ErrWeakSecret, path)
 	}
 	return b, nil
 }

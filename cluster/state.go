@@ -48,27 +48,105 @@ type PhaseChange struct {
 
 // MigrationRecord is what the leader decided about one migration. The FSM
 // stores it exactly as given: the migration state machine computes it.
+// Every field has a name and a type; fields are added, never repurposed, so
+// that agents of two versions read each other's records.
 type MigrationRecord struct {
-	ID          string         `json:"id"`
-	Container   string         `json:"container"`
-	From        string         `json:"from"`
-	To          string         `json:"to"`
-	Phase       string         `json:"phase"`
-	History     []PhaseChange  `json:"history,omitempty"`
-	Bytes       int64          `json:"bytes,omitempty"`
-	Compression string         `json:"compression,omitempty"`
-	Downtime    time.Duration  `json:"downtime,omitempty"`
-	Checkpoint  engine.Stats   `json:"checkpoint_stats"`
-	Restore     engine.Stats   `json:"restore_stats"`
-	Error       string         `json:"error,omitempty"`
-	StartedAt   time.Time      `json:"started_at"`
-	FinishedAt  time.Time      `json:"finished_at"`
-	Extra       map[string]any `json:"extra,omitempty"` // for fields the FSM does not interpret
+	ID        string        `json:"id"`
+	Container string        `json:"container"` // container ID
+	From      string        `json:"from"`
+	To        string        `json:"to"`
+	Phase     string        `json:"phase"`
+	History   []PhaseChange `json:"history,omitempty"`
+
+	// The plan, fixed when the record is created.
+	Name  string `json:"name,omitempty"`  // container name
+	Image string `json:"image,omitempty"` // image ID the target must hold
+	// Batch groups the records of one drain, evacuation or rebalance; at
+	// most Parallel of a batch are under way at once.
+	Batch    string `json:"batch,omitempty"`
+	Parallel int    `json:"parallel,omitempty"`
+	// Drain is the host a drain empties; Rebalance marks a rebalancing move.
+	Drain     string `json:"drain,omitempty"`
+	Rebalance bool   `json:"rebalance,omitempty"`
+	// Deadline: a record not started by then rolls back untouched; it also
+	// bounds pre-copy.
+	Deadline time.Time `json:"deadline,omitzero"`
+	// Method is the transfer method (the source's TransferMethod): the one
+	// asked for when the record is created, or, when none was, the source's
+	// default once it ran. Its variants are in its report (Precopy.Method:
+	// direct, precopy-content, full-after-precopy).
+	Method string `json:"method,omitempty"`
+
+	// What happened.
+	// SourceAsked: the leader has asked the source to migrate out; from
+	// then on a rollback must undo whatever the source did.
+	SourceAsked bool          `json:"source_asked,omitempty"`
+	Bytes       int64         `json:"bytes,omitempty"`
+	Compression string        `json:"compression,omitempty"`
+	Downtime    time.Duration `json:"downtime,omitempty"` // measured on one host's clock
+	Checkpoint  engine.Stats  `json:"checkpoint_stats"`
+	Restore     engine.Stats  `json:"restore_stats"`
+	// Precopy is what the source's pre-copy did (rounds, bytes saved).
+	Precopy *PrecopyReport `json:"precopy,omitempty"`
+	// FrozenAt is when the leader learnt of the freeze, on its clock
+	// (informational: downtime is never computed across two clocks).
+	FrozenAt time.Time `json:"frozen_at,omitzero"`
+	// Untouched: the rollback has nothing to undo (the container was never
+	// frozen and no copy was sent).
+	Untouched  bool      `json:"untouched,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+}
+
+// PrecopyReport is what a source's content pre-copy did, for the record.
+type PrecopyReport struct {
+	Method string `json:"method"`
+	Reason string `json:"reason,omitempty"`
+	// EnginePreCopy: the engine reports kernel dirty tracking (soft-dirty).
+	EnginePreCopy bool            `json:"engine_precopy"`
+	LinkBps       float64         `json:"link_bytes_per_s,omitempty"`
+	Rounds        []PrecopyRound  `json:"rounds,omitempty"`
+	Final         *PrecopyRound   `json:"final,omitempty"`
+	BytesSaved    int64           `json:"bytes_saved,omitempty"` // final archive minus final delta
+	WireBytes     int64           `json:"wire_bytes,omitempty"`  // all rounds and the final, as sent
+	Fallback      string          `json:"fallback,omitempty"`    // why a full transfer ended it
+	ExtraFreezes  []time.Duration `json:"extra_freezes,omitempty"`
+
+	// PreDump is the sha256 of the pre-dump archive the target holds, when
+	// CRIU pre-copied (method precopy-criu, cluster/migrate/precopy_engine.go).
+	PreDump string `json:"pre_dump,omitempty"`
+}
+
+// PrecopyRound is one pre-copy round's numbers.
+type PrecopyRound struct {
+	Round        int           `json:"round"`
+	ArchiveBytes int64         `json:"archive_bytes"`
+	LiteralBytes int64         `json:"literal_bytes"`
+	DeltaBytes   int64         `json:"delta_bytes"`
+	WireBytes    int64         `json:"wire_bytes"`
+	Frozen       time.Duration `json:"frozen"`     // CRIU's frozen time
+	Checkpoint   time.Duration `json:"checkpoint"` // the engine call
+	Duration     time.Duration `json:"duration"`   // the whole round
+}
+
+func (r *PrecopyReport) clone() *PrecopyReport {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.Rounds = slices.Clone(r.Rounds)
+	c.ExtraFreezes = slices.Clone(r.ExtraFreezes)
+	if r.Final != nil {
+		f := *r.Final
+		c.Final = &f
+	}
+	return &c
 }
 
 func (m MigrationRecord) clone() MigrationRecord {
 	m.History = slices.Clone(m.History)
-	m.Extra = maps.Clone(m.Extra)
+	m.Precopy = m.Precopy.clone()
 	return m
 }
 
@@ -130,6 +208,8 @@ type state struct {
 	Locks      map[string]Lock            `json:"locks"`
 	Events     []Event                    `json:"events"`
 	Snapshots  map[string]SnapshotRecord  `json:"snapshots,omitempty"`
+	// TermKey is the newest leader's public step key (termkey.go).
+	TermKey *TermKey `json:"term_key,omitempty"`
 }
 
 func newState() *state {
@@ -146,6 +226,11 @@ func (s *state) clone() *state {
 		c.Locks[k] = l.clone()
 	}
 	maps.Copy(c.Snapshots, s.Snapshots)
+	if s.TermKey != nil {
+		k := *s.TermKey
+		k.PublicKey = slices.Clone(k.PublicKey)
+		c.TermKey = &k
+	}
 	c.Events = make([]Event, len(s.Events))
 	for i, e := range s.Events {
 		e.Data = maps.Clone(e.Data)

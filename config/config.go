@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +27,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/policy"
 	"github.com/edgemigrate/orchestrate/policy/spot"
 )
@@ -66,7 +69,16 @@ type Config struct {
 		Socket string
 	}
 	Transfer struct {
-		Bind string
+		Bind         string
+		StallTimeout time.Duration
+		MaxFileBytes int
+		MinFreeBytes int
+	}
+	Restore struct {
+		AllowPrivileged     bool
+		AllowedBindPaths    []string
+		AllowedDevices      []string
+		AllowedCapabilities []string
 	}
 	Log struct {
 		Level  string
@@ -86,6 +98,9 @@ type Config struct {
 			Concurrency     int
 			Window          string
 			CheckInterval   time.Duration
+			Mode            string
+			Return          bool
+			Timeout         time.Duration
 		}
 		Rebalance struct {
 			Schedule  string
@@ -93,12 +108,16 @@ type Config struct {
 			MaxMoves  int
 		}
 		Forensics struct {
-			BeforeEvacuation bool
+			BeforeEvacuation         bool
+			BeforeEvacuationShare    float64
+			BeforeEvacuationParallel int
 		}
 	}
 	Forensics struct {
-		StoreHost string
-		Retention struct {
+		StoreHost              string
+		ImageRegistry          string
+		ImageRegistryTLSVerify bool
+		Retention              struct {
 			Count  int
 			MaxAge time.Duration
 		}
@@ -152,6 +171,13 @@ var keys = func() []key {
 		{"engine.type", kString, "podman", "container engine: podman or docker", func(c *Config, v any) { c.Engine.Type = v.(string) }},
 		{"engine.socket", kString, "unix:///run/podman/podman.sock", "engine service URI", func(c *Config, v any) { c.Engine.Socket = v.(string) }},
 		{"transfer.bind", kAddr, "", "checkpoint transfer (SSH) address (default: cluster.bind's host, port 7922)", func(c *Config, v any) { c.Transfer.Bind = v.(string) }},
+		{"transfer.stall_timeout", kDuration, time.Minute, "a stream with no byte for this long fails, releasing what it held", func(c *Config, v any) { c.Transfer.StallTimeout = v.(time.Duration) }},
+		{"transfer.max_file_bytes", kInt, 64 << 30, "largest file a peer may store here: an upload, a snapshot, a pre-copy base (0: no limit)", func(c *Config, v any) { c.Transfer.MaxFileBytes = v.(int) }},
+		{"transfer.min_free_bytes", kInt, 1 << 30, "free space uploads must leave on the spool's file system", func(c *Config, v any) { c.Transfer.MinFreeBytes = v.(int) }},
+		{"restore.allow_privileged", kBool, false, "restore privileged containers, ones that share host namespaces or run unconfined", func(c *Config, v any) { c.Restore.AllowPrivileged = v.(bool) }},
+		{"restore.allowed_bind_paths", kList, []string{}, "host paths a restored container may bind-mount (each path and what lies under it)", func(c *Config, v any) { c.Restore.AllowedBindPaths = v.([]string) }},
+		{"restore.allowed_devices", kList, []string{}, "host devices a restored container may be given", func(c *Config, v any) { c.Restore.AllowedDevices = v.([]string) }},
+		{"restore.allowed_capabilities", kList, []string{}, "capabilities a restored container may have beyond the default set (ALL: any)", func(c *Config, v any) { c.Restore.AllowedCapabilities = v.([]string) }},
 		{"log.level", kString, "info", "debug, info, warn or error", func(c *Config, v any) { c.Log.Level = v.(string) }},
 		{"log.format", kString, "text", "text or json", func(c *Config, v any) { c.Log.Format = v.(string) }},
 		{"policy.spot.provider", kString, "none", "spot/maintenance notices: auto, aws, gcp, azure or none", func(c *Config, v any) { c.Policy.Spot.Provider = v.(string) }},
@@ -164,11 +190,18 @@ var keys = func() []key {
 		{"policy.reboot.concurrency", kInt, 1, "hosts that may reboot at once", func(c *Config, v any) { c.Policy.Reboot.Concurrency = v.(int) }},
 		{"policy.reboot.window", kString, "", "when reboots may start, e.g. \"Mon-Fri 02:00-05:00 Europe/Berlin\"", func(c *Config, v any) { c.Policy.Reboot.Window = v.(string) }},
 		{"policy.reboot.check_interval", kDuration, time.Minute, "how often to check for a pending reboot", func(c *Config, v any) { c.Policy.Reboot.CheckInterval = v.(time.Duration) }},
+		{"policy.reboot.mode", kString, "drain", "drain, local (checkpoint to this host's disk and restore after the boot) or auto", func(c *Config, v any) { c.Policy.Reboot.Mode = v.(string) }},
+		{"policy.reboot.return", kBool, false, "after a drain and reboot, live-migrate the containers that left back", func(c *Config, v any) { c.Policy.Reboot.Return = v.(bool) }},
+		{"policy.reboot.timeout", kDuration, 10 * time.Minute, "how long the host may take to go down after the reboot command", func(c *Config, v any) { c.Policy.Reboot.Timeout = v.(time.Duration) }},
 		{"policy.rebalance.schedule", kString, "", "cron schedule of rebalancing (empty: off)", func(c *Config, v any) { c.Policy.Rebalance.Schedule = v.(string) }},
 		{"policy.rebalance.threshold", kFloat, 0.2, "memory spread (max-min used/capacity) that triggers moves", func(c *Config, v any) { c.Policy.Rebalance.Threshold = v.(float64) }},
 		{"policy.rebalance.max_moves", kInt, 3, "moves per rebalance at most", func(c *Config, v any) { c.Policy.Rebalance.MaxMoves = v.(int) }},
 		{"policy.forensics.before_evacuation", kBool, false, "keep a leave-running snapshot of each container before a spot evacuation", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuation = v.(bool) }},
+		{"policy.forensics.before_evacuation_share", kFloat, 0.25, "share of the time to a notice's deadline the snapshots before its evacuation may take, all together (0 < share < 1)", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuationShare = v.(float64) }},
+		{"policy.forensics.before_evacuation_parallel", kInt, 4, "snapshots taken at once before an evacuation", func(c *Config, v any) { c.Policy.Forensics.BeforeEvacuationParallel = v.(int) }},
 		{"forensics.store_host", kString, "", "snapshot store host for `checkpoint --store` without --store-host (default: the container's host)", func(c *Config, v any) { c.Forensics.StoreHost = v.(string) }},
+		{"forensics.image_registry", kString, "", "registry (host[:port][/path]) that `checkpoint --image` pushes images built on this host to; empty: they are only loaded into its Podman", func(c *Config, v any) { c.Forensics.ImageRegistry = v.(string) }},
+		{"forensics.image_registry_tls_verify", kBool, true, "verify the image registry's TLS certificate; false also allows plain HTTP (a local test registry only)", func(c *Config, v any) { c.Forensics.ImageRegistryTLSVerify = v.(bool) }},
 		{"forensics.retention.count", kInt, 10, "snapshots this host's store keeps at most", func(c *Config, v any) { c.Forensics.Retention.Count = v.(int) }},
 		{"forensics.retention.max_age", kDuration, 7 * 24 * time.Hour, "age after which this host's store drops a snapshot", func(c *Config, v any) { c.Forensics.Retention.MaxAge = v.(time.Duration) }},
 	}
@@ -484,11 +517,20 @@ func (c Config) Validate() error {
 	if c.Node.DataDir == "" {
 		bad("node.data_dir", "empty")
 	}
+	if f := c.Policy.Forensics.BeforeEvacuationShare; f <= 0 || f >= 1 {
+		bad("policy.forensics.before_evacuation_share", "%g (must be between 0 and 1, exclusive)", f)
+	}
+	if c.Policy.Forensics.BeforeEvacuationParallel < 1 {
+		bad("policy.forensics.before_evacuation_parallel", "%d (at least 1)", c.Policy.Forensics.BeforeEvacuationParallel)
+	}
 	if c.Forensics.Retention.Count < 1 {
 		bad("forensics.retention.count", "%d (keep at least 1)", c.Forensics.Retention.Count)
 	}
 	if c.Forensics.Retention.MaxAge <= 0 {
 		bad("forensics.retention.max_age", "%s (must be positive)", c.Forensics.Retention.MaxAge)
+	}
+	if r := c.Forensics.ImageRegistry; strings.Contains(r, "://") || strings.ContainsAny(r, " \t") {
+		bad("forensics.image_registry", "%q (give host[:port][/path], without a scheme)", r)
 	}
 	if c.Cluster.SecretFile == "" {
 		bad("cluster.secret_file", "not set: every agent needs the cluster secret (create one with `orchestrate keygen FILE`)")
@@ -520,6 +562,27 @@ func (c Config) Validate() error {
 	case "none": // control plane only; not documented for production
 	default:
 		bad("engine.type", "%q (expected podman or docker)", c.Engine.Type)
+	}
+	for _, p := range c.Restore.AllowedBindPaths {
+		if !filepath.IsAbs(p) {
+			bad("restore.allowed_bind_paths", "%q (expected an absolute path)", p)
+		}
+	}
+	for _, p := range c.Restore.AllowedDevices {
+		if !strings.HasPrefix(filepath.Clean(p), "/dev/") {
+			bad("restore.allowed_devices", "%q (expected a device path such as /dev/fuse)", p)
+		}
+	}
+	for _, cp := range c.Restore.AllowedCapabilities {
+		if n := engine.NormalizeCap(cp); n != "ALL" && !capName.MatchString(n) {
+			bad("restore.allowed_capabilities", "%q (expected a capability such as NET_ADMIN or CAP_NET_ADMIN, or ALL)", cp)
+		}
+	}
+	if c.Transfer.MaxFileBytes < 0 {
+		bad("transfer.max_file_bytes", "%d (expected 0 for no limit, or a size in bytes)", c.Transfer.MaxFileBytes)
+	}
+	if c.Transfer.MinFreeBytes < 0 {
+		bad("transfer.min_free_bytes", "%d (expected a size in bytes)", c.Transfer.MinFreeBytes)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -555,6 +618,7 @@ func (c Config) RebootConfig() policy.RebootConfig {
 	r := c.Policy.Reboot
 	rc.Enabled, rc.SentinelFile, rc.Concurrency, rc.Window = r.Enabled, r.SentinelFile, r.Concurrency, r.Window
 	rc.SentinelCommand, rc.Command = strings.Fields(r.SentinelCommand), strings.Fields(r.Command)
+	rc.Mode, rc.Return, rc.Timeout = policy.RebootMode(strings.ToLower(strings.TrimSpace(r.Mode))), r.Return, r.Timeout
 	return rc
 }
 
@@ -563,6 +627,14 @@ func (c Config) RebalanceConfig() policy.RebalanceConfig {
 	rc := policy.DefaultRebalanceConfig()
 	rc.Schedule, rc.Threshold, rc.MaxMoves = c.Policy.Rebalance.Schedule, c.Policy.Rebalance.Threshold, c.Policy.Rebalance.MaxMoves
 	return rc
+}
+
+var capName = regexp.MustCompile(`^CAP_[A-Z_]+$`)
+
+// RestorePolicy returns this host's restore policy (the restore.* keys).
+func (c Config) RestorePolicy() engine.RestorePolicy {
+	return engine.RestorePolicy{AllowPrivileged: c.Restore.AllowPrivileged, AllowedBindPaths: c.Restore.AllowedBindPaths,
+		AllowedDevices: c.Restore.AllowedDevices, AllowedCapabilities: c.Restore.AllowedCapabilities}
 }
 
 // Cluster returns the cluster package's config. The caller adds the

@@ -94,6 +94,10 @@ type RestoreOptions struct {
 	Keep            bool
 	IgnoreStaticIP  bool
 	IgnoreStaticMAC bool
+	// Local: the archive never left this host (a local reboot's own save,
+	// checked by its manifest's sha256). The restore policy, which judges
+	// what other hosts send (policy.go), does not apply to it.
+	Local bool
 }
 
 // Features are what the engine and its CRIU can do on this host.

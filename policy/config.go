@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/robfig/cron/v3"
 )
@@ -27,17 +28,30 @@ type RebootConfig struct {
 	// Window (reboot.window): when reboots may start, in ParseWindow syntax,
 	// e.g. "Mon-Fri 02:00-05:00 Europe/Berlin". Empty means any time.
 	Window string
+	// Mode (reboot.mode): drain, local or auto (see RebootMode).
+	Mode RebootMode
+	// Return (reboot.return): after a drain and reboot, containers that
+	// left live-migrate back once the host is up and uncordoned, if their
+	// new host still has them and placement allows it.
+	Return bool
+	// Timeout (reboot.timeout): how long after the reboot command the host
+	// may take to go down. After that the reboot counts as failed: locally
+	// saved containers are restored here and the host is uncordoned.
+	Timeout time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
 
 // DefaultRebootConfig: disabled, Debian/Ubuntu's sentinel file, systemctl
-// reboot, one host at a time, any time of day.
+// reboot, one host at a time, any time of day, by draining, 10 minutes for
+// the host to go down.
 func DefaultRebootConfig() RebootConfig {
 	return RebootConfig{
 		SentinelFile: "/var/run/reboot-required",
 		Command:      []string{"systemctl", "reboot"},
 		Concurrency:  1,
+		Mode:         RebootModeDrain,
+		Timeout:      10 * time.Minute,
 	}
 }
 
@@ -52,6 +66,12 @@ func (c RebootConfig) Validate() error {
 	}
 	if c.Concurrency < 1 {
 		return fmt.Errorf("reboot.concurrency: got %d, want an integer >= 1", c.Concurrency)
+	}
+	if _, err := ParseRebootMode(string(c.Mode)); err != nil {
+		return fmt.Errorf("reboot.mode: got %q, want drain, local or auto", c.Mode)
+	}
+	if c.Timeout < time.Second {
+		return fmt.Errorf("reboot.timeout: got %v, want a duration of at least 1s, e.g. 10m", c.Timeout)
 	}
 	if c.Window != "" {
 		if _, err := ParseWindow(c.Window); err != nil {

@@ -3,8 +3,6 @@ package policy
 import (
 	"math"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -74,7 +72,7 @@ func (h HostLoad) eligible() bool { return h.Alive && !h.Cordoned && h.MemoryCap
 
 func (h HostLoad) utilisation() float64 { return float64(h.MemoryUsed) / float64(h.MemoryCapacity) }
 
-func movable(c ContainerInfo) bool { return !strings.EqualFold(c.Labels[LabelMigrate], "false") }
+func movable(c ContainerInfo) bool { return !OptedOut(c.Labels) }
 
 // fits reports whether c, now on src, may run on dst (see Unfit).
 func fits(c ContainerInfo, src, dst HostLoad) bool { return Unfit(c, src, dst) == "" }
@@ -290,13 +288,7 @@ func after(h HostLoad, c ContainerInfo) float64 {
 	return float64(h.MemoryUsed+c.MemoryBytes) / float64(h.MemoryCapacity)
 }
 
-func priority(c ContainerInfo) int {
-	p, err := strconv.Atoi(strings.TrimSpace(c.Labels[LabelPriority]))
-	if err != nil {
-		return 0
-	}
-	return p
-}
+func priority(c ContainerInfo) int { return Priority(c.Labels) }
 
 // makespan simulates list scheduling of moves, in order, on p lanes.
 func makespan(moves []Move, p int, m MigrationModel) time.Duration {

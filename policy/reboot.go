@@ -209,6 +209,61 @@ func (r CommandRebooter) Reboot(ctx context.Context) error {
 	return nil
 }
 
+// RebootMode is how a host keeps its containers' state across a reboot.
+type RebootMode string
+
+const (
+	// RebootModeDrain live-migrates every movable container to other hosts
+	// before the reboot.
+	RebootModeDrain RebootMode = "drain"
+	// RebootModeLocal checkpoints every movable container to the host's own
+	// disk before the reboot and restores them after it: for a one-host
+	// site, or a fleet where every host needs the new kernel at once.
+	RebootModeLocal RebootMode = "local"
+	// RebootModeAuto drains when other hosts have room for everything that
+	// must move, and reboots locally otherwise (ChooseRebootMode).
+	RebootModeAuto RebootMode = "auto"
+)
+
+// ParseRebootMode accepts drain, local or auto.
+func ParseRebootMode(s string) (RebootMode, error) {
+	switch m := RebootMode(strings.ToLower(strings.TrimSpace(s))); m {
+	case RebootModeDrain, RebootModeLocal, RebootModeAuto:
+		return m, nil
+	}
+	return "", fmt.Errorf("reboot mode %q: want drain, local or auto", s)
+}
+
+// ChooseRebootMode resolves auto for one sequence: drain when the drain's
+// plan found a host for every container that must move (unplaced == 0),
+// local otherwise. drain and local are returned as they are.
+func ChooseRebootMode(m RebootMode, unplaced int) RebootMode {
+	if m != RebootModeAuto {
+		return m
+	}
+	if unplaced == 0 {
+		return RebootModeDrain
+	}
+	return RebootModeLocal
+}
+
+// OptedOut reports whether a container's labels keep it out of every
+// automatic move and local checkpoint (orchestrate.migrate=false): after a
+// reboot it is left to its engine's restart policy.
+func OptedOut(labels map[string]string) bool {
+	return strings.EqualFold(strings.TrimSpace(labels[LabelMigrate]), "false")
+}
+
+// Priority is a container's orchestrate.priority (0 when absent or not an
+// integer): higher moves, is checkpointed and is restored first.
+func Priority(labels map[string]string) int {
+	p, err := strconv.Atoi(strings.TrimSpace(labels[LabelPriority]))
+	if err != nil {
+		return 0
+	}
+	return p
+}
+
 // RebootAction is the next step of the reboot sequence for one host.
 type RebootAction int
 
@@ -219,11 +274,20 @@ const (
 	RebootWait
 	// RebootAcquireLock: take one of the reboot.concurrency slots.
 	RebootAcquireLock
+	// RebootChooseMode: decide, for this sequence, between drain and local
+	// (reboot.mode auto asks the leader for a drain plan first).
+	RebootChooseMode
 	// RebootDrain: cordon the host and migrate its containers away, so
 	// their state survives the reboot.
 	RebootDrain
+	// RebootSave: checkpoint every movable container to the host's own
+	// disk, so that it can be restored after the reboot.
+	RebootSave
 	// RebootNow: run the reboot command.
 	RebootNow
+	// RebootAbort: the drain or the save cannot finish: bring back what
+	// was saved, uncordon, release the lock, and try again later.
+	RebootAbort
 	// RebootFinish: the host is back and no longer needs a reboot: uncordon
 	// and release the lock.
 	RebootFinish
@@ -237,46 +301,88 @@ func (a RebootAction) String() string {
 		return "wait"
 	case RebootAcquireLock:
 		return "acquire-lock"
+	case RebootChooseMode:
+		return "choose-mode"
 	case RebootDrain:
 		return "drain"
+	case RebootSave:
+		return "save"
 	case RebootNow:
 		return "reboot"
+	case RebootAbort:
+		return "abort"
 	case RebootFinish:
 		return "finish"
 	}
 	return "RebootAction(" + strconv.Itoa(int(a)) + ")"
 }
 
-// RebootState is what the caller knows about one host when deciding.
+// RebootState is what the caller observed about one host when deciding.
+// The caller re-observes everything before every decision, so a step that
+// failed (a lost leader, a write that timed out) is simply decided again.
 type RebootState struct {
-	Required   bool // a Checker said so
+	Required   bool // a Checker said so, or an operator asked for it
 	Blocked    bool // a Blocker said so
-	WindowOpen bool // Window.Contains(now)
+	WindowOpen bool // Window.Contains(now); an operator's request ignores the window
 	LockHeld   bool // this host holds a reboot slot (kept across the reboot)
-	Drained    bool // cordoned and every container migrated away
+	// Mode is the mode chosen for this sequence (drain or local); empty
+	// until chosen, and auto is never a chosen mode.
+	Mode RebootMode
+	// Drained: cordoned, no movable container runs here, and no migration
+	// from here is in flight.
+	Drained bool
+	// Saved: every movable container is checkpointed to the local disk.
+	Saved bool
+	// Stuck: the drain, the save or the reboot command was tried and
+	// cannot finish now.
+	Stuck bool
 }
 
 // NextRebootAction is the reboot sequence as a pure function:
-// acquire lock (only inside the window and when not blocked) → drain →
-// reboot → after the reboot, when the check is negative, finish (uncordon,
-// release). Once the lock is held the drain and reboot proceed even if the
-// window closes, because a half-drained host helps nobody; a blocker that
-// appears before the drain ends makes the host wait with the lock held.
+// acquire lock (only inside the window and when not blocked) → choose the
+// mode → drain or save → reboot → after the reboot, when the check is
+// negative, finish (uncordon, release). Once the lock is held the sequence
+// proceeds even if the window closes, because a half-drained host helps
+// nobody; a blocker that appears before the drain or save ends makes the
+// host wait with the lock held. A drain, save or reboot command that
+// cannot finish (Stuck) aborts: the caller undoes it and retries later.
 func NextRebootAction(s RebootState) (RebootAction, string) {
+	ready := s.Mode == RebootModeDrain && s.Drained || s.Mode == RebootModeLocal && s.Saved
 	switch {
 	case !s.Required && s.LockHeld:
 		return RebootFinish, "reboot no longer required: uncordon and release the lock"
 	case !s.Required:
 		return RebootIdle, "no reboot required"
+	case s.Stuck:
+		return RebootAbort, "the " + string(s.Mode) + " reboot cannot go on: undo and retry later"
 	case !s.LockHeld && !s.WindowOpen:
 		return RebootWait, "outside the maintenance window"
-	case s.Blocked && !s.Drained:
+	case s.Blocked && !ready:
 		return RebootWait, "blocked"
 	case !s.LockHeld:
 		return RebootAcquireLock, "reboot required"
-	case !s.Drained:
-		return RebootDrain, "lock held: migrate containers away"
-	default:
+	case s.Mode != RebootModeDrain && s.Mode != RebootModeLocal:
+		return RebootChooseMode, "lock held: choose between drain and local"
+	case ready:
+		if s.Mode == RebootModeLocal {
+			return RebootNow, "containers saved to disk: reboot"
+		}
 		return RebootNow, "drained: reboot"
+	case s.Mode == RebootModeLocal:
+		return RebootSave, "lock held: checkpoint containers to the local disk"
+	default:
+		return RebootDrain, "lock held: migrate containers away"
 	}
 }
+
+// CheckerFunc adapts a function to Checker (fakes, ad-hoc checks).
+type CheckerFunc func(ctx context.Context) (bool, string, error)
+
+// RebootRequired implements Checker.
+func (f CheckerFunc) RebootRequired(ctx context.Context) (bool, string, error) { return f(ctx) }
+
+// BlockerFunc adapts a function to Blocker.
+type BlockerFunc func(ctx context.Context) (bool, string, error)
+
+// IsBlocked implements Blocker.
+func (f BlockerFunc) IsBlocked(ctx context.Context) (bool, string, error) { return f(ctx) }

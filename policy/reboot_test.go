@@ -154,26 +154,77 @@ func TestCommandRebooter(t *testing.T) {
 }
 
 func TestNextRebootAction(t *testing.T) {
+	const d, l = RebootModeDrain, RebootModeLocal
 	for _, tc := range []struct {
 		s    RebootState
 		want RebootAction
 	}{
 		{RebootState{}, RebootIdle},
 		{RebootState{WindowOpen: true}, RebootIdle},
-		{RebootState{LockHeld: true, Drained: true}, RebootFinish}, // back after the reboot
+		{RebootState{LockHeld: true, Mode: d, Drained: true}, RebootFinish}, // back after the reboot
+		{RebootState{LockHeld: true, Mode: l, Saved: true}, RebootFinish},
 		{RebootState{LockHeld: true}, RebootFinish},
 		{RebootState{Required: true}, RebootWait},
 		{RebootState{Required: true, WindowOpen: true, Blocked: true}, RebootWait},
 		{RebootState{Required: true, WindowOpen: true}, RebootAcquireLock},
-		{RebootState{Required: true, WindowOpen: true, LockHeld: true}, RebootDrain},
-		{RebootState{Required: true, LockHeld: true}, RebootDrain}, // window closed mid-way: carry on
-		{RebootState{Required: true, WindowOpen: true, LockHeld: true, Blocked: true}, RebootWait},
-		{RebootState{Required: true, WindowOpen: true, LockHeld: true, Drained: true}, RebootNow},
-		{RebootState{Required: true, LockHeld: true, Drained: true, Blocked: true}, RebootNow},
+		{RebootState{Required: true, WindowOpen: true, Mode: d}, RebootAcquireLock}, // a remembered mode does not replace the lock
+		{RebootState{Required: true, WindowOpen: true, LockHeld: true}, RebootChooseMode},
+		{RebootState{Required: true, LockHeld: true, Mode: RebootModeAuto}, RebootChooseMode}, // auto is never a chosen mode
+		{RebootState{Required: true, WindowOpen: true, LockHeld: true, Mode: d}, RebootDrain},
+		{RebootState{Required: true, LockHeld: true, Mode: d}, RebootDrain}, // window closed mid-way: carry on
+		{RebootState{Required: true, LockHeld: true, Mode: l}, RebootSave},
+		{RebootState{Required: true, LockHeld: true, Mode: l, Drained: true}, RebootSave}, // drained means nothing to a local reboot
+		{RebootState{Required: true, LockHeld: true, Mode: d, Saved: true}, RebootDrain},
+		{RebootState{Required: true, WindowOpen: true, LockHeld: true, Blocked: true, Mode: d}, RebootWait},
+		{RebootState{Required: true, WindowOpen: true, LockHeld: true, Blocked: true, Mode: l}, RebootWait},
+		{RebootState{Required: true, WindowOpen: true, LockHeld: true, Mode: d, Drained: true}, RebootNow},
+		{RebootState{Required: true, LockHeld: true, Mode: d, Drained: true, Blocked: true}, RebootNow},
+		{RebootState{Required: true, LockHeld: true, Mode: l, Saved: true}, RebootNow},
+		{RebootState{Required: true, LockHeld: true, Mode: l, Saved: true, Blocked: true}, RebootNow},
+		{RebootState{Required: true, LockHeld: true, Mode: d, Stuck: true}, RebootAbort},
+		{RebootState{Required: true, LockHeld: true, Mode: l, Stuck: true}, RebootAbort},
+		{RebootState{Required: true, LockHeld: true, Mode: l, Stuck: true, Blocked: true}, RebootAbort},
+		{RebootState{Required: true, LockHeld: true, Mode: l, Saved: true, Stuck: true}, RebootAbort}, // the reboot command failed
+		{RebootState{Required: true, Mode: d, Stuck: true}, RebootAbort},                              // the lock was lost meanwhile
+		{RebootState{LockHeld: true, Mode: l, Stuck: true}, RebootFinish},
 	} {
 		got, reason := NextRebootAction(tc.s)
 		if got != tc.want || reason == "" {
 			t.Errorf("NextRebootAction(%+v) = %v %q, want %v", tc.s, got, reason, tc.want)
 		}
+	}
+}
+
+func TestChooseRebootMode(t *testing.T) {
+	for _, tc := range []struct {
+		mode     RebootMode
+		unplaced int
+		want     RebootMode
+	}{
+		{RebootModeAuto, 0, RebootModeDrain},
+		{RebootModeAuto, 1, RebootModeLocal},
+		{RebootModeDrain, 3, RebootModeDrain},
+		{RebootModeLocal, 0, RebootModeLocal},
+	} {
+		if got := ChooseRebootMode(tc.mode, tc.unplaced); got != tc.want {
+			t.Errorf("ChooseRebootMode(%s, %d) = %s, want %s", tc.mode, tc.unplaced, got, tc.want)
+		}
+	}
+	for in, want := range map[string]RebootMode{"drain": RebootModeDrain, " Local": RebootModeLocal, "AUTO": RebootModeAuto} {
+		if got, err := ParseRebootMode(in); err != nil || got != want {
+			t.Errorf("ParseRebootMode(%q) = %q, %v", in, got, err)
+		}
+	}
+	if _, err := ParseRebootMode("kexec"); err == nil {
+		t.Error("ParseRebootMode(kexec): want an error")
+	}
+}
+
+func TestPriorityAndOptOut(t *testing.T) {
+	if Priority(map[string]string{LabelPriority: " 7 "}) != 7 || Priority(map[string]string{LabelPriority: "high"}) != 0 || Priority(nil) != 0 {
+		t.Error("Priority")
+	}
+	if !OptedOut(map[string]string{LabelMigrate: "False"}) || OptedOut(map[string]string{LabelMigrate: "true"}) || OptedOut(nil) {
+		t.Error("OptedOut")
 	}
 }

@@ -25,6 +25,11 @@
 #   simhost.sh shape NAME RATE     shape NAME's link to RATE (e.g. 100mbit) both ways; RATE=off removes it
 #   simhost.sh start-docker NAME   start a private dockerd in NAME (--experimental, no iptables, no
 #                                  bridge; CRIU from /usr/local/sbin first on its PATH); prints docker=unix://...
+#   simhost.sh reboot NAME         simulate a reboot: kill everything running in NAME (Podman, dockerd,
+#                                  conmon, shims, containers; the agent too), wipe its runtime state (the
+#                                  mount namespace with /dev/shm and overlay mounts, /run/runc, libpod's
+#                                  and dockerd's runtime directories, IPAM, container interfaces), then
+#                                  start Podman (and dockerd, if it ran) again. Storage and data survive.
 #
 # Only addresses in 10.99.0.0/24, only inside these namespaces. Nothing is routed
 # anywhere else: the namespaces have no default route.
@@ -96,6 +101,10 @@ free_ip() {
 start_podman() {
   local name=$1 d=$STATE/$1
   rm -f "$d/podman.sock"
+  # Like podman.service with PrivateTmp=yes, the service starts with no
+  # staging files of an earlier one: a Podman killed mid-export or
+  # mid-import leaves its checkpoint*/restore* temporaries in its TMPDIR.
+  find "$d/tmp" -maxdepth 1 -type f \( -name 'checkpoint[0-9]*' -o -name 'restore[0-9]*' \) -delete 2>/dev/null || true
   (
     cd /
     exec setsid nsenter --mount="$d/mnt" --net="/run/netns/$NS$name" \
@@ -154,6 +163,67 @@ start_docker() {
   echo "docker=unix://$d/docker.sock"
 }
 
+# make_mntns NAME: the host's persistent mount namespace with its private
+# runtime directories (a fresh /dev/shm, /run/runc, IPAM, libpod's /run).
+make_mntns() {
+  local d=$STATE/$1
+  touch "$d/mnt"
+  unshare --mount="$d/mnt" --propagation private sh -ec "
+    mount -t tmpfs -o mode=1777,size=1g tmpfs /dev/shm
+    mkdir -p /run/runc /run/containers/networks /run/libpod
+    mount --bind '$d/runc' /run/runc
+    mount --bind '$d/networks' /run/containers/networks
+    mount --bind '$d/libpod' /run/libpod
+  "
+}
+
+# kill_cgroup DIR: SIGKILL every process in a cgroup (v1) tree.
+kill_cgroup() {
+  local f pid
+  [ -d "$1" ] || return 0
+  while read -r f; do
+    while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$f"
+  done < <(find "$1" -name cgroup.procs 2>/dev/null)
+}
+
+# cmd_reboot NAME: what a power cycle does to the host's runtime state, while
+# its disks (Podman storage, Docker's data root, the agent's data) survive.
+cmd_reboot() {
+  local name=$1 d=$STATE/$1 data=$DATA/$1 docker=0 id pid dev
+  [ -e "$d/mnt" ] || die "no host $name"
+  [ -f "$d/docker.pid" ] && docker=1
+  # Everything dies at once, without a chance to clean up.
+  for id in $(ls "$data/storage/overlay-containers" 2>/dev/null); do
+    kill_cgroup "/sys/fs/cgroup/pids/libpod_parent/libpod-$id"
+  done
+  kill_cgroup "/sys/fs/cgroup/pids/$NS$name"
+  for f in "$d"/*.pid; do
+    [ -f "$f" ] || continue
+    kill -KILL "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+  for _ in 1 2 3; do
+    for pid in $(ip netns pids "$NS$name" 2>/dev/null || true); do kill -KILL "$pid" 2>/dev/null || true; done
+    sleep 0.2
+  done
+  # /run, /dev/shm and the mounts go: a new mount namespace.
+  umount "$d/mnt" 2>/dev/null || umount -l "$d/mnt" 2>/dev/null || true
+  { grep -o " $data/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  rm -f "$d/mnt" "$d/podman.sock" "$d/docker.sock"
+  for dir in runc networks libpod run tmp dx; do
+    rm_retry "${d:?}/$dir"
+    mkdir -p "$d/$dir"
+  done
+  # The container interfaces in the host's network namespace go too.
+  for dev in $(ip -n "$NS$name" -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    case $dev in lo|eth0) ;; *) ip -n "$NS$name" link del "$dev" 2>/dev/null || true ;; esac
+  done
+  make_mntns "$name"
+  start_podman "$name"
+  echo "socket=unix://$d/podman.sock"
+  if [ "$docker" = 1 ]; then start_docker "$name"; fi
+}
+
 cmd_up() {
   local name=$1 ip=${2:-} d=$STATE/$1 data=$DATA/$1
   valid_name "$name"
@@ -194,16 +264,7 @@ graphroot = "$data/storage"
 runroot = "$d/run"
 EOF
 
-  # Persistent mount namespace with the private runtime directories.
-  touch "$d/mnt"
-  unshare --mount="$d/mnt" --propagation private sh -ec "
-    mount -t tmpfs -o mode=1777,size=1g tmpfs /dev/shm
-    mkdir -p /run/runc /run/containers/networks /run/libpod
-    mount --bind '$d/runc' /run/runc
-    mount --bind '$d/networks' /run/containers/networks
-    mount --bind '$d/libpod' /run/libpod
-  "
-
+  make_mntns "$name"
   start_podman "$name"
   echo "socket=unix://$d/podman.sock"
   echo "ip=$ip"
@@ -325,5 +386,6 @@ case "${1:-}" in
   start-podman) [ $# -eq 2 ] || die "usage: simhost.sh start-podman NAME"; start_podman "$2" ;;
   start-docker) [ $# -eq 2 ] || die "usage: simhost.sh start-docker NAME"; start_docker "$2" ;;
   shape) [ $# -eq 3 ] || die "usage: simhost.sh shape NAME RATE|off"; cmd_shape "$2" "$3" ;;
+  reboot) [ $# -eq 2 ] || die "usage: simhost.sh reboot NAME"; cmd_reboot "$2" ;;
   *) die "usage: simhost.sh up|down|down-all|exec|env|list|shape ..." ;;
 esac

@@ -56,7 +56,8 @@ type ClientConfig struct {
 	// CorruptAfter is fault injection for failure tests: when > 0, one bit
 	// of the first stream data frame sent after that many frame bytes is
 	// flipped, after hashing, as a bad link would. The receiver must refuse
-	// the stream. Never set it in production.
+	// the stream. Only binaries built with the testhooks tag set it (see
+	// cmd/orchestrate/faults_testhooks.go).
 	CorruptAfter int64
 
 	// testHookFrame, when set, may modify each data frame's payload just

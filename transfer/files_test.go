@@ -352,7 +352,7 @@ func TestUploadDiskFull(t *testing.T) {
 	}
 	spool := filepath.Join(t.TempDir(), "spool")
 	os.Mkdir(spool, 0o700)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", spool).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", spool).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount tmpfs: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
@@ -360,7 +360,8 @@ func TestUploadDiskFull(t *testing.T) {
 			t.Errorf("umount %s: %v: %s", spool, err, out)
 		}
 	})
-	ts, client := pair(t, func(c *ServerConfig) { c.SpoolDir = spool }, nil)
+	// No free-space reserve: the file system itself fills up.
+	ts, client := pair(t, func(c *ServerConfig) { c.SpoolDir, c.MinFreeBytes = spool, 0 }, nil)
 	_, err := client.Upload(context.Background(), ts.addr, writeTemp(t, payload(3<<20)), "big.tar")
 	if !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("err = %v, want ErrNoSpace", err)

@@ -198,11 +198,38 @@ func (w *chunkWriter) flush() error {
 
 var errSendStopped = errors.New("stream send stopped")
 
+// keepaliveEvery: after this long without a frame the sender sends an empty
+// one. Receivers of every version read it as zero bytes of data.
+var keepaliveEvery = time.Second
+
 // send writes chunks in order until the producer is done. On error it stops
 // the pipeline and returns.
 func (p *pipeline) send(w io.Writer) error {
 	var err error
-	for ch := range p.order {
+	tick := time.NewTicker(keepaliveEvery)
+	defer tick.Stop()
+	last := time.Now()
+sending:
+	for {
+		var ch *chunk
+		select {
+		case c, ok := <-p.order:
+			if !ok {
+				break sending
+			}
+			ch = c
+		case <-tick.C:
+			if err == nil && time.Since(last) >= keepaliveEvery {
+				// An empty frame: the receiver's stall timer sees a live
+				// sender while produce is silent (a dump in progress).
+				if err = writeFrame(w, frameRaw, nil); err != nil {
+					p.stop()
+				}
+				last = time.Now()
+			}
+			continue
+		}
+		last = time.Now()
 		if err == nil {
 			err = p.sendChunk(w, ch)
 			if err != nil {

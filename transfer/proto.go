@@ -46,6 +46,11 @@ var (
 	// ErrPeerClosed: the peer closed the connection or channel before the
 	// transfer completed.
 	ErrPeerClosed = errors.New("peer closed connection")
+	// ErrStalled: no byte of a stream arrived for the server's
+	// StallTimeout; the stream failed (with ErrVerify too).
+	ErrStalled = errors.New("stream stalled")
+	// ErrTooLarge: a stream or upload exceeded the receiver's size limit.
+	ErrTooLarge = errors.New("transfer too large")
 )
 
 // StreamChannelType is the SSH channel type that carries streams.
@@ -219,6 +224,7 @@ type verifyReader struct {
 	buf    []byte // decoded bytes not yet returned
 	scrap  []byte // reusable frame buffer
 	err    error  // sticky terminal result (io.EOF or ErrVerify)
+	max    uint64 // bytes the stream may carry; 0: no limit
 	onDone func(error)
 	// compressed counts zstd frames, raw counts raw frames (for stats).
 	compressed, raw int
@@ -254,11 +260,20 @@ func (v *verifyReader) finish(err error) {
 	}
 }
 
+// cut ends the stream after a read error, keeping ErrStalled visible.
+func (v *verifyReader) cut(err error) {
+	if errors.Is(err, ErrStalled) {
+		v.finish(fmt.Errorf("%w: stream cut after %d bytes: %w", ErrVerify, v.n, err))
+		return
+	}
+	v.fail("stream cut after %d bytes: %v", v.n, err)
+}
+
 // next reads one frame into v.buf or sets v.err.
 func (v *verifyReader) next() {
 	var pre [5]byte
 	if _, err := io.ReadFull(v.r, pre[:]); err != nil {
-		v.fail("stream cut after %d bytes: %v", v.n, err)
+		v.cut(err)
 		return
 	}
 	n := binary.BigEndian.Uint32(pre[1:])
@@ -271,7 +286,7 @@ func (v *verifyReader) next() {
 	}
 	payload := v.scrap[:n]
 	if _, err := io.ReadFull(v.r, payload); err != nil {
-		v.fail("stream cut after %d bytes: %v", v.n, err)
+		v.cut(err)
 		return
 	}
 	v.wire += uint64(n) + 5
@@ -316,6 +331,11 @@ func (v *verifyReader) next() {
 		return
 	default:
 		v.fail("unknown frame type %#x", pre[0])
+		return
+	}
+	if v.max > 0 && v.n+uint64(len(v.buf)) > v.max {
+		v.buf = nil
+		v.finish(fmt.Errorf("%w: %w: more than %d bytes", ErrVerify, ErrTooLarge, v.max))
 		return
 	}
 	v.n += uint64(len(v.buf))

@@ -13,11 +13,17 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+
+	"github.com/edgemigrate/orchestrate/internal/netguard"
+	"github.com/edgemigrate/orchestrate/internal/safefs"
 )
 
 // DefaultPort is the agent's SSH endpoint port.
@@ -50,17 +56,50 @@ type ServerConfig struct {
 	PartialTTL time.Duration
 	// HandshakeTimeout bounds the SSH handshake of each connection.
 	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection on which nothing arrived for this
+	// long (clients send keepalives every 15 s, so only a dead or stopped
+	// peer hits it).
+	IdleTimeout time.Duration
+	// MaxConns and MaxConnsPerIP cap the connections open at once, in
+	// total and from one address; more are closed as they arrive, before
+	// the handshake.
+	MaxConns, MaxConnsPerIP int
+	// MaxChannels caps the streams and SFTP sessions one connection may
+	// have open at once; more are rejected.
+	MaxChannels int
+	// StallTimeout fails a stream whose handler has waited this long for
+	// its next byte: the channel is closed, the handler's reader fails
+	// with ErrVerify and ErrStalled, and whatever it held (a container's
+	// lock) is released. Senders send an empty frame after every second
+	// of silence, so a stall means the sender is stopped, hung or cut off.
+	StallTimeout time.Duration
+	// MaxStreamBytes caps, by stream kind, how many bytes a stream may
+	// carry; a larger one fails with ErrVerify and ErrTooLarge. Kinds not
+	// listed are not capped.
+	MaxStreamBytes map[string]int64
+	// MaxFileBytes caps one SFTP upload (0: none), and MinFreeBytes keeps
+	// that much of the spool's file system free: a write that would eat
+	// into it fails with ErrNoSpace.
+	MaxFileBytes, MinFreeBytes int64
 	// Logger receives connection-level events. Nil discards.
 	Logger *slog.Logger
 }
 
 // DefaultServerConfig returns a config listening on DefaultPort with a 24 h
-// partial TTL. HostKey, Authorizer and SpoolDir must still be set.
+// partial TTL and the default limits. HostKey, Authorizer and SpoolDir
+// must still be set.
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{
 		Addr:             fmt.Sprintf(":%d", DefaultPort),
 		PartialTTL:       24 * time.Hour,
 		HandshakeTimeout: 10 * time.Second,
+		IdleTimeout:      2 * time.Minute,
+		MaxConns:         256,
+		MaxConnsPerIP:    32,
+		MaxChannels:      32,
+		StallTimeout:     time.Minute,
+		MaxFileBytes:     64 << 30,
+		MinFreeBytes:     1 << 30,
 	}
 }
 
@@ -92,8 +131,20 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Authorizer == nil {
 		return nil, errors.New("transfer server: no authorizer")
 	}
-	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = DefaultServerConfig().HandshakeTimeout
+	def := DefaultServerConfig()
+	for _, d := range []struct{ v, def *time.Duration }{
+		{&cfg.HandshakeTimeout, &def.HandshakeTimeout}, {&cfg.IdleTimeout, &def.IdleTimeout}, {&cfg.StallTimeout, &def.StallTimeout},
+	} {
+		if *d.v <= 0 {
+			*d.v = *d.def
+		}
+	}
+	for _, n := range []struct{ v, def *int }{
+		{&cfg.MaxConns, &def.MaxConns}, {&cfg.MaxConnsPerIP, &def.MaxConnsPerIP}, {&cfg.MaxChannels, &def.MaxChannels},
+	} {
+		if *n.v <= 0 {
+			*n.v = *n.def
+		}
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -105,7 +156,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		lns: map[net.Listener]struct{}{}, done: make(chan struct{}),
 	}
 	if cfg.SpoolDir != "" {
-		if err := os.MkdirAll(cfg.SpoolDir, 0o700); err != nil {
+		if err := safefs.PrivateDir(cfg.SpoolDir); err != nil {
 			return nil, fmt.Errorf("transfer server: spool: %w", err)
 		}
 		root, err := os.OpenRoot(cfg.SpoolDir)
@@ -120,7 +171,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 				s.log.Warn("refused client key", "remote", meta.RemoteAddr().String(), "user", meta.User(), "key", ssh.FingerprintSHA256(key))
 				return nil, fmt.Errorf("key %s not authorised", ssh.FingerprintSHA256(key))
 			}
-			return &ssh.Permissions{Extensions: map[string]string{"key": ssh.FingerprintSHA256(key)}}, nil
+			return &ssh.Permissions{Extensions: senderExtensions(cfg.Authorizer, key)}, nil
 		},
 	}
 	s.sshCfg.AddHostKey(cfg.HostKey)
@@ -147,8 +198,10 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Serve accepts connections on ln until ctx ends or Close is called; it
 // closes ln. It returns nil on such a shutdown, after every connection and
-// handler has stopped.
+// handler has stopped. Connections beyond the caps are closed as they
+// arrive.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ln = netguard.Listen(ln, netguard.Config{MaxConns: s.cfg.MaxConns, MaxPerIP: s.cfg.MaxConnsPerIP, IdleTimeout: s.cfg.IdleTimeout})
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -268,7 +321,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	_ = c.SetDeadline(time.Time{})
 	log := s.log.With("remote", c.RemoteAddr().String(), "key", sc.Permissions.Extensions["key"])
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(ContextWithSender(ctx, sc.Permissions.Extensions[extNode]))
 	defer cancel()
 	go func() {
 		<-ctx.Done()
@@ -284,7 +337,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			s.globalRequest(req)
 		}
 	}()
+	// open counts this connection's channels (a cap, so that one member
+	// cannot tie up the agent with thousands of them).
+	var open atomic.Int32
 	for nc := range chans {
+		if t := nc.ChannelType(); (t == StreamChannelType || t == "session") && int(open.Load()) >= s.cfg.MaxChannels {
+			nc.Reject(ssh.ResourceShortage, fmt.Sprintf("at most %d channels per connection", s.cfg.MaxChannels))
+			continue
+		}
 		switch nc.ChannelType() {
 		case StreamChannelType:
 			ch, creqs, err := nc.Accept()
@@ -292,10 +352,12 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 				continue
 			}
 			go ssh.DiscardRequests(creqs)
+			open.Add(1)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.serveStream(ctx, log, ch)
+				defer open.Add(-1)
+				s.serveStream(ctx, log, ch, func() { sc.Close() })
 			}()
 		case "session":
 			if s.root == nil {
@@ -306,9 +368,11 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			if err != nil {
 				continue
 			}
+			open.Add(1)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer open.Add(-1)
 				s.serveSession(ctx, log, ch, creqs)
 			}()
 		default:
@@ -391,9 +455,11 @@ func (s *Server) serveSession(ctx context.Context, log *slog.Logger, ch ssh.Chan
 }
 
 // serveStream reads a header, runs the handler and writes the reply.
-func (s *Server) serveStream(ctx context.Context, log *slog.Logger, ch ssh.Channel) {
+// dropConn closes the stream's whole connection (see stallReader).
+func (s *Server) serveStream(ctx context.Context, log *slog.Logger, ch ssh.Channel, dropConn func()) {
 	defer ch.Close()
-	br := bufio.NewReaderSize(ch, 256<<10)
+	stall := &stallReader{ch: ch, timeout: s.cfg.StallTimeout, drop: dropConn}
+	br := bufio.NewReaderSize(stall, 256<<10)
 	h, err := readHeader(br)
 	if err != nil {
 		replyError(ch, err)
@@ -417,6 +483,7 @@ func (s *Server) serveStream(ctx context.Context, log *slog.Logger, ch ssh.Chann
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	vr := newVerifyReader(br, dec)
+	vr.max = uint64(max(s.cfg.MaxStreamBytes[h.Kind], 0))
 	vr.onDone = func(err error) {
 		if !errors.Is(err, io.EOF) {
 			cancel() // the stream is dead: stop the consumer too
@@ -452,4 +519,60 @@ func writeReply(ch ssh.Channel, status byte, body []byte) {
 	buf = append(buf, body...)
 	_, _ = ch.Write(buf)
 	_ = ch.CloseWrite()
+}
+
+// stallReader is a stream channel whose every Read must return within
+// timeout. A Read that waits longer means the sender is stopped, hung or
+// cut off (a live sender sends an empty frame every second, whatever its
+// producer does), so its whole connection is closed: that is what ends a
+// Read waiting on an SSH channel, and every other stream on the
+// connection is waiting on the same dead peer. The Read then fails with
+// ErrStalled. Only a waiting Read counts: a handler that is slow to
+// consume never trips it.
+type stallReader struct {
+	ch      ssh.Channel
+	timeout time.Duration
+	drop    func()
+	stalled atomic.Bool
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	t := time.AfterFunc(s.timeout, func() {
+		s.stalled.Store(true)
+		s.ch.Close()
+		if s.drop != nil {
+			s.drop()
+		}
+	})
+	n, err := s.ch.Read(p)
+	t.Stop()
+	if err != nil && s.stalled.Load() {
+		return n, fmt.Errorf("%w: no data for %s", ErrStalled, s.timeout)
+	}
+	return n, err
+}
+
+// checkWrite refuses an SFTP write that would make a spool file larger than
+// MaxFileBytes, or leave less than MinFreeBytes free on the spool's file
+// system (checked when the write crosses a 64 MiB boundary, so that a
+// stream of small writes costs no statfs each). The latter wraps
+// syscall.ENOSPC, so the partial upload is dropped and the client sees
+// ErrNoSpace.
+func (s *Server) checkWrite(off int64, n int) error {
+	end := off + int64(n)
+	if s.cfg.MaxFileBytes > 0 && end > s.cfg.MaxFileBytes {
+		return fmt.Errorf("%w: a spool file may hold at most %d bytes", ErrTooLarge, s.cfg.MaxFileBytes)
+	}
+	const every = 64 << 20
+	if s.cfg.MinFreeBytes <= 0 || off/every == end/every && off != 0 {
+		return nil
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(s.cfg.SpoolDir, &fs); err != nil {
+		return nil // cannot tell; the write itself will say
+	}
+	if free := int64(fs.Bavail) * fs.Bsize; free-int64(n) < s.cfg.MinFreeBytes {
+		return fmt.Errorf("spool: %d bytes free, %d kept in reserve: %w", free, s.cfg.MinFreeBytes, syscall.ENOSPC)
+	}
+	return nil
 }

@@ -100,7 +100,10 @@ type spoolWriter struct {
 }
 
 func (w *spoolWriter) WriteAt(p []byte, off int64) (int, error) {
-	n, err := w.File.WriteAt(p, off)
+	n, err := 0, w.fs.s.checkWrite(off, len(p))
+	if err == nil {
+		n, err = w.File.WriteAt(p, off)
+	}
 	if err != nil && errors.Is(err, syscall.ENOSPC) && strings.HasSuffix(w.rel, partialSuffix) {
 		w.fs.log.Warn("spool full, removing partial upload", "name", w.rel)
 		_ = w.fs.s.root.Remove(w.rel)

@@ -19,6 +19,7 @@ import (
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/engine/archive"
 	"github.com/edgemigrate/orchestrate/transfer"
 )
 
@@ -57,6 +58,9 @@ type Cluster interface {
 	PutSnapshot(ctx context.Context, rec cluster.SnapshotRecord) error
 	DeleteSnapshots(ctx context.Context, ids []string) error
 	Migrations() []cluster.MigrationRecord
+	AcquireLock(ctx context.Context, req cluster.AcquireLockRequest) error
+	ReleaseLock(ctx context.Context, name, holder string) error
+	Locks() []cluster.Lock
 }
 
 var _ Cluster = (*cluster.Cluster)(nil)
@@ -77,7 +81,21 @@ type Config struct {
 	// PruneInterval is how often Run applies retention (age retention must
 	// not wait for the next snapshot to arrive).
 	PruneInterval time.Duration
-	Logger        *slog.Logger
+	// ReplicaWait is how long the store host waits for its replica to show
+	// the pending upload that authorises an arriving stream.
+	ReplicaWait time.Duration
+	// Grep bounds a fleet-wide search on this store host.
+	Grep GrepLimits
+	// ImageRegistry is where checkpoint images built on this host are
+	// pushed (forensics.image_registry, "host[:port][/path]"); empty: they
+	// are only loaded into the host's engine.
+	ImageRegistry string
+	// InsecureRegistry turns off TLS verification (and allows plain HTTP)
+	// for pushes (forensics.image_registry_tls_verify: false). Only for a
+	// local test registry.
+	InsecureRegistry bool
+
+	Logger *slog.Logger
 	// Now is the clock (tests may replace it).
 	Now func() time.Time
 }
@@ -85,7 +103,8 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Retention: DefaultRetention(), OrphanGrace: 10 * time.Minute, StepTimeout: 30 * time.Second,
-		PruneInterval: 10 * time.Minute, Logger: slog.Default(), Now: time.Now}
+		PruneInterval: 10 * time.Minute, ReplicaWait: 5 * time.Second, Grep: DefaultGrepLimits(),
+		Logger: slog.Default(), Now: time.Now}
 }
 
 func (c Config) withDefaults() Config {
@@ -100,6 +119,10 @@ func (c Config) withDefaults() Config {
 	if c.PruneInterval <= 0 {
 		c.PruneInterval = d.PruneInterval
 	}
+	if c.ReplicaWait <= 0 {
+		c.ReplicaWait = d.ReplicaWait
+	}
+	c.Grep = c.Grep.or(d.Grep)
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
@@ -119,6 +142,7 @@ type Agent struct {
 	c      Cluster
 	st     *store
 	log    *slog.Logger
+	files  snapshotFiles // resumable snapshot transfers (resumable.go)
 
 	pruneMu sync.Mutex
 }
@@ -133,11 +157,14 @@ func NewAgent(cfg Config, eng Engine, sender Streamer, c Cluster) *Agent {
 // Register adds the host's routes and the snapshot stream handler.
 func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindSnapshot, a.handleSnapshot)
+	a.registerSnapshotFiles(streams)
 	mux.HandleFunc("POST /v1/agent/forensics/checkpoint", a.checkpointStream)
 	mux.HandleFunc("POST /v1/agent/forensics/snapshot", a.snapshot)
 	mux.HandleFunc("POST /v1/agent/forensics/commit", a.commit)
 	mux.HandleFunc("GET /v1/agent/forensics/file/{id}", a.file)
 	mux.HandleFunc("POST /v1/agent/forensics/remove", a.remove)
+	mux.HandleFunc("POST /v1/agent/forensics/grep", a.grep)
+	mux.HandleFunc("POST /v1/agent/forensics/image", a.image)
 }
 
 // RemoveRequest names a snapshot to remove.
@@ -248,7 +275,7 @@ func (a *Agent) checkpointStream(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	sum := sha256.New()
 	cw := &countWriter{w: io.MultiWriter(w, sum)}
-	st, err := a.eng.Checkpoint(ctx, c.ID, cw, options(req.LeaveRunning))
+	st, err := a.checkpointWithFacts(ctx, c.ID, cw, req.LeaveRunning)
 	if err != nil {
 		a.log.Warn("checkpoint failed", "container", c.Name, "err", err)
 		a.undo(c, req.LeaveRunning)
@@ -336,11 +363,16 @@ func (a *Agent) Snapshot(ctx context.Context, req HostCheckpointRequest) (rec cl
 	at := a.cfg.Now().UTC()
 	rec = cluster.SnapshotRecord{ID: NewID(at), Container: c.ID, Name: c.Name, Host: a.cfg.Host, StoreHost: storeHost,
 		At: at, Reason: req.Reason, LeaveRunning: req.LeaveRunning}
+	done, err := a.beginUpload(ctx, rec.ID, storeHost, c.ID)
+	if err != nil {
+		return rec, err
+	}
+	defer done()
 	hdr := transfer.StreamHeader{Kind: KindSnapshot, ID: rec.ID, Meta: map[string]string{"container": c.ID, "name": c.Name}}
 	var st engine.Stats
-	out, _, err := a.sender.Stream(ctx, addr, hdr, func(w io.Writer) error {
+	out, err := a.sendSnapshot(ctx, addr, storeHost, hdr, func(w io.Writer) error {
 		var err error
-		st, err = a.eng.Checkpoint(ctx, c.ID, w, options(req.LeaveRunning))
+		st, err = a.checkpointWithFacts(ctx, c.ID, w, req.LeaveRunning)
 		return err
 	})
 	if err != nil {
@@ -366,8 +398,14 @@ func (a *Agent) Snapshot(ctx context.Context, req HostCheckpointRequest) (rec cl
 	return rec, nil
 }
 
-// handleSnapshot is the store host's end of a snapshot stream.
+// handleSnapshot is the store host's end of a snapshot stream. It accepts
+// only a stream that a pending upload in the replicated state names, from
+// the member that holds it, into this host.
 func (a *Agent) handleSnapshot(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if err := a.authorizeUpload(ctx, h.ID, senderOf(ctx)); err != nil {
+		a.log.Warn("refused snapshot stream", "snapshot", h.ID, "sender", senderOf(ctx), "err", err)
+		return nil, err
+	}
 	got, err := a.st.receive(ctx, h, r)
 	if err != nil {
 		return nil, err
@@ -398,6 +436,10 @@ func (a *Agent) commit(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	if rec.StoreHost != a.cfg.Host || rec.File != rec.ID+archiveExt {
 		cluster.WriteError(w, fmt.Errorf("%w: snapshot %s is not stored here as %s", cluster.ErrInvalid, rec.ID, rec.File))
+		return
+	}
+	if p, ok := a.pending(rec.ID); !ok || p.holder != rec.Host || p.storeHost != a.cfg.Host || p.container != rec.Container {
+		cluster.WriteError(w, fmt.Errorf("%w: %w: no pending upload of snapshot %s from %s", cluster.ErrInvalid, ErrUnauthorized, rec.ID, rec.Host))
 		return
 	}
 	fi, err := os.Stat(a.st.path(rec.ID))
@@ -446,6 +488,7 @@ func (a *Agent) prune(ctx context.Context, ret Retention) ([]string, error) {
 	a.pruneMu.Lock()
 	defer a.pruneMu.Unlock()
 	now := a.cfg.Now()
+	a.releaseStaleUploads(ctx, now)
 	recs := a.c.Snapshots()
 	drop := Prune(recs, a.cfg.Host, now, ret)
 	if len(drop) > 0 {
@@ -473,6 +516,7 @@ func (a *Agent) prune(ctx context.Context, ret Retention) ([]string, error) {
 		a.log.Info("removing unrecorded snapshot file", "path", path)
 		_ = os.Remove(path)
 	}
+	a.staleSpools(now, a.cfg.OrphanGrace)
 	return drop, nil
 }
 
@@ -520,6 +564,27 @@ func (a *Agent) file(w http.ResponseWriter, r *http.Request) {
 	defer f.Close()
 	w.Header().Set("Content-Type", "application/x-tar")
 	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// checkpointWithFacts checkpoints a container into w with the host facts
+// (CRIU and kernel versions, which the images do not record) added to the
+// archive, when the engine reports them.
+func (a *Agent) checkpointWithFacts(ctx context.Context, id string, w io.Writer, leaveRunning bool) (engine.Stats, error) {
+	fr, ok := a.eng.(engine.FeatureReporter)
+	if !ok {
+		return a.eng.Checkpoint(ctx, id, w, options(leaveRunning))
+	}
+	f, err := fr.Features(ctx)
+	if err != nil {
+		a.log.Warn("engine features for the snapshot's host facts", "err", err)
+	}
+	fw := archive.HostFactsWriter(w, archive.HostFacts{Host: a.cfg.Host, At: a.cfg.Now().UTC(), Engine: f.Engine,
+		EngineVersion: f.EngineVersion, CRIUVersion: f.CRIUVersion, Kernel: f.Kernel, Arch: f.Arch})
+	st, err := a.eng.Checkpoint(ctx, id, fw, options(leaveRunning))
+	if cerr := fw.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("checkpoint %s: add host facts: %w", id, cerr)
+	}
+	return st, err
 }
 
 func firstNonEmpty(s ...string) string {

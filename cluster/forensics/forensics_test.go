@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -143,6 +144,7 @@ type world struct {
 	t     *testing.T
 	mu    sync.Mutex
 	recs  map[string]cluster.SnapshotRecord
+	locks map[string]cluster.Lock
 	migs  []cluster.MigrationRecord
 	hosts map[string]*simHost
 }
@@ -157,8 +159,12 @@ type simHost struct {
 	w       *world
 }
 
-func newWorld(t *testing.T, names ...string) *world {
-	w := &world{t: t, recs: map[string]cluster.SnapshotRecord{}, hosts: map[string]*simHost{}}
+func newWorld(t *testing.T, names ...string) *world { return newWorldWith(t, nil, names...) }
+
+// newWorldWith is newWorld with each host's engine made by mk (nil: a
+// plain fake engine holding the image "img").
+func newWorldWith(t *testing.T, mk func(host string) Engine, names ...string) *world {
+	w := &world{t: t, recs: map[string]cluster.SnapshotRecord{}, locks: map[string]cluster.Lock{}, hosts: map[string]*simHost{}}
 	dir, err := os.MkdirTemp("", "fx")
 	if err != nil {
 		t.Fatal(err)
@@ -166,13 +172,18 @@ func newWorld(t *testing.T, names ...string) *world {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	for _, n := range names {
 		h := &simHost{name: n, sock: filepath.Join(dir, n+".sock"), mux: http.NewServeMux(), handler: map[string]transfer.Handler{}, w: w}
-		fake := enginetest.NewFake()
-		fake.AddImage("img")
-		h.eng = fake
+		if mk != nil {
+			h.eng = mk(n)
+		} else {
+			fake := enginetest.NewFake()
+			fake.AddImage("img")
+			h.eng = fake
+		}
 		w.hosts[n] = h
 		cfg := DefaultConfig()
 		cfg.Host, cfg.DataDir = n, filepath.Join(dir, n)
-		h.agent = NewAgent(cfg, engineOf(h), w, (*hostView)(h))
+		cfg.ReplicaWait = 200 * time.Millisecond
+		h.agent = NewAgent(cfg, engineOf(h), hostStreamer{w, n}, (*hostView)(h))
 		h.agent.Register(h.mux, h)
 		NewService((*hostView)(h), "").Register(h.mux)
 		ln, err := net.Listen("unix", h.sock)
@@ -189,7 +200,26 @@ func newWorld(t *testing.T, names ...string) *world {
 // engineOf lets a test swap a host's engine after the agent was made.
 type engineProxy struct{ h *simHost }
 
-func engineOf(h *simHost) Engine { return engineProxy{h} }
+func engineOf(h *simHost) Engine {
+	if _, ok := h.eng.(engine.CheckpointImages); ok {
+		return imageProxy{engineProxy{h}}
+	}
+	return engineProxy{h}
+}
+
+// imageProxy is engineProxy for an engine that builds checkpoint images.
+type imageProxy struct{ engineProxy }
+
+func (e imageProxy) images() engine.CheckpointImages { return e.h.eng.(engine.CheckpointImages) }
+func (e imageProxy) HostInfo(ctx context.Context) (engine.HostInfo, error) {
+	return e.images().HostInfo(ctx)
+}
+func (e imageProxy) LoadImage(ctx context.Context, r io.Reader) (string, error) {
+	return e.images().LoadImage(ctx, r)
+}
+func (e imageProxy) PushImage(ctx context.Context, ref string, o engine.RegistryOptions) error {
+	return e.images().PushImage(ctx, ref, o)
+}
 
 func (e engineProxy) Checkpoint(ctx context.Context, id string, w io.Writer, o engine.CheckpointOptions) (engine.Stats, error) {
 	return e.h.eng.Checkpoint(ctx, id, w, o)
@@ -208,6 +238,17 @@ func (w *world) client(host string) *cluster.Client {
 		w.t.Fatal(err)
 	}
 	return cl
+}
+
+// hostStreamer is one host's Streamer: its streams carry its name as the
+// sender, as the transfer server's key binding does.
+type hostStreamer struct {
+	w    *world
+	from string
+}
+
+func (s hostStreamer) Stream(ctx context.Context, peer string, h transfer.StreamHeader, produce func(io.Writer) error) ([]byte, transfer.StreamStats, error) {
+	return s.w.Stream(transfer.ContextWithSender(ctx, s.from), peer, h, produce)
 }
 
 // Stream implements Streamer: produce's output goes to the target's handler;
@@ -304,6 +345,44 @@ func (v *hostView) DeleteSnapshots(ctx context.Context, ids []string) error {
 		delete(v.w.recs, id)
 	}
 	return nil
+}
+
+func (v *hostView) AcquireLock(ctx context.Context, req cluster.AcquireLockRequest) error {
+	v.w.mu.Lock()
+	defer v.w.mu.Unlock()
+	l, ok := v.w.locks[req.Name]
+	if !ok {
+		l = cluster.Lock{Name: req.Name, Limit: req.Limit, Holders: map[string]cluster.LockHolder{}}
+	}
+	if _, held := l.Holders[req.Holder]; !held && len(l.Holders) >= l.Limit {
+		return cluster.ErrConflict
+	}
+	l.Holders[req.Holder] = cluster.LockHolder{Holder: req.Holder, Reason: req.Reason, AcquiredAt: req.At}
+	v.w.locks[req.Name] = l
+	return nil
+}
+func (v *hostView) ReleaseLock(ctx context.Context, name, holder string) error {
+	v.w.mu.Lock()
+	defer v.w.mu.Unlock()
+	l, ok := v.w.locks[name]
+	if _, held := l.Holders[holder]; !ok || !held {
+		return cluster.ErrNotFound
+	}
+	delete(l.Holders, holder)
+	if len(l.Holders) == 0 {
+		delete(v.w.locks, name)
+	}
+	return nil
+}
+func (v *hostView) Locks() []cluster.Lock {
+	v.w.mu.Lock()
+	defer v.w.mu.Unlock()
+	var out []cluster.Lock
+	for _, l := range v.w.locks {
+		l.Holders = maps.Clone(l.Holders)
+		out = append(out, l)
+	}
+	return out
 }
 
 // brokenEngine writes part of an archive and then fails.

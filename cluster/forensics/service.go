@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/cluster/migrate"
 )
 
 // ErrIncomplete: a streamed archive ended without its outcome, or with a
@@ -32,6 +33,13 @@ type CheckpointRequest struct {
 	StoreHost string     `json:"store_host,omitempty"`
 	Reason    string     `json:"reason,omitempty"`
 	Retention *Retention `json:"retention,omitempty"`
+	// Image asks for a checkpoint image by this name instead of an
+	// archive (ImageRequest): loaded on the container's host and answered
+	// as an ImageResult, or, with ImageArchive, streamed as an OCI archive.
+	Image        string `json:"image,omitempty"`
+	ImageArchive bool   `json:"image_archive,omitempty"`
+	Registry     string `json:"registry,omitempty"`
+	TLSVerify    *bool  `json:"tls_verify,omitempty"`
 }
 
 // Service serves the operator routes on any agent: it finds the container's
@@ -65,6 +73,7 @@ func (s *Service) Register(mux Mux) {
 		cluster.WriteJSON(w, http.StatusOK, rec)
 	})
 	mux.HandleFunc("GET /v1/snapshots/{id}/archive", s.archive)
+	mux.HandleFunc("POST /v1/snapshots/grep", s.grep)
 	mux.HandleFunc("DELETE /v1/snapshots/{id}", s.remove)
 }
 
@@ -137,6 +146,21 @@ func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, err)
 		return
 	}
+	if req.Image != "" {
+		if req.Store {
+			cluster.WriteError(w, fmt.Errorf("%w: a checkpoint image is not stored in the snapshot store", cluster.ErrInvalid))
+			return
+		}
+		ireq := ImageRequest{Container: req.Container, LeaveRunning: req.LeaveRunning, Image: req.Image,
+			Registry: req.Registry, TLSVerify: req.TLSVerify, Archive: req.ImageArchive}
+		resp, err := cl.Raw(ctx, http.MethodPost, "/v1/agent/forensics/image", ireq)
+		if err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		relay(w, resp)
+		return
+	}
 	storeHost := req.StoreHost
 	if req.Store && storeHost == "" {
 		storeHost = s.storeHost
@@ -207,28 +231,20 @@ func relay(w http.ResponseWriter, resp *http.Response) {
 // against what the host sent.
 func StreamCheckpoint(ctx context.Context, cl *cluster.Client, req CheckpointRequest, w io.Writer) (CheckpointResult, error) {
 	var res CheckpointResult
-	req.Store = false
+	req.Store, req.Image = false, ""
 	resp, err := cl.Raw(ctx, http.MethodPost, "/v1/checkpoint", req)
 	if err != nil {
 		return res, err
 	}
 	defer resp.Body.Close()
-	sum := sha256.New()
-	n, err := io.Copy(io.MultiWriter(w, sum), resp.Body)
+	n, got, err := copyHashed(w, resp.Body)
 	if err != nil {
 		return res, fmt.Errorf("%w: %s after %d bytes: %v", ErrIncomplete, req.Container, n, err)
 	}
-	if msg := resp.Trailer.Get(TrailerError); msg != "" {
-		return res, fmt.Errorf("%w: %s", ErrIncomplete, msg)
+	if err := trailerResult(resp, &res, req.Container, n); err != nil {
+		return res, err
 	}
-	raw := resp.Trailer.Get(TrailerResult)
-	if raw == "" {
-		return res, fmt.Errorf("%w: %s: the stream ended without a result after %d bytes", ErrIncomplete, req.Container, n)
-	}
-	if err := json.Unmarshal([]byte(raw), &res); err != nil {
-		return res, fmt.Errorf("%w: result %q: %v", ErrIncomplete, raw, err)
-	}
-	if got := hex.EncodeToString(sum.Sum(nil)); n != res.Size || got != res.SHA256 {
+	if n != res.Size || got != res.SHA256 {
 		return res, fmt.Errorf("%w: received %d bytes sha256 %s, host sent %d bytes sha256 %s", ErrIncomplete, n, got, res.Size, res.SHA256)
 	}
 	return res, nil
@@ -296,7 +312,13 @@ type Snapshotter struct {
 	StoreHost string
 	// Retention overrides the store host's default when non-nil.
 	Retention *Retention
+	// Budget bounds the snapshots the coordinator takes before an
+	// evacuation (migrate.SnapshotBudgeter); zero fields take defaults.
+	Budget migrate.SnapshotBudget
 }
+
+// SnapshotBudget implements migrate.SnapshotBudgeter.
+func (s *Snapshotter) SnapshotBudget() migrate.SnapshotBudget { return s.Budget }
 
 // Snapshot stores a leave-running snapshot of container on host.
 func (s *Snapshotter) Snapshot(ctx context.Context, host, container, reason string) error {

@@ -124,6 +124,9 @@ func forwarded(lead Leadership, h http.HandlerFunc) http.HandlerFunc {
 // Peers is how ClusterAgents reaches other agents (cluster.Cluster).
 type Peers interface {
 	PeerClient(name string) (*cluster.Client, error)
+	// StepClient is PeerClient whose requests carry this leader's step
+	// signature.
+	StepClient(name string) (*cluster.Client, error)
 }
 
 // ClusterAgents implements Agents over the cluster's authenticated API.
@@ -131,18 +134,18 @@ type ClusterAgents struct{ Peers Peers }
 
 var _ Agents = ClusterAgents{}
 
-// Call implements Agents.
+// Call implements Agents. Requests carry the leader's step signature.
 func (a ClusterAgents) Call(ctx context.Context, host, path string, in, out any) error {
-	cl, err := a.Peers.PeerClient(host)
+	cl, err := a.Peers.StepClient(host)
 	if err != nil {
 		return err
 	}
 	return cl.Do(ctx, http.MethodPost, path, in, out)
 }
 
-// Stream implements Agents.
+// Stream implements Agents. Requests carry the leader's step signature.
 func (a ClusterAgents) Stream(ctx context.Context, host, path string, in any) (io.ReadCloser, error) {
-	cl, err := a.Peers.PeerClient(host)
+	cl, err := a.Peers.StepClient(host)
 	if err != nil {
 		return nil, err
 	}
@@ -163,39 +166,86 @@ func (a ClusterAgents) Containers(ctx context.Context, host string) ([]engine.Co
 	return cs, cl.Do(ctx, http.MethodGet, "/v1/containers", nil, &cs)
 }
 
-// Wait polls the agent at cl until every migration in ids has ended, calling
-// each with the records on every poll (for progress). It returns the final
-// records.
+// Wait polls the agent at cl until every migration in ids has ended,
+// calling each with the records on every poll (for progress). It returns
+// the final records. See WaitVia: a failed poll is retried, so a CLI
+// waiting on its local agent sails through a leader change or an agent
+// restart.
+func Wait(ctx context.Context, cl *cluster.Client, ids []string, every time.Duration, each func([]cluster.MigrationRecord)) ([]cluster.MigrationRecord, error) {
+	return WaitVia(ctx, func() (*cluster.Client, error) { return cl, nil }, ids, every, each)
+}
+
+// ClientFunc returns the agent to ask now. WaitVia calls it before every
+// poll, so that a caller polling the leader (Leadership.LeaderClient)
+// follows it across elections.
+type ClientFunc func() (*cluster.Client, error)
+
+// WaitVia is Wait against whichever agent get returns at each poll. It ends
+// when every record is terminal, when ctx ends, or on an error that asking
+// again cannot cure (ErrInvalid, ErrUnauthorized, or a record still not
+// found after lag). Anything else (no leader, a leader that stepped down,
+// an agent that does not answer) is retried with backoff: a migration goes
+// on across a leader change, so a wait for it must too.
 //
 // The agent polled may be a follower whose replica lags the leader by a
 // moment, so a record not found yet is retried for a while.
-func Wait(ctx context.Context, cl *cluster.Client, ids []string, every time.Duration, each func([]cluster.MigrationRecord)) ([]cluster.MigrationRecord, error) {
+func WaitVia(ctx context.Context, get ClientFunc, ids []string, every time.Duration, each func([]cluster.MigrationRecord)) ([]cluster.MigrationRecord, error) {
 	lagUntil := time.Now().Add(10 * time.Second)
+	var last []cluster.MigrationRecord
+	failures := 0
 	for {
-		out := make([]cluster.MigrationRecord, 0, len(ids))
-		done := true
-		for _, id := range ids {
-			var m cluster.MigrationRecord
-			err := cl.Do(ctx, http.MethodGet, "/v1/migrations/"+id, nil, &m)
-			if errors.Is(err, cluster.ErrNotFound) && time.Now().Before(lagUntil) {
-				m, err = cluster.MigrationRecord{ID: id, Phase: Planned}, nil
+		out, done, err := pollOnce(ctx, get, ids, time.Now().Before(lagUntil))
+		switch {
+		case err == nil:
+			failures, last = 0, out
+			if each != nil {
+				each(out)
 			}
-			if err != nil {
-				return nil, err
+			if done {
+				return out, nil
 			}
-			done = done && Terminal(m.Phase)
-			out = append(out, m)
+		case ctx.Err() != nil:
+			return last, ctx.Err()
+		case !waitRetryable(err):
+			return last, err
+		default:
+			failures++
 		}
-		if each != nil {
-			each(out)
+		wait := every
+		if failures > 0 {
+			wait = max(every, backoff(failures-1))
 		}
-		if done {
-			return out, nil
-		}
-		select {
-		case <-ctx.Done():
-			return out, ctx.Err()
-		case <-time.After(every):
+		if !sleepCtx(ctx, wait) {
+			return last, ctx.Err()
 		}
 	}
+}
+
+// pollOnce reads every record once. A record not found counts as Planned
+// while lag is true.
+func pollOnce(ctx context.Context, get ClientFunc, ids []string, lag bool) ([]cluster.MigrationRecord, bool, error) {
+	cl, err := get()
+	if err != nil {
+		return nil, false, err
+	}
+	out := make([]cluster.MigrationRecord, 0, len(ids))
+	done := true
+	for _, id := range ids {
+		var m cluster.MigrationRecord
+		err := cl.Do(ctx, http.MethodGet, "/v1/migrations/"+id, nil, &m)
+		if errors.Is(err, cluster.ErrNotFound) && lag {
+			m, err = cluster.MigrationRecord{ID: id, Phase: Planned}, nil
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("migration %s: %w", id, err)
+		}
+		done = done && Terminal(m.Phase)
+		out = append(out, m)
+	}
+	return out, done, nil
+}
+
+// waitRetryable: asking again (maybe another agent) may give another answer.
+func waitRetryable(err error) bool {
+	return !errors.Is(err, cluster.ErrInvalid) && !errors.Is(err, cluster.ErrUnauthorized) && !errors.Is(err, cluster.ErrNotFound)
 }

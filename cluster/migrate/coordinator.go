@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/clock"
 	"github.com/edgemigrate/orchestrate/policy"
 )
 
@@ -60,17 +62,22 @@ type Config struct {
 	Logger    *slog.Logger
 	// Now is the clock (tests may replace it).
 	Now func() time.Time
+	// Tick is how often the reconciler looks at every unfinished record
+	// even when nothing changed (it also runs on every change).
+	Tick time.Duration
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{Parallel: 2, StepTimeout: 30 * time.Second, MigrationTimeout: 10 * time.Minute,
-		Rebalance: policy.DefaultRebalanceConfig(), Logger: slog.Default(), Now: time.Now}
+		Rebalance: policy.DefaultRebalanceConfig(), Logger: slog.Default(), Now: clock.Now, Tick: time.Second}
 }
 
-// Coordinator is the leader's side of migrations. It owns one goroutine per
-// migration it runs, all ending with the leadership term (Run's ctx). A new
-// leader's Run resumes or rolls back every record that is not finished.
+// Coordinator is the leader's side of migrations: the planners (Migrate,
+// Drain, Rebalance, HandleTrigger) write Planned records, and the
+// reconciler (Run, one per leadership term) takes every unfinished record
+// to Done or RolledBack. Its goroutines all end with the term (Run's ctx);
+// a new leader's Run carries on from the records.
 type Coordinator struct {
 	cfg    Config
 	store  Store
@@ -86,7 +93,8 @@ type Coordinator struct {
 	mu      sync.Mutex
 	termCtx context.Context // nil when not leading
 	wg      *sync.WaitGroup
-	running map[string]bool // migration IDs with a goroutine
+	track   map[string]*tracker // this term's observations, by migration ID
+	wake    chan struct{}
 }
 
 // NewCoordinator returns a coordinator; it does nothing until Run.
@@ -110,94 +118,393 @@ func NewCoordinator(cfg Config, store Store, agents Agents) *Coordinator {
 	if cfg.Rebalance.MaxMoves < 1 || cfg.Rebalance.Threshold <= 0 {
 		cfg.Rebalance.MaxMoves, cfg.Rebalance.Threshold = def.Rebalance.MaxMoves, def.Rebalance.Threshold
 	}
-	return &Coordinator{cfg: cfg, store: store, agents: agents, log: cfg.Logger, running: map[string]bool{}}
+	if cfg.Tick <= 0 {
+		cfg.Tick = def.Tick
+	}
+	return &Coordinator{cfg: cfg, store: store, agents: agents, log: cfg.Logger, wake: make(chan struct{}, 1)}
 }
 
-// Run is the per-term leader loop (cluster.Config.LeaderLoop): it resumes
-// unfinished migrations, then serves requests until ctx ends, and waits for
-// its migrations' goroutines before returning.
+// Run is the per-term leader loop (cluster.Config.LeaderLoop): the
+// reconciler. On every change of the replicated state, every finished step
+// and every tick it takes each unfinished migration record, decides its next
+// step with NextAction from the record and what this term observed, and
+// carries the step out on a goroutine of the term (one per record at a
+// time). It returns when ctx ends, after those goroutines.
 func (co *Coordinator) Run(ctx context.Context) error {
 	wg := &sync.WaitGroup{}
 	co.Metrics.term()
 	co.mu.Lock()
-	co.termCtx, co.wg = ctx, wg
+	co.termCtx, co.wg, co.track = ctx, wg, map[string]*tracker{}
 	co.mu.Unlock()
 	defer func() {
 		co.mu.Lock()
-		co.termCtx = nil
+		co.termCtx, co.track = nil, nil
 		co.mu.Unlock()
 		wg.Wait()
 	}()
-	var pending []cluster.MigrationRecord
-	for _, m := range co.store.Migrations() {
-		if !Terminal(m.Phase) {
-			pending = append(pending, m)
-		}
-	}
-	sort.Slice(pending, func(i, j int) bool { return pending[i].StartedAt.Before(pending[j].StartedAt) })
-	if len(pending) > 0 {
-		co.log.Info("leader resumes unfinished migrations", "count", len(pending))
-	}
-	// Records of one drain keep its parallelism; others run one by one.
-	sem := map[string]chan struct{}{}
-	for _, m := range pending {
-		key, par := batchOf(m)
-		if sem[key] == nil {
-			sem[key] = make(chan struct{}, par)
-		}
-		co.start(m, sem[key])
+	if n := len(co.unfinished()); n > 0 {
+		co.log.Info("leader carries on with unfinished migrations", "count", n)
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); co.runSchedule(ctx) }()
-	<-ctx.Done()
+	var changed <-chan struct{}
+	if w, ok := co.store.(interface{ StateChanged() <-chan struct{} }); ok {
+		changed = w.StateChanged()
+	}
+	tick := time.NewTimer(0)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-co.wake:
+		case <-tick.C:
+			tick.Reset(jitter(co.cfg.Tick))
+		}
+		co.pass(ctx, wg)
+	}
+}
+
+// poke makes the reconciler run a pass soon.
+func (co *Coordinator) poke() {
+	select {
+	case co.wake <- struct{}{}:
+	default:
+	}
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d - d/4 + time.Duration(mathrand.Int64N(int64(d)/2+1))
+}
+
+func (co *Coordinator) unfinished() []cluster.MigrationRecord {
+	var out []cluster.MigrationRecord
+	for _, m := range co.store.Migrations() {
+		if !Terminal(m.Phase) {
+			out = append(out, m)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].StartedAt.Before(out[j].StartedAt) || out[i].StartedAt.Equal(out[j].StartedAt) && out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// tracker is what this term learnt about one migration: the observations
+// NextAction needs beyond the record, and whether a step is in flight.
+type tracker struct {
+	busy     bool
+	obs      Observation // the parts learnt from hosts
+	result   *Progress   // the source's progRestored line
+	precopy  *PrecopyReport
+	method   string
+	attempts int       // failed steps in a row
+	notUntil time.Time // backoff after a failed step
+	lastWait string    // the last reason to wait that was logged
+}
+
+// pass decides and starts the next step of every unfinished record.
+func (co *Coordinator) pass(ctx context.Context, wg *sync.WaitGroup) {
+	recs := co.unfinished()
+	now := co.cfg.Now().UTC()
+	members := map[string]cluster.Member{}
+	for _, m := range co.store.Members() {
+		members[m.Name] = m
+	}
+	co.mu.Lock()
+	defer co.mu.Unlock()
+	if co.termCtx == nil || ctx.Err() != nil {
+		return
+	}
+	live := map[string]bool{}
+	started := map[string]int{} // batch -> migrations under way
+	for _, m := range recs {
+		live[m.ID] = true
+		if tr := co.track[m.ID]; m.Phase != Planned || m.SourceAsked || tr != nil && tr.busy {
+			started[batchKey(m)]++
+		}
+	}
+	for id := range co.track {
+		if !live[id] {
+			delete(co.track, id)
+		}
+	}
+	for _, m := range recs {
+		tr := co.track[m.ID]
+		if tr == nil {
+			tr = &tracker{}
+			co.track[m.ID] = tr
+		}
+		if tr.busy || now.Before(tr.notUntil) {
+			continue
+		}
+		o := tr.obs
+		o.Now, o.Busy = now, tr.busy
+		src, tgt := members[m.From], members[m.To]
+		o.SourceAlive = src.Status == cluster.StatusAlive || src.Status == cluster.StatusSuspect
+		o.TargetAlive = tgt.Status == cluster.StatusAlive || tgt.Status == cluster.StatusSuspect
+		if !o.TargetAlive && !tgt.Since.IsZero() {
+			o.TargetDeadFor = time.Since(tgt.Since)
+		}
+		o.MayStart = started[batchKey(m)] < max(m.Parallel, 1) || m.Batch == ""
+		act := NextAction(m, o)
+		if act.Kind == ActWait {
+			if act.Reason != tr.lastWait {
+				co.log.Debug("migration waits", "migration", m.ID, "phase", m.Phase, "why", act.Reason)
+				tr.lastWait = act.Reason
+			}
+			continue
+		}
+		tr.lastWait = ""
+		if m.Phase == Planned && !m.SourceAsked && (act.Kind == ActMigrateOut || act.Kind == ActPushImage || act.Kind == ActCheckImage) {
+			started[batchKey(m)]++
+		}
+		tr.busy = true
+		wg.Add(1)
+		go func(m cluster.MigrationRecord, act Action) {
+			defer wg.Done()
+			err := co.act(ctx, m, act, tr)
+			co.mu.Lock()
+			tr.busy = false
+			if err != nil {
+				tr.attempts++
+				tr.notUntil = co.cfg.Now().Add(backoff(tr.attempts - 1))
+			} else {
+				tr.attempts, tr.notUntil = 0, time.Time{}
+			}
+			co.mu.Unlock()
+			if err != nil && ctx.Err() == nil {
+				co.log.Warn("migration step failed; it is decided again on a later pass", "migration", m.ID, "container", m.Name,
+					"phase", m.Phase, "step", act.Kind, "attempt", tr.attempts, "err", err)
+			}
+			co.poke()
+		}(m, act)
+	}
+}
+
+// batchKey is the key migrations share a parallelism limit under.
+func batchKey(m cluster.MigrationRecord) string {
+	if m.Batch == "" {
+		return "single:" + m.ID
+	}
+	return m.Batch
+}
+
+// learn updates what this term observed about a migration.
+func (co *Coordinator) learn(tr *tracker, f func(o *Observation)) {
+	co.mu.Lock()
+	defer co.mu.Unlock()
+	f(&tr.obs)
+}
+
+// act carries out one step. Its error only delays the next attempt: the
+// next pass decides again from the record and the observations.
+func (co *Coordinator) act(ctx context.Context, m cluster.MigrationRecord, act Action, tr *tracker) error {
+	log := co.log.With("migration", m.ID, "container", m.Name, "from", m.From, "to", m.To)
+	switch act.Kind {
+	case ActFail:
+		log.Warn("rolling back", "reason", act.Reason, "untouched", act.Untouched)
+		return co.write(ctx, m.ID, Event{Kind: EvFailed, Err: act.Reason, Note: act.Reason, Untouched: act.Untouched}, log)
+	case ActCheckImage:
+		has, err := co.hasImage(ctx, m.To, m.Image)
+		if err != nil {
+			return fmt.Errorf("ask %s for image %s: %w", m.To, short(m.Image), err)
+		}
+		co.learn(tr, func(o *Observation) { o.ImageChecked, o.TargetHasImage = true, has })
+		return nil
+	case ActPushImage:
+		sctx, cancel := context.WithTimeout(ctx, co.cfg.MigrationTimeout)
+		defer cancel()
+		target, _ := co.member(m.To)
+		err := co.agents.Call(sctx, m.From, "/v1/agent/push-image", ImageRequest{Migration: m.ID, Image: m.Image, TargetHost: m.To, TargetAddr: target.TransferAddr}, nil)
+		if err != nil {
+			return fmt.Errorf("send image %s to %s: %w", short(m.Image), m.To, err)
+		}
+		co.learn(tr, func(o *Observation) { o.TargetHasImage = true })
+		return co.write(ctx, m.ID, Event{Kind: EvImageSent}, log)
+	case ActMigrateOut:
+		return co.migrateOut(ctx, m, tr, log)
+	case ActInspectTarget:
+		st, err := co.inspect(ctx, m.To, m)
+		co.learn(tr, func(o *Observation) {
+			switch {
+			case err != nil:
+				o.Target = TargetUnreachable
+				o.TargetTries++
+			case st.Running:
+				o.Target = TargetRunning
+			default:
+				o.Target = TargetNotRunning
+			}
+		})
+		return err
+	case ActConfirm:
+		ev := Event{Kind: EvRunning, Note: "running on " + m.To}
+		co.mu.Lock()
+		if p := tr.result; p != nil {
+			ev.Bytes, ev.Compression, ev.Checkpoint, ev.Restore, ev.Downtime = p.Bytes, p.Compression, p.Checkpoint, p.Restore, p.Downtime
+		}
+		ev.Method, ev.Precopy = tr.method, (*cluster.PrecopyReport)(tr.precopy.clone())
+		co.mu.Unlock()
+		return co.write(ctx, m.ID, ev, log)
+	case ActRemoveSource:
+		var st ContainerState
+		cctx, cancel := context.WithTimeout(ctx, co.cfg.StepTimeout)
+		err := co.agents.Call(cctx, m.From, "/v1/agent/remove", ContainerRequest{Container: m.Container, Migration: m.ID}, &st)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("remove the source copy on %s: %w", m.From, err)
+		}
+		return co.write(ctx, m.ID, Event{Kind: EvSourceRemoved, Note: "source copy removed from " + m.From}, log)
+	case ActAbortTarget:
+		cctx, cancel := context.WithTimeout(ctx, co.cfg.StepTimeout)
+		err := co.agents.Call(cctx, m.To, "/v1/agent/abort", ContainerRequest{Container: m.Container, Migration: m.ID}, nil)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("remove the copy on %s: %w", m.To, err)
+		}
+		co.learn(tr, func(o *Observation) { o.TargetAborted = true })
+		return nil
+	case ActResumeSource:
+		cctx, cancel := context.WithTimeout(ctx, co.cfg.StepTimeout)
+		var st ContainerState
+		err := co.agents.Call(cctx, m.From, "/v1/agent/resume", ContainerRequest{Container: m.Container, Migration: m.ID}, &st)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("resume on %s: %w", m.From, err)
+		}
+		if !st.Running {
+			return fmt.Errorf("resume on %s: container not running afterwards", m.From)
+		}
+		return co.write(ctx, m.ID, Event{Kind: EvResumed, Note: "running on " + m.From + " again"}, log)
+	case ActRolledBack:
+		return co.write(ctx, m.ID, Event{Kind: EvResumed, Note: "never touched; still running on " + m.From}, log)
+	}
+	return fmt.Errorf("unknown action %q", act.Kind)
+}
+
+// write applies ev to the stored record through Next and stores the result
+// (conditional on the phase it read). Times are stamped here, on the
+// leader's clock, before Apply.
+func (co *Coordinator) write(ctx context.Context, id string, ev Event, log *slog.Logger) error {
+	if ev.At.IsZero() {
+		ev.At = co.cfg.Now().UTC()
+	}
+	cur, err := co.store.Migration(id)
+	if err != nil {
+		return err
+	}
+	n, err := Next(cur, ev)
+	if err != nil {
+		log.Error("refused transition", "err", err)
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, co.cfg.StepTimeout)
+	defer cancel()
+	if err := co.store.PutMigration(wctx, cluster.PutMigrationRequest{Record: n, IfPhase: cur.Phase}); err != nil {
+		return fmt.Errorf("record %s of %s: %w", ev.Kind, id, err)
+	}
+	if n.Phase != cur.Phase {
+		log.Info("phase", "phase", n.Phase, "note", ev.Note)
+		if Terminal(n.Phase) {
+			co.Metrics.finished(n)
+		}
+	}
 	return nil
 }
 
-func batchOf(m cluster.MigrationRecord) (string, int) {
-	key, _ := m.Extra["batch"].(string)
-	par := 1
-	if p, ok := m.Extra["parallel"].(float64); ok && p >= 1 {
-		par = int(p)
+// migrateOut asks the source to migrate the container out and follows its
+// progress lines; the outcome goes into the term's observations. A record
+// not yet marked SourceAsked is marked first, so that no leader ever rolls
+// it back as untouched once the source may have acted.
+func (co *Coordinator) migrateOut(ctx context.Context, m cluster.MigrationRecord, tr *tracker, log *slog.Logger) error {
+	if m.Phase == Planned && !m.SourceAsked {
+		if err := co.write(ctx, m.ID, Event{Kind: EvAsked}, log); err != nil {
+			return err
+		}
 	}
-	if p, ok := m.Extra["parallel"].(int); ok && p >= 1 {
-		par = p
+	target, _ := co.member(m.To)
+	co.learn(tr, func(o *Observation) {
+		o.Out, o.OutErr, o.OutUntouched, o.Target, o.TargetTries = OutRunning, "", false, TargetUnknown, 0
+	})
+	sctx, cancel := context.WithTimeout(ctx, co.cfg.MigrationTimeout)
+	defer cancel()
+	out, err := co.followOut(sctx, m, target, tr, log)
+	if ctx.Err() != nil {
+		return ctx.Err() // the term ended: the next leader asks again
 	}
-	if key == "" {
-		key = m.ID
-	}
-	return key, par
+	co.learn(tr, func(o *Observation) {
+		switch {
+		case err != nil:
+			o.Out, o.OutErr = OutLost, fmt.Sprintf("migrate-out on %s: %v", m.From, err)
+		case out == nil:
+			o.Out, o.OutErr = OutLost, fmt.Sprintf("the source %s stopped answering mid-migration", m.From)
+		case out.Kind == progRestored:
+			o.Out = OutRestored
+		default:
+			o.Out, o.OutErr, o.OutUntouched = OutFailed, out.Err, out.Untouched
+		}
+	})
+	return nil
 }
 
-// start runs m to an end on a goroutine of the current term. sem, when not
-// nil, bounds concurrency with other migrations of the same batch.
-func (co *Coordinator) start(m cluster.MigrationRecord, sem chan struct{}) bool {
-	co.mu.Lock()
-	ctx, wg := co.termCtx, co.wg
-	if ctx == nil || co.running[m.ID] {
-		co.mu.Unlock()
-		return false
+// followOut reads the source's progress lines, recording phase changes as
+// they come (a failed progress write is not retried: a later line or the
+// outcome moves the record on). It returns the final line, or nil.
+func (co *Coordinator) followOut(ctx context.Context, m cluster.MigrationRecord, target cluster.Member, tr *tracker, log *slog.Logger) (*Progress, error) {
+	body, err := co.agents.Stream(ctx, m.From, "/v1/agent/migrate-out", OutRequest{Migration: m.ID, Container: m.Container,
+		TargetHost: m.To, TargetAddr: target.TransferAddr, Deadline: m.Deadline, Method: m.Method})
+	if err != nil {
+		return nil, err
 	}
-	co.running[m.ID] = true
-	wg.Add(1)
-	co.mu.Unlock()
-	go func() {
-		defer wg.Done()
-		defer func() {
-			co.mu.Lock()
-			delete(co.running, m.ID)
-			co.mu.Unlock()
-		}()
-		if sem != nil {
-			select {
-			case sem <- struct{}{}:
-				defer func() { <-sem }()
-			case <-ctx.Done():
-				return
-			}
+	defer body.Close()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var p Progress
+		if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
+			continue
 		}
-		co.drive(ctx, m)
-	}()
-	return true
+		co.mu.Lock()
+		if p.Precopy != nil {
+			tr.precopy = p.Precopy
+		}
+		if p.Method != "" {
+			tr.method = p.Method
+		}
+		if p.final() {
+			tr.result = &p
+		}
+		method, pre := tr.method, (*cluster.PrecopyReport)(tr.precopy.clone())
+		co.mu.Unlock()
+		switch p.Kind {
+		case EvFrozen, EvStreaming, EvReceived:
+			if err := co.write(ctx, m.ID, Event{Kind: p.Kind, Bytes: p.Bytes, Checkpoint: p.Checkpoint, Method: method, Precopy: pre}, log); err != nil {
+				log.Warn("could not record progress", "progress", p.Kind, "err", err)
+			}
+		case progRestored, EvFailed:
+			return &p, nil
+		}
+	}
+	return nil, sc.Err()
+}
+
+func (co *Coordinator) inspect(ctx context.Context, host string, m cluster.MigrationRecord) (ContainerState, error) {
+	var st ContainerState
+	cctx, cancel := context.WithTimeout(ctx, co.cfg.MigrationTimeout)
+	defer cancel()
+	err := co.agents.Call(cctx, host, "/v1/agent/inspect", ContainerRequest{Container: m.Container, Migration: m.ID}, &st)
+	return st, err
+}
+
+func (co *Coordinator) member(name string) (cluster.Member, bool) {
+	for _, m := range co.store.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return cluster.Member{}, false
 }
 
 func newID() string {
@@ -231,7 +538,7 @@ func (co *Coordinator) snapshot(ctx context.Context) view {
 		v.members[m.Name] = m
 		v.hosts = append(v.hosts, policy.HostLoad{
 			Name: m.Name, Alive: m.Status == cluster.StatusAlive, Cordoned: cordoned[m.Name] || m.Cordoned,
-			Engine: m.Engine, CRIUVersion: m.CRIUVersion, Labels: m.Labels,
+			Engine: m.Engine, Arch: m.Arch, CRIUVersion: m.CRIUVersion, Labels: m.Labels,
 			MemoryCapacity: m.MemoryTotal, MemoryUsed: m.MemoryUsed,
 		})
 		if m.Status != cluster.StatusAlive || m.Engine == "" || m.Engine == "none" {
@@ -318,6 +625,9 @@ func (co *Coordinator) busy(containerID string) bool {
 type MigrateRequest struct {
 	Container string `json:"container"`
 	To        string `json:"to,omitempty"`
+	// Method names a transfer method (TransferMethod); empty lets the
+	// source use its default (MethodDirect, which judges pre-copy).
+	Method string `json:"method,omitempty"`
 }
 
 // Migrate plans one migration, records it, and starts it. It returns the
@@ -326,7 +636,11 @@ func (co *Coordinator) Migrate(ctx context.Context, req MigrateRequest) (cluster
 	if !co.leading() {
 		return cluster.MigrationRecord{}, ErrNotLeader
 	}
+	start := time.Now()
 	v := co.snapshot(ctx)
+	if d := time.Since(start); d > 5*time.Second {
+		co.log.Warn("listing the cluster's containers was slow", "took", d, "errors", len(v.errs))
+	}
 	l, err := v.find(req.Container)
 	if err != nil {
 		return cluster.MigrationRecord{}, err
@@ -350,11 +664,11 @@ func (co *Coordinator) Migrate(ctx context.Context, req MigrateRequest) (cluster
 			return cluster.MigrationRecord{}, fmt.Errorf("%w: %v", cluster.ErrInvalid, err)
 		}
 	}
-	rec, err := co.record(ctx, l, to, nil)
+	rec, err := co.record(ctx, l, to, cluster.MigrationRecord{Method: req.Method})
 	if err != nil {
 		return rec, err
 	}
-	co.start(rec, nil)
+	co.poke()
 	return rec, nil
 }
 
@@ -377,23 +691,19 @@ func (co *Coordinator) hasImage(ctx context.Context, host, imageID string) (bool
 }
 
 // record stores a new Planned migration for l to host to.
-func (co *Coordinator) record(ctx context.Context, l located, to string, extra map[string]any) (cluster.MigrationRecord, error) {
+func (co *Coordinator) record(ctx context.Context, l located, to string, plan cluster.MigrationRecord) (cluster.MigrationRecord, error) {
 	if co.busy(l.c.ID) {
 		return cluster.MigrationRecord{}, fmt.Errorf("migrate %s: %w", l.c.Name, ErrBusy)
 	}
 	now := co.cfg.Now().UTC()
-	if extra == nil {
-		extra = map[string]any{}
-	}
-	extra["name"], extra["image"] = l.c.Name, l.c.ImageID
-	rec := cluster.MigrationRecord{
-		ID: newID(), Container: l.c.ID, From: l.host, To: to, Phase: Planned,
-		History:   []cluster.PhaseChange{{Phase: Planned, At: now, Note: fmt.Sprintf("%s: %s -> %s", l.c.Name, l.host, to)}},
-		StartedAt: now, Extra: extra,
-	}
+	rec := plan
+	rec.ID, rec.Container, rec.Name, rec.Image, rec.From, rec.To, rec.Phase = newID(), l.c.ID, l.c.Name, l.c.ImageID, l.host, to, Planned
+	rec.History = []cluster.PhaseChange{{Phase: Planned, At: now, Note: fmt.Sprintf("%s: %s -> %s", l.c.Name, l.host, to)}}
+	rec.StartedAt = now
 	if err := co.store.PutMigration(ctx, cluster.PutMigrationRequest{Record: rec, IfAbsent: true}); err != nil {
 		return cluster.MigrationRecord{}, fmt.Errorf("record migration of %s: %w", l.c.Name, err)
 	}
+	co.log.Info("migration planned", "migration", rec.ID, "container", rec.Name, "from", rec.From, "to", rec.To, "batch", rec.Batch)
 	return rec, nil
 }
 
@@ -502,7 +812,6 @@ func (co *Coordinator) Drain(ctx context.Context, req DrainRequest) (DrainResult
 		Reason: "drain: " + req.Reason, At: co.cfg.Now().UTC()}); err != nil {
 		return res, fmt.Errorf("cordon %s: %w", req.Host, err)
 	}
-	sem := make(chan struct{}, par)
 	for _, mv := range plan.Moves {
 		l := located{host: req.Host}
 		for _, x := range v.containers {
@@ -510,17 +819,13 @@ func (co *Coordinator) Drain(ctx context.Context, req DrainRequest) (DrainResult
 				l = x
 			}
 		}
-		extra := map[string]any{"batch": res.Batch, "parallel": par, "drain": req.Host}
-		if !deadline.IsZero() {
-			extra["deadline"] = deadline.UTC().Format(time.RFC3339Nano)
-		}
-		rec, err := co.record(ctx, l, mv.To, extra)
+		rec, err := co.record(ctx, l, mv.To, cluster.MigrationRecord{Batch: res.Batch, Parallel: par, Drain: req.Host, Deadline: deadline.UTC()})
 		if err != nil {
 			res.Moves = append(res.Moves, DrainMove{Container: mv.Container, Name: names[mv.Container], Skipped: err.Error()})
 			continue
 		}
 		res.Moves = append(res.Moves, DrainMove{Container: mv.Container, Name: names[mv.Container], To: mv.To, Migration: rec.ID})
-		co.start(rec, sem)
+		co.poke()
 	}
 	return res, nil
 }
@@ -532,272 +837,6 @@ func (co *Coordinator) Drain(ctx context.Context, req DrainRequest) (DrainResult
 // on a LAN); on slow links the planner simply runs more at once.
 func EvacuationModel(maxParallel int) policy.MigrationModel {
 	return policy.MigrationModel{Overhead: 1500 * time.Millisecond, BytesPerSecond: 40e6, MaxParallel: maxParallel, Margin: 3 * time.Second}
-}
-
-// drive takes m from its current phase to Done or RolledBack.
-func (co *Coordinator) drive(ctx context.Context, m cluster.MigrationRecord) {
-	log := co.log.With("migration", m.ID, "container", m.Extra["name"], "from", m.From, "to", m.To)
-	d := &driver{co: co, ctx: ctx, m: m, log: log}
-	switch {
-	case m.Phase == Planned:
-		d.run()
-	case BeforeConfirm(m.Phase):
-		d.reconcile()
-	case m.Phase == Confirming:
-		d.finish()
-	case m.Phase == RollingBack:
-		d.rollback("")
-	}
-}
-
-// driver holds one migration's record while the coordinator drives it.
-type driver struct {
-	co  *Coordinator
-	ctx context.Context
-	m   cluster.MigrationRecord
-	log *slog.Logger
-}
-
-// step applies ev through Next and stores the result. A refused transition
-// is a bug, logged; a failed store (leadership lost) ends the term anyway.
-func (d *driver) step(ev Event) error {
-	if ev.At.IsZero() {
-		ev.At = d.co.cfg.Now().UTC()
-	}
-	n, err := Next(d.m, ev)
-	if err != nil {
-		d.log.Error("refused transition", "err", err)
-		return err
-	}
-	if err := d.co.store.PutMigration(d.ctx, cluster.PutMigrationRequest{Record: n, IfPhase: d.m.Phase}); err != nil {
-		d.log.Warn("could not record phase", "phase", n.Phase, "err", err)
-		return err
-	}
-	if n.Phase != d.m.Phase {
-		d.log.Info("phase", "phase", n.Phase, "note", ev.Note)
-		if Terminal(n.Phase) {
-			d.co.Metrics.finished(n)
-		}
-	}
-	d.m = n
-	return nil
-}
-
-func (d *driver) name() string {
-	if s, ok := d.m.Extra["name"].(string); ok && s != "" {
-		return s
-	}
-	return d.m.Container
-}
-
-// run is the happy path from Planned.
-func (d *driver) run() {
-	if dl, ok := d.m.Extra["deadline"].(string); ok {
-		if t, err := time.Parse(time.RFC3339Nano, dl); err == nil && d.co.cfg.Now().After(t) {
-			d.rollback("drain deadline passed before this migration started; the container was not touched")
-			return
-		}
-	}
-	target, ok := d.member(d.m.To)
-	if !ok || target.Status != cluster.StatusAlive {
-		d.rollback(fmt.Sprintf("target %s is not alive", d.m.To))
-		return
-	}
-	// The image goes first, while the container still runs.
-	if img, _ := d.m.Extra["image"].(string); img != "" {
-		has, err := d.co.hasImage(d.ctx, d.m.To, img)
-		if err != nil {
-			d.rollback(fmt.Sprintf("ask %s for image %s: %v", d.m.To, short(img), err))
-			return
-		}
-		if !has {
-			sctx, cancel := context.WithTimeout(d.ctx, d.co.cfg.MigrationTimeout)
-			err := d.co.agents.Call(sctx, d.m.From, "/v1/agent/push-image",
-				ImageRequest{Image: img, TargetHost: d.m.To, TargetAddr: target.TransferAddr}, nil)
-			cancel()
-			if err != nil {
-				d.rollback(fmt.Sprintf("send image %s to %s: %v", short(img), d.m.To, err))
-				return
-			}
-			if d.step(Event{Kind: EvImageSent}) != nil {
-				return
-			}
-		}
-	}
-	sctx, cancel := context.WithTimeout(d.ctx, d.co.cfg.MigrationTimeout)
-	defer cancel()
-	body, err := d.co.agents.Stream(sctx, d.m.From, "/v1/agent/migrate-out",
-		OutRequest{Migration: d.m.ID, Container: d.m.Container, TargetHost: d.m.To, TargetAddr: target.TransferAddr, Deadline: deadlineOf(d.m.Extra)})
-	if err != nil {
-		d.reconcileOr(fmt.Sprintf("migrate-out on %s: %v", d.m.From, err))
-		return
-	}
-	defer body.Close()
-	restored := false
-	failure := ""
-	sc := bufio.NewScanner(body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var p Progress
-		if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
-			continue
-		}
-		switch p.Kind {
-		case EvFrozen, EvStreaming, EvReceived:
-			// Times come from the source; they are stamped before Apply.
-			_ = d.step(Event{Kind: p.Kind, At: p.At, Bytes: p.Bytes, Checkpoint: p.Checkpoint})
-		case progPrecopy:
-			d.m.Extra = p.Precopy.record(d.m.Extra) // stored with the next step
-		case progRestored:
-			restored = true
-			d.m.Extra = p.Precopy.record(d.m.Extra)
-			d.m.Bytes, d.m.Compression = p.Bytes, p.Compression
-			if p.Checkpoint != nil {
-				d.m.Checkpoint = *p.Checkpoint
-			}
-			if p.Restore != nil {
-				d.m.Restore = *p.Restore
-			}
-		case EvFailed:
-			failure = p.Err
-			d.m.Extra = p.Precopy.record(d.m.Extra)
-		}
-	}
-	if d.ctx.Err() != nil {
-		return // leadership lost: the next leader reconciles
-	}
-	if !restored {
-		if failure == "" {
-			failure = fmt.Sprintf("the source %s stopped answering mid-migration", d.m.From)
-			if err := sc.Err(); err != nil {
-				failure += ": " + err.Error()
-			}
-		}
-		d.reconcileOr(failure)
-		return
-	}
-	d.confirm()
-}
-
-// reconcileOr settles a migration whose outcome the leader did not see
-// (the source stopped answering, or the call failed): if the target runs
-// the container it rolls forward, else back with reason.
-func (d *driver) reconcileOr(reason string) {
-	st, err := d.inspect(d.m.To)
-	if err == nil && st.Running {
-		d.log.Info("target runs the container after all: rolling forward")
-		d.confirm()
-		return
-	}
-	d.rollback(reason)
-}
-
-// reconcile resumes a migration a previous leader left mid-flight. First it
-// waits for whatever the source is still doing with the container (its
-// lock), so the stream has ended either way; then the target decides.
-func (d *driver) reconcile() {
-	_, _ = d.inspect(d.m.From)
-	d.reconcileOr(fmt.Sprintf("the leader changed during %s and the target does not run the container", d.m.Phase))
-}
-
-// confirm checks on the target that the container runs, then finishes.
-func (d *driver) confirm() {
-	st, err := d.inspect(d.m.To)
-	if err != nil || !st.Running {
-		reason := fmt.Sprintf("target %s does not run %s after the restore", d.m.To, d.name())
-		if err != nil {
-			reason = fmt.Sprintf("confirm on %s: %v", d.m.To, err)
-		}
-		d.rollback(reason)
-		return
-	}
-	if d.step(Event{Kind: EvRunning, Note: "running on " + d.m.To}) != nil {
-		return
-	}
-	d.finish()
-}
-
-// finish removes the source's stopped copy; from Confirming there is no
-// rollback, so it retries until it succeeds or the term ends.
-func (d *driver) finish() {
-	for attempt := 0; ; attempt++ {
-		var st ContainerState
-		cctx, cancel := context.WithTimeout(d.ctx, d.co.cfg.StepTimeout)
-		err := d.co.agents.Call(cctx, d.m.From, "/v1/agent/remove", ContainerRequest{Container: d.m.Container, Migration: d.m.ID}, &st)
-		cancel()
-		if err == nil {
-			_ = d.step(Event{Kind: EvSourceRemoved, Note: "source copy removed from " + d.m.From})
-			return
-		}
-		d.log.Warn("could not remove the source copy; retrying", "err", err, "attempt", attempt)
-		if !sleepCtx(d.ctx, backoff(attempt)) {
-			return
-		}
-	}
-}
-
-// rollback moves the record to RollingBack (when not already), removes any
-// copy on the target, and resumes the source. The source must come back:
-// it retries until it does or the term ends (the next leader goes on).
-func (d *driver) rollback(reason string) {
-	if d.m.Phase != RollingBack {
-		d.log.Warn("rolling back", "reason", reason)
-		if d.step(Event{Kind: EvFailed, Err: reason, Note: reason}) != nil {
-			return
-		}
-	}
-	for attempt := 0; ; attempt++ {
-		err := d.rollbackOnce()
-		if err == nil {
-			_ = d.step(Event{Kind: EvResumed, Note: "running on " + d.m.From + " again"})
-			return
-		}
-		d.log.Warn("rollback step failed; retrying", "err", err, "attempt", attempt)
-		if !sleepCtx(d.ctx, backoff(attempt)) {
-			return
-		}
-	}
-}
-
-func (d *driver) rollbackOnce() error {
-	// A dead target cannot be cleaned now; its agent removes the copy when
-	// it comes back (Reconcile). Anything else must answer first, so that
-	// the container never runs twice.
-	if m, ok := d.member(d.m.To); ok && m.Status == cluster.StatusAlive {
-		cctx, cancel := context.WithTimeout(d.ctx, d.co.cfg.StepTimeout)
-		err := d.co.agents.Call(cctx, d.m.To, "/v1/agent/abort", ContainerRequest{Container: d.m.Container, Migration: d.m.ID}, nil)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("remove the copy on %s: %w", d.m.To, err)
-		}
-	}
-	cctx, cancel := context.WithTimeout(d.ctx, d.co.cfg.StepTimeout)
-	defer cancel()
-	var st ContainerState
-	if err := d.co.agents.Call(cctx, d.m.From, "/v1/agent/resume", ContainerRequest{Container: d.m.Container, Migration: d.m.ID}, &st); err != nil {
-		return fmt.Errorf("resume on %s: %w", d.m.From, err)
-	}
-	if !st.Running {
-		return fmt.Errorf("resume on %s: container not running afterwards", d.m.From)
-	}
-	return nil
-}
-
-func (d *driver) inspect(host string) (ContainerState, error) {
-	var st ContainerState
-	cctx, cancel := context.WithTimeout(d.ctx, d.co.cfg.MigrationTimeout)
-	defer cancel()
-	err := d.co.agents.Call(cctx, host, "/v1/agent/inspect", ContainerRequest{Container: d.m.Container, Migration: d.m.ID}, &st)
-	return st, err
-}
-
-func (d *driver) member(name string) (cluster.Member, bool) {
-	for _, m := range d.co.store.Members() {
-		if m.Name == name {
-			return m, true
-		}
-	}
-	return cluster.Member{}, false
 }
 
 func backoff(attempt int) time.Duration {

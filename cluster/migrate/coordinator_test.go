@@ -3,12 +3,15 @@ package migrate
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +30,19 @@ type fakeStore struct {
 	recs    map[string]cluster.MigrationRecord
 	hosts   map[string]cluster.Host
 	events  map[string]cluster.Event
+	// failPut, when set, decides whether a write fails (as a raft apply
+	// that timed out).
+	failPut func(cluster.MigrationRecord) bool
+	changed chan struct{}
+}
+
+func (s *fakeStore) StateChanged() <-chan struct{} { return s.changed }
+
+func (s *fakeStore) poke() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
 }
 
 func (s *fakeStore) Members() []cluster.Member {
@@ -65,7 +81,11 @@ func (s *fakeStore) PutMigration(ctx context.Context, req cluster.PutMigrationRe
 	if req.IfPhase != "" && (!ok || cur.Phase != req.IfPhase) {
 		return cluster.ErrConflict
 	}
+	if s.failPut != nil && s.failPut(req.Record) {
+		return errors.New("injected: raft apply timed out")
+	}
 	s.recs[req.Record.ID] = req.Record
+	s.poke()
 	return nil
 }
 
@@ -109,6 +129,7 @@ func (s *fakeStore) AppendEvent(ctx context.Context, ev cluster.Event) error {
 type fakeHost struct {
 	name    string
 	eng     *enginetest.Fake
+	agent   *Agent
 	mux     *http.ServeMux
 	streams map[string]transfer.Handler
 	down    bool // answers nothing
@@ -122,6 +143,52 @@ type world struct {
 	mu    sync.Mutex
 	hosts map[string]*fakeHost
 	store *fakeStore
+	// unsigned: calls carry no leader's signature (a member, not the
+	// leader).
+	unsigned bool
+}
+
+// The world's leader key: calls are signed with it, and the hosts verify
+// them against its public half, as against the term key in raft.
+var (
+	stepPub, stepPriv, _ = ed25519.GenerateKey(rand.Reader)
+	stepTerm             = uint64(7)
+)
+
+// hostAuth is a host's Authority over the fake store.
+type hostAuth struct {
+	s    *fakeStore
+	host string
+}
+
+func (a hostAuth) LeaderStep(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		key := cluster.TermKey{Term: stepTerm, Leader: "leader", PublicKey: stepPub}
+		if err := cluster.VerifyStep(key, r.Header.Get(cluster.StepHeader), a.host, r.Method, r.URL.Path, body, time.Now()); err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		h(w, r)
+	}
+}
+
+func (a hostAuth) Migration(id string) (cluster.MigrationRecord, error) {
+	r, err := a.s.Migration(id)
+	if err != nil {
+		return r, fmt.Errorf("migration %s: %w", id, err)
+	}
+	return r, nil
+}
+
+func (a hostAuth) Member(name string) (cluster.Member, bool) {
+	for _, m := range a.s.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return cluster.Member{}, false
 }
 
 func (w *world) host(name string) (*fakeHost, error) {
@@ -139,12 +206,14 @@ func (w *world) do(ctx context.Context, host, method, path string, in any) (*htt
 	if err != nil {
 		return nil, err
 	}
-	var body io.Reader = http.NoBody
+	var b []byte
 	if in != nil {
-		b, _ := json.Marshal(in)
-		body = bytes.NewReader(b)
+		b, _ = json.Marshal(in)
 	}
-	req := httptest.NewRequest(method, path, body).WithContext(ctx)
+	req := httptest.NewRequest(method, path, bytes.NewReader(b)).WithContext(ctx)
+	if !w.unsigned {
+		req.Header.Set(cluster.StepHeader, cluster.SignStep(stepPriv, stepTerm, host, method, path, b, time.Now()))
+	}
 	rec := httptest.NewRecorder()
 	h.mux.ServeHTTP(rec, req)
 	if rec.Code >= 300 {
@@ -178,14 +247,19 @@ func (w *world) Containers(ctx context.Context, host string) ([]engine.Container
 }
 
 // streamer is the source's transfer client: it pipes produce into the
-// target's handler, as the SSH stream does (without the network).
-type streamer struct{ w *world }
+// target's handler, as the SSH stream does (without the network), naming
+// the source as the authenticated sender.
+type streamer struct {
+	w    *world
+	from string
+}
 
 func (s streamer) Stream(ctx context.Context, peer string, hdr transfer.StreamHeader, produce func(io.Writer) error) ([]byte, transfer.StreamStats, error) {
 	h, err := s.w.host(peer)
 	if err != nil {
 		return nil, transfer.StreamStats{}, err
 	}
+	ctx = transfer.ContextWithSender(ctx, s.from)
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(produce(pw)) }()
 	res, err := h.streams[hdr.Kind](ctx, hdr, pr)
@@ -195,12 +269,16 @@ func (s streamer) Stream(ctx context.Context, peer string, hdr transfer.StreamHe
 
 func newWorld(t *testing.T, names ...string) *world {
 	w := &world{hosts: map[string]*fakeHost{}, store: &fakeStore{recs: map[string]cluster.MigrationRecord{},
-		hosts: map[string]cluster.Host{}, events: map[string]cluster.Event{}}}
+		hosts: map[string]cluster.Host{}, events: map[string]cluster.Event{}, changed: make(chan struct{}, 1)}}
 	for _, n := range names {
 		h := &fakeHost{name: n, eng: enginetest.NewFake(), mux: http.NewServeMux(), streams: map[string]transfer.Handler{}}
-		NewAgent(n, h.eng, streamer{w}, nil).Register(h.mux, h)
+		a := NewAgent(n, h.eng, streamer{w, n}, nil)
+		a.SetAuthority(hostAuth{w.store, n})
+		a.recordWait = 100 * time.Millisecond
+		h.agent = a
+		a.Register(h.mux, h)
 		w.hosts[n] = h
-		w.store.members = append(w.store.members, cluster.Member{Name: n, Status: cluster.StatusAlive, Engine: "fake",
+		w.store.members = append(w.store.members, cluster.Member{Name: n, Status: cluster.StatusAlive, Engine: "fake", Arch: "amd64",
 			CRIUVersion: "4.2.1", MemoryTotal: 8 << 30, TransferAddr: n})
 	}
 	return w
@@ -209,7 +287,7 @@ func newWorld(t *testing.T, names ...string) *world {
 // leader runs a coordinator term until the test ends (or stop is called).
 func (w *world) leader(t *testing.T) (*Coordinator, func()) {
 	cfg := DefaultConfig()
-	cfg.StepTimeout, cfg.MigrationTimeout = 5*time.Second, 20*time.Second
+	cfg.StepTimeout, cfg.MigrationTimeout, cfg.Tick = 5*time.Second, 20*time.Second, 50*time.Millisecond
 	co := NewCoordinator(cfg, w.store, w)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -224,6 +302,24 @@ func (w *world) leader(t *testing.T) (*Coordinator, func()) {
 	stop := func() { cancel(); <-done }
 	t.Cleanup(stop)
 	return co, stop
+}
+
+// setDown makes a host answer nothing and gossip report it dead (or brings
+// it back).
+func (w *world) setDown(name string, down bool) {
+	w.mu.Lock()
+	w.hosts[name].down = down
+	w.mu.Unlock()
+	w.store.mu.Lock()
+	defer w.store.mu.Unlock()
+	for i := range w.store.members {
+		if w.store.members[i].Name == name {
+			w.store.members[i].Status, w.store.members[i].Since = cluster.StatusAlive, time.Now()
+			if down {
+				w.store.members[i].Status = cluster.StatusDead
+			}
+		}
+	}
 }
 
 func (w *world) waitEnd(t *testing.T, id string) cluster.MigrationRecord {
@@ -295,20 +391,16 @@ func TestCoordinatorRollbacks(t *testing.T) {
 		{"restore fails", func(w *world) {
 			w.hosts["h2"].eng.FailRestore = func(engine.Container) error { return errors.New("injected restore failure") }
 		}, "injected restore failure"},
-		{"restore runs but the target is gone at confirmation", func(w *world) {
+		{"restore runs but the target dies before confirmation", func(w *world) {
 			w.hosts["h2"].eng.FailRestore = func(engine.Container) error {
-				w.mu.Lock()
-				w.hosts["h2"].down = true // answers nothing from now on
-				w.mu.Unlock()
-				go func() { // and comes back, so the rollback can clean it
+				w.setDown("h2", true) // answers nothing, gossip says dead
+				go func() {           // and comes back, so the rollback can clean it
 					time.Sleep(300 * time.Millisecond)
-					w.mu.Lock()
-					w.hosts["h2"].down = false
-					w.mu.Unlock()
+					w.setDown("h2", false)
 				}()
 				return nil
 			}
-		}, "confirm on h2"},
+		}, "not alive to confirm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, "h1", "h2")
@@ -347,7 +439,7 @@ func TestCoordinatorTakesOver(t *testing.T) {
 				}
 			}
 			rec := cluster.MigrationRecord{ID: "m1", Container: c.ID, From: "h1", To: "h2", Phase: Transferring,
-				StartedAt: time.Now(), Extra: map[string]any{"name": "app"}}
+				StartedAt: time.Now(), Name: "app"}
 			w.store.recs[rec.ID] = rec
 			w.leader(t)
 			end := w.waitEnd(t, "m1")
@@ -429,13 +521,39 @@ func TestReconcileAfterDeadTarget(t *testing.T) {
 		{ID: "old", Container: c.ID, From: "h2", To: "h1", Phase: Done, StartedAt: time.Now().Add(-time.Hour)},
 		{ID: "m2", Container: c.ID, From: "h1", To: "h2", Phase: RolledBack, StartedAt: time.Now()},
 	}
-	a := NewAgent("h2", w.hosts["h2"].eng, streamer{w}, nil)
+	a := NewAgent("h2", w.hosts["h2"].eng, streamer{w, "h2"}, nil)
 	if got := a.Reconcile(ctx, recs); len(got) != 1 || got[0] != "svc" {
 		t.Fatalf("removed %v", got)
 	}
 	w.runningOn(t, "svc", "h1")
 	// On the source, nothing is removed: its copy is the one that runs.
-	if got := NewAgent("h1", w.hosts["h1"].eng, streamer{w}, nil).Reconcile(ctx, recs); len(got) != 0 {
+	if got := NewAgent("h1", w.hosts["h1"].eng, streamer{w, "h1"}, nil).Reconcile(ctx, recs); len(got) != 0 {
 		t.Fatalf("source removed %v", got)
+	}
+}
+
+// Placement knows each host's architecture from gossip: a checkpoint never
+// goes to a host of another one, asked for or chosen.
+func TestPlacementRefusesAnotherArchitecture(t *testing.T) {
+	w := newWorld(t, "h1", "arm", "h3")
+	for i := range w.store.members {
+		if w.store.members[i].Name == "arm" {
+			w.store.members[i].Arch = "arm64"
+			w.store.members[i].MemoryTotal = 64 << 30 // the roomiest: placement would like it
+		}
+	}
+	w.hosts["h1"].eng.Run("web", "img:1", 1<<20, nil)
+	co, _ := w.leader(t)
+	ctx := context.Background()
+	_, err := co.Migrate(ctx, MigrateRequest{Container: "web", To: "arm"})
+	if !errors.Is(err, cluster.ErrInvalid) || !strings.Contains(err.Error(), "arch arm64, container needs amd64") {
+		t.Fatalf("to the arm64 host: %v", err)
+	}
+	rec, err := co.Migrate(ctx, MigrateRequest{Container: "web"})
+	if err != nil || rec.To != "h3" {
+		t.Fatalf("placed on %q: %v", rec.To, err)
+	}
+	if end := w.waitEnd(t, rec.ID); end.Phase != Done {
+		t.Fatalf("%+v", end)
 	}
 }

@@ -44,6 +44,10 @@ type EventKind string
 const (
 	// EvImageSent: the target lacked the image and now has it (no phase change).
 	EvImageSent EventKind = "image-sent"
+	// EvAsked: the leader is about to ask the source to migrate out (no
+	// phase change). From here a rollback must undo whatever the source
+	// may have done: the record can no longer roll back untouched.
+	EvAsked EventKind = "asked"
 	// EvFrozen: the source started the checkpoint; the container is frozen.
 	EvFrozen EventKind = "frozen"
 	// EvStreaming: archive bytes are flowing to the target.
@@ -60,8 +64,9 @@ const (
 	EvResumed EventKind = "resumed"
 )
 
-// Event is one input to Next. At is stamped by the leader before the
-// result goes through raft, so replaying the log gives the same record.
+// Event is one input to Next. At is stamped by the leader, on its own
+// clock, before the result goes through raft, so replaying the log gives
+// the same record.
 type Event struct {
 	Kind EventKind
 	At   time.Time
@@ -72,6 +77,16 @@ type Event struct {
 	Checkpoint  *engine.Stats
 	Restore     *engine.Stats
 	Err         string
+	// Untouched (with EvFailed): the container was never frozen, so the
+	// rollback has nothing to undo.
+	Untouched bool
+	// Downtime (with EvRunning) as the source measured it on its own
+	// clock, from the freeze until the target answered that it runs.
+	Downtime time.Duration
+	// Method and Precopy: the transfer method that ran (recorded when the
+	// record names none) and its pre-copy report, when known.
+	Method  string
+	Precopy *cluster.PrecopyReport
 }
 
 // ErrTransition is returned for an event that is not allowed in a phase.
@@ -125,8 +140,20 @@ func Next(m cluster.MigrationRecord, ev Event) (cluster.MigrationRecord, error) 
 	if ev.Restore != nil {
 		n.Restore = *ev.Restore
 	}
+	if ev.Method != "" && n.Method == "" {
+		n.Method = ev.Method // the source's default, when none was asked for
+	}
+	if ev.Precopy != nil {
+		n.Precopy = ev.Precopy
+	}
 	to := ""
 	switch ev.Kind {
+	case EvAsked:
+		if m.Phase != Planned {
+			return m, fmt.Errorf("migration %s: %w: %s in %s", m.ID, ErrTransition, ev.Kind, m.Phase)
+		}
+		n.SourceAsked = true
+		return n, nil
 	case EvImageSent:
 		if m.Phase != Planned {
 			return m, fmt.Errorf("migration %s: %w: %s in %s", m.ID, ErrTransition, ev.Kind, m.Phase)
@@ -139,6 +166,9 @@ func Next(m cluster.MigrationRecord, ev Event) (cluster.MigrationRecord, error) 
 		}
 		to = RollingBack
 		n.Error = ev.Err
+		// A container that was frozen (any phase past Planned) always has
+		// something to undo.
+		n.Untouched = ev.Untouched && m.Phase == Planned
 	case EvResumed:
 		if m.Phase != RollingBack {
 			return m, fmt.Errorf("migration %s: %w: %s in %s", m.ID, ErrTransition, ev.Kind, m.Phase)
@@ -163,13 +193,13 @@ func Next(m cluster.MigrationRecord, ev Event) (cluster.MigrationRecord, error) 
 		}
 		to = f
 	}
-	if ev.Kind == EvFrozen {
-		n.Extra = withFrozenAt(m.Extra, ev.At)
+	if ev.Kind == EvFrozen && n.FrozenAt.IsZero() {
+		n.FrozenAt = ev.At
 	}
-	if ev.Kind == EvRunning {
-		if at, ok := frozenAt(n.Extra); ok {
-			n.Downtime = ev.At.Sub(at)
-		}
+	// Downtime is never computed across two clocks: it is the source's own
+	// measurement, or unknown (a new leader rolled forward without it).
+	if ev.Kind == EvRunning && ev.Downtime > 0 {
+		n.Downtime = ev.Downtime
 	}
 	n.Phase = to
 	n.History = append(n.History, cluster.PhaseChange{Phase: to, At: ev.At, Note: ev.Note})
@@ -184,28 +214,4 @@ func noteOr(note, def string) string {
 		return note
 	}
 	return def
-}
-
-const frozenKey = "frozen_at"
-
-// withFrozenAt records when the container froze: downtime runs from then
-// until the target reports it running.
-func withFrozenAt(extra map[string]any, at time.Time) map[string]any {
-	out := make(map[string]any, len(extra)+1)
-	for k, v := range extra {
-		out[k] = v
-	}
-	if _, ok := out[frozenKey]; !ok {
-		out[frozenKey] = at.UTC().Format(time.RFC3339Nano)
-	}
-	return out
-}
-
-func frozenAt(extra map[string]any) (time.Time, bool) {
-	s, ok := extra[frozenKey].(string)
-	if !ok {
-		return time.Time{}, false
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	return t, err == nil
 }

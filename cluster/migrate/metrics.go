@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/policy"
 )
 
 // Metrics are the Prometheus metrics of migrations and policies. The
@@ -18,6 +19,7 @@ type Metrics struct {
 	rate       prometheus.Histogram
 	triggers   *prometheus.CounterVec
 	terms      prometheus.Counter
+	missed     *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics with reg.
@@ -38,17 +40,48 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		terms: prometheus.NewCounter(prometheus.CounterOpts{Name: "orchestrate_leader_terms_total",
 			Help: "Leadership terms this agent has started (leader changes towards it)."}),
 	}
-	reg.MustRegister(m.migrations, m.downtime, m.bytes, m.rate, m.triggers, m.terms)
+	m.missed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "orchestrate_evacuation_deadline_missed_total",
+		Help: "Migrations of an evacuation with a deadline (a drain's --deadline, a spot or maintenance notice's) that ended after it, by result: done (moved too late) or rolled_back (still on the host)."},
+		[]string{"result"})
+	reg.MustRegister(m.migrations, m.downtime, m.bytes, m.rate, m.triggers, m.terms, m.missed)
+	// Every known label starts at zero, so that rate() and increase() see
+	// the first event (a series that appears at 1 has no increase), and
+	// dashboards and alerts find the series before anything happened.
+	for _, r := range []string{"done", "rolled_back"} {
+		m.migrations.WithLabelValues(r)
+		m.missed.WithLabelValues(r)
+	}
+	for _, k := range []string{policy.KindSpotTerminate, policy.KindSpotStop, policy.KindSpotHibernate, policy.KindRebalanceRecommendation,
+		policy.KindMaintenance, policy.KindRebootPending, policy.KindRebalanceSchedule} {
+		m.triggers.WithLabelValues(k)
+	}
 	return m
+}
+
+// missedDeadline reports whether a finished migration belonged to an
+// evacuation with a deadline and ended after it: it either moved too late
+// or never moved (a move not started by the deadline is rolled back then).
+// A rollback before the deadline is a failure, not a missed deadline.
+func missedDeadline(r cluster.MigrationRecord) bool {
+	return !r.Deadline.IsZero() && r.FinishedAt.After(r.Deadline)
 }
 
 func (m *Metrics) finished(r cluster.MigrationRecord) {
 	if m == nil {
 		return
 	}
+	if missedDeadline(r) {
+		result := "rolled_back"
+		if r.Phase == Done {
+			result = "done"
+		}
+		m.missed.WithLabelValues(result).Inc()
+	}
 	if r.Phase == Done {
 		m.migrations.WithLabelValues("done").Inc()
-		m.downtime.Observe(r.Downtime.Seconds())
+		if r.Downtime > 0 { // unknown when a new leader rolled forward without the source's report
+			m.downtime.Observe(r.Downtime.Seconds())
+		}
 		m.bytes.Add(float64(r.Bytes))
 		if d := r.Checkpoint.Duration.Seconds(); d > 0 && r.Bytes > 0 {
 			m.rate.Observe(float64(r.Bytes) / d)
@@ -77,13 +110,23 @@ type ClusterView interface {
 }
 
 // ClusterCollector reports members by state and the raft term at scrape
-// time.
+// time, and, when C also lists migration records (MigrationLister), the
+// records by phase.
 type ClusterCollector struct{ C ClusterView }
 
+// MigrationLister is what ClusterCollector reads, when C has it, for
+// orchestrate_migration_records.
+type MigrationLister interface {
+	Migrations() []cluster.MigrationRecord
+}
+
 var (
-	membersDesc = prometheus.NewDesc("orchestrate_members", "Cluster members by gossip status.", []string{"status"}, nil)
-	termDesc    = prometheus.NewDesc("orchestrate_raft_term", "The raft term as this agent sees it; it rises with every election.", nil, nil)
-	leaderDesc  = prometheus.NewDesc("orchestrate_is_leader", "1 when this agent leads.", nil, nil)
+	membersDesc   = prometheus.NewDesc("orchestrate_members", "Cluster members by gossip status.", []string{"status"}, nil)
+	termDesc      = prometheus.NewDesc("orchestrate_raft_term", "The raft term as this agent sees it; it rises with every election.", nil, nil)
+	leaderDesc    = prometheus.NewDesc("orchestrate_is_leader", "1 when this agent leads.", nil, nil)
+	memberDesc    = prometheus.NewDesc("orchestrate_member_alive", "1 when this agent sees the member alive, 0 when suspect or dead (members that left are not reported).", []string{"member"}, nil)
+	hasLeaderDesc = prometheus.NewDesc("orchestrate_has_leader", "1 when this agent knows a current leader; 0 during an election or without quorum.", nil, nil)
+	recordsDesc   = prometheus.NewDesc("orchestrate_migration_records", "Migration records in the replicated state, by phase (every agent reports the same numbers; take max across agents).", []string{"phase"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -91,6 +134,9 @@ func (c ClusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- membersDesc
 	ch <- termDesc
 	ch <- leaderDesc
+	ch <- memberDesc
+	ch <- hasLeaderDesc
+	ch <- recordsDesc
 }
 
 // Collect implements prometheus.Collector.
@@ -98,6 +144,13 @@ func (c ClusterCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := map[string]int{cluster.StatusAlive: 0, cluster.StatusSuspect: 0, cluster.StatusLeft: 0, cluster.StatusDead: 0}
 	for _, m := range c.C.Members() {
 		counts[m.Status]++
+		if m.Status != cluster.StatusLeft {
+			alive := 0.0
+			if m.Status == cluster.StatusAlive {
+				alive = 1
+			}
+			ch <- prometheus.MustNewConstMetric(memberDesc, prometheus.GaugeValue, alive, m.Name)
+		}
 	}
 	for s, n := range counts {
 		ch <- prometheus.MustNewConstMetric(membersDesc, prometheus.GaugeValue, float64(n), s)
@@ -111,4 +164,21 @@ func (c ClusterCollector) Collect(ch chan<- prometheus.Metric) {
 		leader = 1
 	}
 	ch <- prometheus.MustNewConstMetric(leaderDesc, prometheus.GaugeValue, leader)
+	hasLeader := 0.0
+	if st.Leader != "" {
+		hasLeader = 1
+	}
+	ch <- prometheus.MustNewConstMetric(hasLeaderDesc, prometheus.GaugeValue, hasLeader)
+	if mv, ok := c.C.(MigrationLister); ok {
+		phases := map[string]int{}
+		for _, p := range []string{Planned, Checkpointing, Transferring, Restoring, Confirming, Done, RollingBack, RolledBack} {
+			phases[p] = 0
+		}
+		for _, r := range mv.Migrations() {
+			phases[r.Phase]++
+		}
+		for p, n := range phases {
+			ch <- prometheus.MustNewConstMetric(recordsDesc, prometheus.GaugeValue, float64(n), p)
+		}
+	}
 }

@@ -91,21 +91,23 @@ func (co *Coordinator) HandleTrigger(ctx context.Context, t policy.Trigger) (Tri
 	return TriggerResult{Drain: &res}, nil
 }
 
-// snapshotBefore keeps a forensic snapshot of every container on the host;
-// a failed snapshot is recorded and never holds up the evacuation.
+// snapshotBefore keeps a forensic snapshot of every container on the host,
+// in parallel and within a share of the time to the notice's deadline
+// (evacsnap.go); each outcome is an event, and none holds up the
+// evacuation past that share.
 func (co *Coordinator) snapshotBefore(ctx context.Context, t policy.Trigger) {
-	v := co.snapshot(ctx)
-	for _, l := range v.containers {
-		if l.host != t.Host || !l.c.Running {
-			continue
-		}
-		sctx, cancel := context.WithTimeout(ctx, co.cfg.MigrationTimeout)
-		err := co.Snapshots.Snapshot(sctx, l.host, l.c.ID, "before evacuation: "+t.Kind)
-		cancel()
-		if err != nil {
-			co.log.Warn("snapshot before evacuation failed", "container", l.c.Name, "err", err)
+	b := DefaultSnapshotBudget()
+	if sb, ok := co.Snapshots.(SnapshotBudgeter); ok {
+		b = sb.SnapshotBudget()
+	}
+	var targets []snapTarget
+	for _, l := range co.snapshot(ctx).containers {
+		if l.host == t.Host && l.c.Running {
+			targets = append(targets, snapTarget{host: l.host, id: l.c.ID, name: l.c.Name})
 		}
 	}
+	window := snapshotWindow(co.cfg.Now(), t.Deadline, b)
+	co.recordSnapshots(ctx, t, runSnapshots(ctx, co.Snapshots, targets, window, b.Parallel, "before evacuation: "+t.Kind))
 }
 
 func countMoves(res DrainResult) int {
@@ -219,17 +221,16 @@ func (co *Coordinator) Rebalance(ctx context.Context, dryRun bool) (RebalanceRes
 	}
 	res.SpreadAfter = policy.Spread(after)
 	batch := newID()
-	sem := make(chan struct{}, 1)
 	for _, mv := range moves {
 		l := byID[mv.Container]
 		dm := DrainMove{Container: mv.Container, Name: l.c.Name, To: mv.To}
 		if !dryRun {
-			rec, err := co.record(ctx, l, mv.To, map[string]any{"batch": batch, "parallel": 1, "rebalance": true})
+			rec, err := co.record(ctx, l, mv.To, cluster.MigrationRecord{Batch: batch, Parallel: 1, Rebalance: true})
 			if err != nil {
 				dm.Skipped = err.Error()
 			} else {
 				dm.Migration = rec.ID
-				co.start(rec, sem)
+				co.poke()
 			}
 		}
 		res.Moves = append(res.Moves, dm)

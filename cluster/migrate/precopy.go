@@ -46,7 +46,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/safefs"
 	"github.com/edgemigrate/orchestrate/transfer"
 	"github.com/edgemigrate/orchestrate/transfer/delta"
 )
@@ -68,7 +70,7 @@ const (
 // the default, judges by the link).
 const LabelPrecopy = "orchestrate.precopy"
 
-// Methods recorded in MigrationRecord.Extra["method"].
+// Methods recorded in MigrationRecord.Method.
 const (
 	MethodDirect = "direct"
 	// MethodContent: pre-copy by content (chunk deltas), no kernel help.
@@ -100,9 +102,13 @@ type PrecopyConfig struct {
 	Budget time.Duration
 	// ProbeBytes is the size of the link probe.
 	ProbeBytes int
-	// Dir is where a target keeps its bases; empty: a directory under
-	// os.TempDir() named after the host.
+	// Dir is where a target keeps its bases: a private directory (root,
+	// 0700) under the agent's data_dir, checked before each use. Empty:
+	// this host keeps none, and sources fall back to a full transfer.
 	Dir string
+	// MaxBaseBytes caps one base as rebuilt on the target (a small delta
+	// can describe a large archive); 0: no cap.
+	MaxBaseBytes int64
 }
 
 // DefaultPrecopyConfig returns the defaults.
@@ -113,37 +119,12 @@ func DefaultPrecopyConfig() PrecopyConfig {
 	}
 }
 
-// PrecopyReport is what the source did, for the migration record.
-type PrecopyReport struct {
-	Method string `json:"method"`
-	Reason string `json:"reason,omitempty"`
-	// EnginePreCopy: the engine reports kernel dirty tracking (soft-dirty),
-	// which engine pre-copy (precopy_engine.go) needs.
-	EnginePreCopy bool            `json:"engine_precopy"`
-	LinkBps       float64         `json:"link_bytes_per_s,omitempty"`
-	Rounds        []PrecopyRound  `json:"rounds,omitempty"`
-	Final         *PrecopyRound   `json:"final,omitempty"`
-	BytesSaved    int64           `json:"bytes_saved,omitempty"` // final archive minus final delta
-	WireBytes     int64           `json:"wire_bytes,omitempty"`  // all rounds and the final, as sent
-	Fallback      string          `json:"fallback,omitempty"`    // why a full transfer ended it
-	ExtraFreezes  []time.Duration `json:"extra_freezes,omitempty"`
-
-	// PreDump is the sha256 of the pre-dump archive the target holds
-	// (method precopy-criu, precopy_engine.go).
-	PreDump string `json:"pre_dump,omitempty"`
-}
+// PrecopyReport is what the source did, for the migration record
+// (cluster.PrecopyReport, with the source's methods).
+type PrecopyReport cluster.PrecopyReport
 
 // PrecopyRound is one round's numbers.
-type PrecopyRound struct {
-	Round        int           `json:"round"`
-	ArchiveBytes int64         `json:"archive_bytes"`
-	LiteralBytes int64         `json:"literal_bytes"`
-	DeltaBytes   int64         `json:"delta_bytes"`
-	WireBytes    int64         `json:"wire_bytes"`
-	Frozen       time.Duration `json:"frozen"`     // CRIU's frozen time
-	Checkpoint   time.Duration `json:"checkpoint"` // the engine call
-	Duration     time.Duration `json:"duration"`   // the whole round
-}
+type PrecopyRound = cluster.PrecopyRound
 
 // precopyAck is the target's answer to a round.
 type precopyAck struct {
@@ -275,6 +256,9 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 }
 
 func (r *PrecopyReport) clone() *PrecopyReport {
+	if r == nil {
+		return nil
+	}
 	c := *r
 	c.Rounds = append([]PrecopyRound(nil), r.Rounds...)
 	c.ExtraFreezes = append([]time.Duration(nil), r.ExtraFreezes...)
@@ -379,6 +363,7 @@ func (a *Agent) precopyRound(ctx context.Context, c engine.Container, req OutReq
 // source never trusts a base it did not see acknowledged in this run.
 type baseStore struct {
 	dir string
+	max int64 // bytes one base may hold; 0: no cap
 	mu  sync.Mutex
 	m   map[string]storedBase
 }
@@ -394,12 +379,16 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 // errNoBase: the target holds no (or another) base for the migration.
 var errNoBase = fmt.Errorf("%w: no pre-copied archive for this migration here", delta.ErrBase)
 
-func newBaseStore(dir string) *baseStore { return &baseStore{dir: dir, m: map[string]storedBase{}} }
+func newBaseStore(dir string, max int64) *baseStore {
+	return &baseStore{dir: dir, max: max, m: map[string]storedBase{}}
+}
 
 func (s *baseStore) clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_ = os.RemoveAll(s.dir)
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
+	}
 	s.m = map[string]storedBase{}
 }
 
@@ -430,7 +419,15 @@ func (s *baseStore) has(id, sumHex string) bool {
 
 // receive rebuilds a round from r into a new file and makes it id's base.
 func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBase, error) {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+	return s.store(id, func(w io.Writer) (int64, error) { return delta.Decode(w, r, base) })
+}
+
+// store writes a new file with fill and makes it id's base.
+func (s *baseStore) store(id string, fill func(w io.Writer) (int64, error)) (storedBase, error) {
+	if s.dir == "" {
+		return storedBase{}, errors.New("this host keeps no pre-copy bases (no directory configured)")
+	}
+	if err := safefs.PrivateDir(s.dir); err != nil {
 		return storedBase{}, err
 	}
 	f, err := os.CreateTemp(s.dir, id+".*.partial")
@@ -438,7 +435,11 @@ func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBas
 		return storedBase{}, err
 	}
 	h := sha256.New()
-	n, err := delta.Decode(io.MultiWriter(f, h), r, base)
+	var w io.Writer = io.MultiWriter(f, h)
+	if s.max > 0 {
+		w = &capWriter{w: w, left: s.max}
+	}
+	n, err := fill(w)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -460,6 +461,21 @@ func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBas
 	return nb, nil
 }
 
+// capWriter fails with transfer.ErrTooLarge once more than left bytes
+// were written.
+type capWriter struct {
+	w    io.Writer
+	left int64
+}
+
+func (c *capWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > c.left {
+		return 0, fmt.Errorf("pre-copy base: %w", transfer.ErrTooLarge)
+	}
+	c.left -= int64(len(p))
+	return c.w.Write(p)
+}
+
 func (s *baseStore) drop(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -472,6 +488,9 @@ func (s *baseStore) drop(id string) {
 func (a *Agent) handlePrecopy(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
 	if !validID.MatchString(h.ID) {
 		return nil, fmt.Errorf("pre-copy stream with a bad migration ID %q", h.ID)
+	}
+	if _, err := a.authorised(ctx, "pre-copy stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
 	}
 	base, done, err := a.bases.open(h.ID, h.Meta["base"])
 	if err != nil {
@@ -487,6 +506,9 @@ func (a *Agent) handlePrecopy(ctx context.Context, h transfer.StreamHeader, r io
 }
 
 func (a *Agent) handleProbe(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := a.authorised(ctx, "probe stream", h.ID, a.fromSource(ctx, "", receivePhases...)); err != nil {
+		return nil, err
+	}
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		return nil, err
 	}
@@ -497,6 +519,9 @@ func (a *Agent) handleProbe(ctx context.Context, h transfer.StreamHeader, r io.R
 // base and the delta as it arrives and fed to the restore. The base goes
 // afterwards, whatever the outcome.
 func (a *Agent) handleDeltaRestore(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := a.authorised(ctx, "restore stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
+	}
 	base, done, err := a.bases.open(h.ID, h.Meta["base"])
 	if err != nil {
 		return nil, fmt.Errorf("restore %s on %s: %w", h.Meta["name"], a.host, err)
@@ -527,36 +552,14 @@ func (r *PrecopyReport) final(ckpt engine.Stats, st transfer.StreamStats, enc *d
 	r.Final = &f
 }
 
-// record puts the report into a migration record's Extra (a copy).
-func (r *PrecopyReport) record(extra map[string]any) map[string]any {
-	out := make(map[string]any, len(extra)+4)
-	for k, v := range extra {
-		out[k] = v
-	}
+// record puts a copy of the report into a migration record (which names
+// MethodDirect when it names no method). A nil report changes nothing.
+func (r *PrecopyReport) record(m *cluster.MigrationRecord) {
 	if r == nil {
-		return out
+		return
 	}
-	out["method"] = r.Method
-	out["precopy"] = r
-	if r.BytesSaved > 0 {
-		out["bytes_saved"] = r.BytesSaved
+	if m.Method == "" {
+		m.Method = MethodDirect
 	}
-	if len(r.ExtraFreezes) > 0 {
-		ms := make([]int64, len(r.ExtraFreezes))
-		for i, d := range r.ExtraFreezes {
-			ms[i] = d.Milliseconds()
-		}
-		out["extra_freezes_ms"] = ms
-	}
-	return out
-}
-
-// deadlineOf reads a drain's deadline from a record's Extra.
-func deadlineOf(extra map[string]any) time.Time {
-	if s, ok := extra["deadline"].(string); ok {
-		if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-			return t
-		}
-	}
-	return time.Time{}
+	m.Precopy = (*cluster.PrecopyReport)(r.clone())
 }

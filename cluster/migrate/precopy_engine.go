@@ -38,8 +38,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -228,30 +226,5 @@ func (a *Agent) handleRestorePrevious(ctx context.Context, h transfer.StreamHead
 
 // receiveRaw stores r as id's base as it is (a pre-dump archive).
 func (s *baseStore) receiveRaw(id string, r io.Reader) (storedBase, error) {
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return storedBase{}, err
-	}
-	f, err := os.CreateTemp(s.dir, id+".*.partial")
-	if err != nil {
-		return storedBase{}, err
-	}
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), r)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return storedBase{}, err
-	}
-	nb := storedBase{path: filepath.Join(s.dir, id+".base"), size: n}
-	copy(nb.sum[:], h.Sum(nil))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := os.Rename(f.Name(), nb.path); err != nil {
-		os.Remove(f.Name())
-		return storedBase{}, err
-	}
-	s.m[id] = nb
-	return nb, nil
+	return s.store(id, func(w io.Writer) (int64, error) { return io.Copy(w, r) })
 }

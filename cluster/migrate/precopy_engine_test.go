@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/transfer"
 )
@@ -87,8 +88,10 @@ func TestEnginePrecopy(t *testing.T) {
 	if files := mustGlob(t, p.dir); len(files) != 0 {
 		t.Fatalf("pre-dump left on the target: %v", files)
 	}
-	if extra := rep.record(nil); extra["method"] != MethodEngine {
-		t.Fatalf("record %+v", extra)
+	var rec cluster.MigrationRecord
+	rep.record(&rec)
+	if rec.Method != MethodDirect || rec.Precopy == nil || rec.Precopy.Method != MethodEngine || rec.Precopy.PreDump != rep.PreDump {
+		t.Fatalf("record %+v", rec)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine/enginetest"
 	"github.com/edgemigrate/orchestrate/transfer"
 	"github.com/edgemigrate/orchestrate/transfer/delta"
@@ -56,7 +57,7 @@ func (p *pipeStreamer) Stream(ctx context.Context, peer string, h transfer.Strea
 		pw.CloseWithError(err)
 		perr <- err
 	}()
-	res, herr := handler(ctx, h, pr)
+	res, herr := handler(transfer.ContextWithSender(ctx, "src"), h, pr)
 	pr.CloseWithError(errors.New("handler returned"))
 	err := <-perr
 	st := transfer.StreamStats{Bytes: cw.n, WireBytes: cw.n, Duration: time.Duration(float64(cw.n) / p.rate * float64(time.Second))}
@@ -72,6 +73,27 @@ func (p *pipeStreamer) Stream(ctx context.Context, peer string, h transfer.Strea
 	return res, st, nil
 }
 
+// pairAuth authorises the pair's one migration, m1 from src to dst.
+type pairAuth struct {
+	mu  sync.Mutex
+	rec cluster.MigrationRecord
+}
+
+func (a *pairAuth) LeaderStep(h http.HandlerFunc) http.HandlerFunc { return h }
+
+func (a *pairAuth) Migration(id string) (cluster.MigrationRecord, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if id != a.rec.ID {
+		return cluster.MigrationRecord{}, cluster.ErrNotFound
+	}
+	return a.rec, nil
+}
+
+func (a *pairAuth) Member(name string) (cluster.Member, bool) {
+	return cluster.Member{Name: name, TransferAddr: name + ":7922"}, true
+}
+
 type nopMux struct{}
 
 func (nopMux) HandleFunc(string, func(http.ResponseWriter, *http.Request)) {}
@@ -80,6 +102,7 @@ type pair struct {
 	src, dst *enginetest.Fake
 	source   *Agent
 	streams  *pipeStreamer
+	auth     *pairAuth
 	dir      string
 }
 
@@ -88,7 +111,9 @@ func newPair(t *testing.T, rate float64) *pair {
 	p := &pair{src: enginetest.NewFake(), dst: enginetest.NewFake(), dir: t.TempDir(),
 		streams: &pipeStreamer{handlers: map[string]transfer.Handler{}, rate: rate}}
 	log := slog.New(slog.DiscardHandler)
+	p.auth = &pairAuth{}
 	p.source = NewAgent("src", p.src, p.streams, log)
+	p.source.SetAuthority(p.auth)
 	p.startTarget()
 	return p
 }
@@ -99,13 +124,21 @@ func (p *pair) startTarget() {
 	cfg := DefaultPrecopyConfig()
 	cfg.Dir = p.dir
 	b.SetPrecopy(cfg)
+	b.SetAuthority(p.auth)
 	b.Register(nopMux{}, p.streams)
 }
 
 // migrate runs migrateOut and returns its progress lines.
 func (p *pair) migrate(t *testing.T, container string) []Progress {
 	t.Helper()
-	body, _ := json.Marshal(OutRequest{Migration: "m1", Container: container, TargetHost: "dst", TargetAddr: "dst:7922"})
+	c, err := p.src.Inspect(context.Background(), container)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.auth.mu.Lock()
+	p.auth.rec = cluster.MigrationRecord{ID: "m1", Container: c.ID, From: "src", To: "dst", Phase: Planned, SourceAsked: true}
+	p.auth.mu.Unlock()
+	body, _ := json.Marshal(OutRequest{Migration: "m1", Container: c.ID})
 	rec := httptest.NewRecorder()
 	p.source.migrateOut(rec, httptest.NewRequest(http.MethodPost, "/v1/agent/migrate-out", bytes.NewReader(body)))
 	var out []Progress
@@ -191,9 +224,10 @@ func TestPrecopySlowLink(t *testing.T) {
 	if len(mustGlob(t, p.dir)) != 0 {
 		t.Fatalf("bases left behind: %v", mustGlob(t, p.dir))
 	}
-	extra := rep.record(map[string]any{"name": "w"})
-	if extra["method"] != MethodContent || extra["bytes_saved"] == nil || extra["name"] != "w" || extra["extra_freezes_ms"] == nil {
-		t.Fatalf("record extra %+v", extra)
+	rec := cluster.MigrationRecord{Name: "w"}
+	rep.record(&rec)
+	if rec.Method != MethodDirect || rec.Precopy == nil || rec.Precopy.Method != MethodContent || rec.Precopy.BytesSaved == 0 || rec.Name != "w" || len(rec.Precopy.ExtraFreezes) == 0 {
+		t.Fatalf("record %+v", rec)
 	}
 }
 
@@ -280,7 +314,7 @@ func TestPrecopyBadDelta(t *testing.T) {
 }
 
 func TestBaseStore(t *testing.T) {
-	s := newBaseStore(t.TempDir())
+	s := newBaseStore(t.TempDir(), 0)
 	if _, _, err := s.open("m", "abcd"); !errors.Is(err, delta.ErrBase) {
 		t.Fatalf("open of a missing base: %v", err)
 	}
@@ -299,9 +333,6 @@ func TestBaseStore(t *testing.T) {
 	s.drop("m")
 	if s.has("m", hexOf(sum[:])) {
 		t.Fatal("dropped base still there")
-	}
-	if got := deadlineOf(map[string]any{"deadline": "2026-11-27T00:00:00Z"}); got.IsZero() {
-		t.Fatal("deadline not parsed")
 	}
 }
 

@@ -36,17 +36,27 @@ type migrationJSON struct {
 }
 
 func toJSON(m cluster.MigrationRecord) migrationJSON {
-	name, _ := m.Extra["name"].(string)
-	method, _ := m.Extra["method"].(string)
-	saved, _ := m.Extra["bytes_saved"].(float64)
-	return migrationJSON{ID: m.ID, Container: m.Container, Name: name, From: m.From, To: m.To, Phase: m.Phase,
+	var saved int64
+	if m.Precopy != nil {
+		saved = m.Precopy.BytesSaved
+	}
+	return migrationJSON{ID: m.ID, Container: m.Container, Name: m.Name, From: m.From, To: m.To, Phase: m.Phase,
 		Started: m.StartedAt, Finished: m.FinishedAt, DowntimeMS: m.Downtime.Milliseconds(), Bytes: m.Bytes,
-		Compression: m.Compression, Method: method, BytesSaved: int64(saved), Error: m.Error}
+		Compression: m.Compression, Method: methodOf(m), BytesSaved: saved, Error: m.Error}
+}
+
+// methodOf is the transfer method that ran, with the direct method's
+// variant (direct, precopy-content, full-after-precopy).
+func methodOf(m cluster.MigrationRecord) string {
+	if m.Precopy != nil && m.Precopy.Method != "" && (m.Method == "" || m.Method == migrate.MethodDirect) {
+		return m.Precopy.Method
+	}
+	return m.Method
 }
 
 func recName(m cluster.MigrationRecord) string {
-	if n, _ := m.Extra["name"].(string); n != "" {
-		return n
+	if m.Name != "" {
+		return m.Name
 	}
 	return shortID(m.Container)
 }
@@ -147,7 +157,7 @@ func printResults(w io.Writer, recs []cluster.MigrationRecord, skipped []migrate
 
 func newMigrateCmd() *cobra.Command {
 	var f clientFlags
-	var to string
+	var to, method string
 	var noWait bool
 	cmd := &cobra.Command{
 		Use:   "migrate CONTAINER",
@@ -164,7 +174,7 @@ resumed on its source. Exit 0 when it moved, 1 when it did not.`,
 			}
 			ctx := cmd.Context()
 			var rec cluster.MigrationRecord
-			if err := cl.Do(ctx, http.MethodPost, "/v1/migrate", migrate.MigrateRequest{Container: a[0], To: to}, &rec); err != nil {
+			if err := cl.Do(ctx, http.MethodPost, "/v1/migrate", migrate.MigrateRequest{Container: a[0], To: to, Method: method}, &rec); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -204,6 +214,7 @@ resumed on its source. Exit 0 when it moved, 1 when it did not.`,
 	}
 	cmd.Flags().StringVar(&to, "to", "", "target host (default: the leader's choice)")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the migration is recorded")
+	cmd.Flags().StringVar(&method, "method", "", "transfer method (default: the source's, "+migrate.MethodDirect+", which judges pre-copy)")
 	f.add(cmd)
 	return cmd
 }
@@ -359,9 +370,8 @@ func newMigrationsCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tCONTAINER\tFROM\tTO\tPHASE\tSTARTED\tDOWNTIME\tBYTES\tMETHOD\tERROR")
 			for _, m := range recs {
-				method, _ := m.Extra["method"].(string)
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, recName(m), m.From, m.To, m.Phase,
-					m.StartedAt.Local().Format("15:04:05"), m.Downtime.Round(time.Millisecond), bytesHuman(m.Bytes), method, m.Error)
+					m.StartedAt.Local().Format("15:04:05"), m.Downtime.Round(time.Millisecond), bytesHuman(m.Bytes), methodOf(m), m.Error)
 			}
 			return tw.Flush()
 		},

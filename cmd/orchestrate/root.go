@@ -22,6 +22,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newAgentCmd(), newMembersCmd(), newPSCmd(), newKeygenCmd(), newConfigCmd(), newVersionCmd())
 	root.AddCommand(newMigrateCmd(), newDrainCmd(), newCordonCmd(true), newCordonCmd(false), newMigrationsCmd(), newEventsCmd(), newRebalanceCmd(), newStatusCmd())
 	root.AddCommand(newCheckpointCmd(), newSnapshotsCmd(), newInspectCmd())
+	root.AddCommand(newUICmd(), newRebootCmd(), newRestoreCmd())
 	return root
 }
 

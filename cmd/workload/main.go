@@ -13,6 +13,12 @@
 // established TCP connection that a migration must carry), or send one line
 // and hang up.
 //
+// With -startup-work the workload first works for about that long before it
+// listens (a cold start that builds state, as a JIT warm-up or a cache load
+// would): it hashes its memory over and over and keeps the result, which a
+// copy restored from a checkpoint already has. ready_ms is how long the
+// process took from its start to serving.
+//
 // With -rewrite-mibps the workload rewrites part of its memory at a steady rate
 // (each rewrite changes page contents but not the checksum's definition, so the
 // checksum is recomputed on demand). With -marker a string is kept in memory
@@ -50,6 +56,10 @@ type state struct {
 	rng      *rand.Rand
 	marker   []byte
 	selfConn net.Conn // one established loopback connection, held open
+	// The start-up phase's outcome, kept in memory like any warmed state.
+	warmRounds int
+	warm       uint32
+	ready      time.Duration
 }
 
 type report struct {
@@ -61,6 +71,10 @@ type report struct {
 	PID      int    `json:"pid"`
 	Marker   string `json:"marker,omitempty"`
 	SelfConn bool   `json:"self_conn"`
+	// WarmRounds and ReadyMS describe the start-up phase (-startup-work).
+	WarmRounds int    `json:"warm_rounds,omitempty"`
+	Warm       string `json:"warm,omitempty"`
+	ReadyMS    int64  `json:"ready_ms"`
 }
 
 func main() {
@@ -70,6 +84,7 @@ func main() {
 	marker := flag.String("marker", "", "a string to keep in memory")
 	file := flag.String("file", "", "a file to write at start (its content is the marker or 'workload')")
 	self := flag.Bool("self-conn", false, "hold an established TCP connection to its own listener")
+	startup := flag.Duration("startup-work", 0, "work this long (hashing memory) before listening: a slow cold start")
 	flag.Parse()
 
 	s := &state{start: time.Now(), rng: rand.New(rand.NewPCG(uint64(*mib), 42))}
@@ -89,6 +104,11 @@ func main() {
 			log.Fatalf("write %s: %v", *file, err)
 		}
 	}
+
+	if *startup > 0 {
+		s.warmUp(*startup)
+	}
+	s.ready = time.Since(s.start)
 
 	// Go listens with MPTCP by default, and CRIU cannot dump MPTCP sockets
 	// ("Unsupported proto 262"): use plain TCP.
@@ -142,6 +162,19 @@ func main() {
 	}
 }
 
+// warmUp is the start-up phase: rounds of hashing the memory, each seeded
+// with the last, until d has passed. The result stays in memory.
+func (s *state) warmUp(d time.Duration) {
+	table := crc32.MakeTable(crc32.Castagnoli)
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		for off := 0; off < len(s.mem) && time.Now().Before(end); off += 1 << 20 {
+			s.warm = crc32.Update(s.warm, table, s.mem[off:min(off+1<<20, len(s.mem))])
+		}
+		s.warmRounds++
+	}
+}
+
 // fillPage writes random bytes into the first half of a page and zeroes the
 // second half, so compression has something to do but cannot remove it all.
 func (s *state) fillPage(off int) {
@@ -161,14 +194,17 @@ func (s *state) snapshot() report {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return report{
-		Counter:  s.counter,
-		Start:    s.start.UTC().Format(time.RFC3339Nano),
-		Checksum: fmt.Sprintf("%08x", sum),
-		MaxGapMS: s.maxGap.Milliseconds(),
-		MiB:      len(s.mem) >> 20,
-		PID:      os.Getpid(),
-		Marker:   string(s.marker),
-		SelfConn: s.selfConn != nil,
+		Counter:    s.counter,
+		Start:      s.start.UTC().Format(time.RFC3339Nano),
+		Checksum:   fmt.Sprintf("%08x", sum),
+		MaxGapMS:   s.maxGap.Milliseconds(),
+		MiB:        len(s.mem) >> 20,
+		PID:        os.Getpid(),
+		Marker:     string(s.marker),
+		SelfConn:   s.selfConn != nil,
+		WarmRounds: s.warmRounds,
+		Warm:       fmt.Sprintf("%08x", s.warm),
+		ReadyMS:    s.ready.Milliseconds(),
 	}
 }
 

@@ -5,11 +5,14 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +30,15 @@ type Config struct {
 	// (metadata files and CRIU images other than pages). Larger members are
 	// rejected as corrupt.
 	MaxFileSize int64
+	// MaxMemory caps what the analysis holds in memory in total: every
+	// member kept (metadata and CRIU images other than pages), the rootfs
+	// diff listing, and the decompressor's window (at most a quarter of
+	// it). An archive that needs more is rejected as corrupt before the
+	// cap is passed, so a decompression bomb cannot exhaust the host.
+	MaxMemory int64
+	// MaxTempSize caps the bytes copied to TempDir (memory pages and
+	// /dev/shm contents of a compressed or streamed archive).
+	MaxTempSize int64
 	// MaxPagesSize bounds one pages-*.img (the memory of one process);
 	// larger members are rejected as corrupt rather than copied.
 	MaxPagesSize int64
@@ -53,6 +65,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		MaxFileSize:    64 << 20,
+		MaxMemory:      256 << 20,
+		MaxTempSize:    64 << 30,
 		MaxPagesSize:   64 << 30,
 		MaxDiffEntries: 100000,
 		MaxArgvBytes:   128 << 10,
@@ -76,6 +90,8 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	set(&c.MaxFileSize, d.MaxFileSize)
+	set(&c.MaxMemory, d.MaxMemory)
+	set(&c.MaxTempSize, d.MaxTempSize)
 	set(&c.MaxPagesSize, d.MaxPagesSize)
 	seti(&c.MaxDiffEntries, d.MaxDiffEntries)
 	seti(&c.MaxArgvBytes, d.MaxArgvBytes)
@@ -97,12 +113,21 @@ func (c Config) withDefaults() Config {
 type Archive struct {
 	cfg    Config
 	report *Report
+	format Format
 
-	files  map[string]*member // small members kept in memory, by archive path
-	pages  map[uint32]*pagesFile
-	procs  map[uint32]*procMem // per pid: page runs, for memory reads
-	tmpDir string
-	src    *os.File // the archive itself, when pages point into it
+	files map[string]*member // small members kept in memory, by archive path
+	pages map[uint32]*pagesFile
+	blobs map[string]*pagesFile // /dev/shm and tmpfs contents, by archive path
+	procs map[uint32]*procMem   // per pid: page runs, for memory reads
+	shmem []*shmemObj           // shared memory objects, for Grep
+	// shmemMaps: per pid, the mappings of shared memory objects.
+	shmemMaps map[uint32][]shmemMap
+	rootfs    map[string]string // rootfs change path -> sha256 of its content, for Diff
+	tmpDir    string
+	src       *os.File // the archive itself, when pages point into it
+
+	held    int64 // bytes held in memory, against cfg.MaxMemory
+	tempUse int64 // bytes copied to tmpDir, against cfg.MaxTempSize
 }
 
 type member struct {
@@ -110,8 +135,8 @@ type member struct {
 	modTime time.Time
 }
 
-// pagesFile is one pages-<id>.img, either a section of the original archive
-// or a temporary copy.
+// pagesFile is one pages-<id>.img (or another large member), either a
+// section of the original archive or a temporary copy.
 type pagesFile struct {
 	r    io.ReaderAt
 	size int64
@@ -147,13 +172,15 @@ func Open(path string, cfg Config) (*Archive, error) {
 // Read reads a checkpoint archive from r in one pass. Memory pages are
 // copied to a temporary directory under cfg.TempDir.
 func Read(r io.Reader, cfg Config) (*Archive, error) {
+	cfg = cfg.withDefaults()
 	br := bufio.NewReaderSize(r, 64<<10)
 	head, _ := br.Peek(6)
 	comp := compressionOf(head)
 	var tr io.Reader = br
 	switch comp {
 	case "zstd":
-		d, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<27))
+		d, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(uint64(decoderWindow(cfg))), zstd.WithDecoderMaxMemory(uint64(decoderWindow(cfg))))
 		if err != nil {
 			return nil, fileErr("", corruptf("zstd: %v", err))
 		}
@@ -170,6 +197,12 @@ func Read(r io.Reader, cfg Config) (*Archive, error) {
 		return nil, fileErr("", corruptf("%s compression is not supported (Podman writes zstd, gzip or none)", comp))
 	}
 	return read(&countingReader{r: tr}, nil, comp, cfg)
+}
+
+// decoderWindow is the largest zstd window accepted: a quarter of the
+// memory cap, at most 128 MiB (zstd --long=27). Podman's archives use 8 MiB.
+func decoderWindow(cfg Config) int64 {
+	return max(1<<20, min(1<<27, cfg.MaxMemory/4))
 }
 
 func compressionOf(head []byte) string {
@@ -244,10 +277,17 @@ func read(r interface {
 	cr := r.counter()
 	cfg = cfg.withDefaults()
 	a := &Archive{
-		cfg:   cfg,
-		files: map[string]*member{},
-		pages: map[uint32]*pagesFile{},
-		procs: map[uint32]*procMem{},
+		cfg:    cfg,
+		files:  map[string]*member{},
+		pages:  map[uint32]*pagesFile{},
+		blobs:  map[string]*pagesFile{},
+		procs:  map[uint32]*procMem{},
+		rootfs: map[string]string{},
+
+		shmemMaps: map[uint32][]shmemMap{},
+	}
+	if comp != "" {
+		a.held = decoderWindow(cfg)
 	}
 	defer func() {
 		if err != nil {
@@ -319,13 +359,72 @@ func cleanName(name string) string {
 	return strings.TrimPrefix(name, "/")
 }
 
+// hold charges n bytes against the memory cap.
+func (a *Archive) hold(n int64) error {
+	if n < 0 || a.held+n > a.cfg.MaxMemory {
+		return corruptf("analysis would hold more than its memory cap of %d bytes (%d held, %d more asked): raise it with --max-memory if the archive is trusted", a.cfg.MaxMemory, a.held, n)
+	}
+	a.held += n
+	return nil
+}
+
+// keep reads a member into memory, within the per-file limit and the
+// memory cap. The buffer is allocated once, at the member's size.
+func (a *Archive) keep(tr io.Reader, hdr *tar.Header, name string) error {
+	if hdr.Typeflag != tar.TypeReg {
+		return corruptf("not a regular file (type %q)", hdr.Typeflag)
+	}
+	if hdr.Size > a.cfg.MaxFileSize {
+		return corruptf("size %d exceeds the limit of %d", hdr.Size, a.cfg.MaxFileSize)
+	}
+	if _, dup := a.files[name]; dup {
+		return corruptf("appears twice in the archive")
+	}
+	if err := a.hold(hdr.Size); err != nil {
+		return err
+	}
+	data := make([]byte, hdr.Size)
+	if _, err := io.ReadFull(tr, data); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	a.files[name] = &member{data: data, modTime: hdr.ModTime}
+	return nil
+}
+
+// Top-level metadata files of the formats read, kept in memory.
+var metadataFiles = map[string]bool{
+	ConfigDumpFile: true, SpecDumpFile: true, StatusDumpFile: true, NetworkStatusFile: true,
+	DeletedFilesFile: true, StatsDumpFile: true, ContainerdStatusFile: true, BindMountsFile: true,
+	DockerManifestFile: true, HostFactsFile: true,
+}
+
 func (a *Archive) member(tr *tar.Reader, hdr *tar.Header, name string, cr *countingReader, src *os.File, rep *Report) error {
 	dir, base := path.Split(name)
 	dir = strings.TrimSuffix(dir, "/")
-	if hdr.Typeflag == tar.TypeDir {
-		if name == CheckpointDirectory {
-			a.files[name] = &member{modTime: hdr.ModTime}
+	top, rest, _ := strings.Cut(name, "/")
+	if hdr.Typeflag == tar.TypeDir && name == CheckpointDirectory {
+		a.files[name] = &member{modTime: hdr.ModTime}
+		return nil
+	}
+	switch {
+	case top == DockerRootfsDirectory && a.files[DockerManifestFile] != nil:
+		return a.dockerRootfs(tr, hdr, rest, rep)
+	case top == VolumesDirectory && a.files[DockerManifestFile] != nil:
+		vname, _, _ := strings.Cut(rest, "/")
+		i := slices.IndexFunc(rep.Volumes, func(v Volume) bool { return v.Name == vname })
+		if i < 0 {
+			rep.Volumes = append(rep.Volumes, Volume{Name: vname})
+			i = len(rep.Volumes) - 1
 		}
+		if hdr.Typeflag == tar.TypeReg {
+			rep.Volumes[i].Size += hdr.Size
+		}
+		return nil
+	}
+	if hdr.Typeflag == tar.TypeDir {
 		return nil
 	}
 	switch {
@@ -334,13 +433,34 @@ func (a *Archive) member(tr *tar.Reader, hdr *tar.Header, name string, cr *count
 		if err != nil {
 			return corruptf("pages image with a bad id")
 		}
+		if _, dup := a.pages[uint32(id)]; dup {
+			return corruptf("appears twice in the archive")
+		}
 		rep.Checkpoint.CheckpointSize += hdr.Size
 		rep.Checkpoint.MemorySize += hdr.Size
-		return a.pagesMember(tr, hdr, uint32(id), cr, src)
+		if hdr.Size > a.cfg.MaxPagesSize {
+			return corruptf("size %d exceeds the limit of %d", hdr.Size, a.cfg.MaxPagesSize)
+		}
+		pf, err := a.blob(tr, hdr, cr, src, fmt.Sprintf(pagesImageFmt, id))
+		if err != nil {
+			return err
+		}
+		a.pages[uint32(id)] = pf
+		return nil
+	case dir == CheckpointDirectory && base == StatsDumpFile:
+		// Docker's checkpoint directory holds CRIU's stats-dump itself.
+		rep.Checkpoint.CheckpointSize += hdr.Size
+		if _, ok := a.files[StatsDumpFile]; ok {
+			return nil
+		}
+		return a.keep(tr, hdr, StatsDumpFile)
+	case dir == CheckpointDirectory && strings.HasPrefix(base, tmpfsImagePrefix) && strings.HasSuffix(base, tmpfsImageSuffix):
+		rep.Checkpoint.CheckpointSize += hdr.Size
+		return a.keepBlob(tr, hdr, cr, src, name)
 	case dir == CheckpointDirectory:
 		rep.Checkpoint.CheckpointSize += hdr.Size
 		if !strings.HasSuffix(base, ".img") || strings.Contains(base, ".tar") {
-			return nil // descriptors.json, logs, tmpfs-dev-*.tar.gz.img
+			return nil // descriptors.json, logs
 		}
 	case name == RootFsDiffTar:
 		rep.RootfsDiff.Size = hdr.Size
@@ -350,73 +470,70 @@ func (a *Archive) member(tr *tar.Reader, hdr *tar.Header, name string, cr *count
 		return nil
 	case name == DevShmCheckpointTar:
 		rep.Checkpoint.DevShmSize = hdr.Size
-		return nil
-	case name == ConfigDumpFile, name == SpecDumpFile, name == StatusDumpFile, name == NetworkStatusFile,
-		name == DeletedFilesFile, name == StatsDumpFile:
+		return a.keepBlob(tr, hdr, cr, src, name)
+	case metadataFiles[name]:
 	default:
 		return nil // logs, artifacts, pod files: not analysed
 	}
-	if hdr.Typeflag != tar.TypeReg {
-		return corruptf("not a regular file (type %q)", hdr.Typeflag)
-	}
-	if hdr.Size > a.cfg.MaxFileSize {
-		return corruptf("size %d exceeds the limit of %d", hdr.Size, a.cfg.MaxFileSize)
-	}
-	data, err := io.ReadAll(io.LimitReader(tr, a.cfg.MaxFileSize+1))
-	if err != nil {
-		return err
-	}
-	if _, dup := a.files[name]; dup {
-		return corruptf("appears twice in the archive")
-	}
-	a.files[name] = &member{data: data, modTime: hdr.ModTime}
-	return nil
+	return a.keep(tr, hdr, name)
 }
 
-// pagesMember records where a pages image's bytes are: in place when the
-// archive is an uncompressed file and the member is stored plainly, else in a
-// temporary copy.
-func (a *Archive) pagesMember(tr *tar.Reader, hdr *tar.Header, id uint32, cr *countingReader, src *os.File) error {
-	if _, dup := a.pages[id]; dup {
+// keepBlob keeps a large member (a /dev/shm tar) out of memory for Grep.
+func (a *Archive) keepBlob(tr io.Reader, hdr *tar.Header, cr *countingReader, src *os.File, name string) error {
+	if _, dup := a.blobs[name]; dup {
 		return corruptf("appears twice in the archive")
-	}
-	if hdr.Typeflag != tar.TypeReg {
-		return corruptf("not a regular file (type %q)", hdr.Typeflag)
 	}
 	if hdr.Size > a.cfg.MaxPagesSize {
 		return corruptf("size %d exceeds the limit of %d", hdr.Size, a.cfg.MaxPagesSize)
 	}
+	b, err := a.blob(tr, hdr, cr, src, strings.ReplaceAll(name, "/", "_"))
+	if err != nil {
+		return err
+	}
+	a.blobs[name] = b
+	return nil
+}
+
+// blob records where a large member's bytes are: in place when the archive
+// is an uncompressed file and the member is stored plainly, else in a
+// temporary copy named file.
+func (a *Archive) blob(tr io.Reader, hdr *tar.Header, cr *countingReader, src *os.File, file string) (*pagesFile, error) {
+	if hdr.Typeflag != tar.TypeReg {
+		return nil, corruptf("not a regular file (type %q)", hdr.Typeflag)
+	}
 	if src != nil && !isSparse(hdr) {
 		off := cr.n
 		if fi, err := src.Stat(); err == nil && off+hdr.Size > fi.Size() {
-			return truncatedf("member of %d bytes at offset %d, but the archive has %d", hdr.Size, off, fi.Size())
+			return nil, truncatedf("member of %d bytes at offset %d, but the archive has %d", hdr.Size, off, fi.Size())
 		}
-		a.pages[id] = &pagesFile{r: io.NewSectionReader(src, off, hdr.Size), size: hdr.Size}
-		return nil // tar.Reader skips the data on the next Next()
+		return &pagesFile{r: io.NewSectionReader(src, off, hdr.Size), size: hdr.Size}, nil // tar.Reader skips the data on the next Next()
 	}
+	if a.tempUse+hdr.Size > a.cfg.MaxTempSize {
+		return nil, corruptf("would copy more than %d bytes to the temporary directory", a.cfg.MaxTempSize)
+	}
+	a.tempUse += hdr.Size
 	if a.tmpDir == "" {
 		d, err := os.MkdirTemp(a.cfg.TempDir, "orchestrate-inspect-")
 		if err != nil {
-			return fmt.Errorf("temporary directory for memory pages: %w", err)
+			return nil, fmt.Errorf("temporary directory for memory pages: %w", err)
 		}
 		a.tmpDir = d
 	}
-	f, err := os.Create(path.Join(a.tmpDir, fmt.Sprintf(pagesImageFmt, id)))
+	f, err := os.OpenFile(path.Join(a.tmpDir, file), os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	n, err := io.Copy(f, tr)
 	if err != nil {
 		f.Close()
-		return err
+		return nil, err
 	}
 	if n != hdr.Size {
 		f.Close()
-		return truncatedf("%d of %d bytes", n, hdr.Size)
+		return nil, truncatedf("%d of %d bytes", n, hdr.Size)
 	}
 	// Keep it open for Grep; Close closes it with the directory.
-	a.pages[id] = &pagesFile{r: f, size: n}
-	return nil
+	return &pagesFile{r: f, size: n}, nil
 }
 
 func isSparse(hdr *tar.Header) bool {
@@ -432,7 +549,20 @@ func isSparse(hdr *tar.Header) bool {
 }
 
 // rootfsDiff lists rootfs-diff.tar, streaming: nothing is extracted.
+// Regular files are hashed, for Diff. containerd stores the diff as a
+// gzip-compressed layer under the same name.
 func (a *Archive) rootfsDiff(r io.Reader, rep *Report) error {
+	br := bufio.NewReader(r)
+	if head, _ := br.Peek(2); compressionOf(head) == "gzip" {
+		g, err := gzip.NewReader(br)
+		if err != nil {
+			return compressionErr("gzip", err)
+		}
+		defer g.Close()
+		r = g
+	} else {
+		r = br
+	}
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -446,17 +576,56 @@ func (a *Archive) rootfsDiff(r io.Reader, rep *Report) error {
 		if name == "" {
 			continue
 		}
-		if len(rep.RootfsDiff.Changed) >= a.cfg.MaxDiffEntries {
-			rep.RootfsDiff.Omitted++
-			continue
+		if err := a.addChange(tr, hdr, name, rep); err != nil {
+			return err
 		}
-		rep.RootfsDiff.Changed = append(rep.RootfsDiff.Changed, DiffEntry{
-			Path: name,
-			Type: tarType(hdr.Typeflag),
-			Size: hdr.Size,
-			Mode: fmt.Sprintf("%04o", hdr.Mode&0o7777),
-		})
 	}
+}
+
+// addChange records one rootfs change, hashing a regular file's content.
+func (a *Archive) addChange(r io.Reader, hdr *tar.Header, name string, rep *Report) error {
+	if len(rep.RootfsDiff.Changed) >= a.cfg.MaxDiffEntries {
+		rep.RootfsDiff.Omitted++
+		return nil
+	}
+	if err := a.hold(int64(len(name)) + 128); err != nil {
+		return err
+	}
+	e := DiffEntry{Path: name, Type: tarType(hdr.Typeflag), Size: hdr.Size, Mode: fmt.Sprintf("%04o", hdr.Mode&0o7777)}
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeRegA:
+		h := sha256.New()
+		if _, err := io.Copy(h, r); err != nil {
+			return err
+		}
+		a.rootfs[name] = hex.EncodeToString(h.Sum(nil))
+	case tar.TypeSymlink, tar.TypeLink:
+		e.Link = hdr.Linkname
+		a.rootfs[name] = "link:" + hdr.Linkname
+	}
+	rep.RootfsDiff.Changed = append(rep.RootfsDiff.Changed, e)
+	return nil
+}
+
+// dockerRootfs records one entry of a Docker archive's rootfs/ (the
+// overlay upper directory): a 0:0 character device is a whiteout, i.e. a
+// deleted file.
+func (a *Archive) dockerRootfs(r io.Reader, hdr *tar.Header, rel string, rep *Report) error {
+	rel = strings.TrimSuffix(rel, "/")
+	if rel == "" {
+		return nil
+	}
+	if hdr.Typeflag == tar.TypeChar && hdr.Devmajor == 0 && hdr.Devminor == 0 {
+		if err := a.hold(int64(len(rel)) + 16); err != nil {
+			return err
+		}
+		rep.RootfsDiff.Deleted = append(rep.RootfsDiff.Deleted, "/"+rel)
+		return nil
+	}
+	if hdr.Typeflag == tar.TypeReg {
+		rep.RootfsDiff.Size += hdr.Size
+	}
+	return a.addChange(r, hdr, rel, rep)
 }
 
 func tarType(t byte) string {
@@ -490,6 +659,12 @@ func (a *Archive) Close() error {
 			errs = append(errs, f.Close())
 		}
 		delete(a.pages, id)
+	}
+	for name, p := range a.blobs {
+		if f, ok := p.r.(*os.File); ok {
+			errs = append(errs, f.Close())
+		}
+		delete(a.blobs, name)
 	}
 	if a.src != nil {
 		errs = append(errs, a.src.Close())

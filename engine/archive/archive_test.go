@@ -76,16 +76,24 @@ func checkSynthReport(t *testing.T, r *Report) {
 	}
 	p := r.Processes[0]
 	if p.PID != 1 || p.Comm != "app" || !slices.Equal(p.Cmdline, synthArgv) || p.Exe != "/bin/app" || p.Cwd != "/srv" ||
-		p.MemoryDumped != 262*4096 || len(p.Threads) != 2 {
+		p.MemoryDumped != 262*4096 || len(p.Threads) != 2 || p.State != "alive" || !slices.Equal(p.Env, synthEnv) {
 		t.Errorf("process 1 = %+v", p)
 	}
-	wantFiles := []File{{0, "REG", "/dev/null"}, {1, "PIPE", "pipe:[777]"}, {3, "INETSK", "socket:[555]"}, {4, "INETSK", "socket:[556]"}}
+	if !slices.Equal(c.Env, []string{"PATH=/bin", "MODE=spec"}) || len(c.Mounts) != 1 || c.Mounts[0].Destination != "/data" || c.Mounts[0].Source != "/srv/data" {
+		t.Errorf("container env %q, mounts %+v", c.Env, c.Mounts)
+	}
+	wantFiles := []File{{0, "REG", "/dev/null"}, {1, "PIPE", "pipe:[777]"}, {3, "INETSK", "socket:[555]"}, {4, "INETSK", "socket:[556]"},
+		{5, "UNIXSK", "socket:[900] /run/app.sock"}, {6, "UNIXSK", "socket:[901] @abstract"}, {7, "PACKETSK", "PACKETSK[19]"}, {8, "NETLINKSK", "NETLINKSK[20]"}}
 	if !slices.Equal(p.Files, wantFiles) {
 		t.Errorf("files = %+v, want %+v", p.Files, wantFiles)
 	}
 	wantSk := []Socket{
-		{FD: 3, Family: "IPv4", Type: "STREAM", Protocol: "TCP", State: "LISTEN", Local: "0.0.0.0:8080", Remote: "0.0.0.0:0"},
-		{FD: 4, Family: "IPv6", Type: "STREAM", Protocol: "TCP", State: "ESTABLISHED", Local: "[::1]:5000", Remote: "127.0.0.1:40000"},
+		{FD: 3, Inode: 555, Family: "IPv4", Type: "STREAM", Protocol: "TCP", State: "LISTEN", Local: "0.0.0.0:8080", Remote: "0.0.0.0:0"},
+		{FD: 4, Inode: 556, Family: "IPv6", Type: "STREAM", Protocol: "TCP", State: "ESTABLISHED", Local: "[::1]:5000", Remote: "127.0.0.1:40000", InQueue: 10, OutQueue: 20},
+		{FD: 5, Inode: 900, Family: "UNIX", Type: "STREAM", State: "ESTABLISHED", Local: "/run/app.sock", Remote: "socket:[901] @abstract", InQueue: 8, InPackets: 2},
+		{FD: 6, Inode: 901, Family: "UNIX", Type: "DGRAM", State: "UNCONN", Local: "@abstract"},
+		{FD: 7, Inode: 19, Family: "PACKET", Type: "RAW", Protocol: "ETH_P_ALL", State: "UNCONN", Local: "ifindex 2"},
+		{FD: 8, Inode: 902, Family: "NETLINK", Type: "RAW", Protocol: "ROUTE", State: "UNCONN", Local: "portid 1234"},
 	}
 	if !slices.Equal(p.Sockets, wantSk) {
 		t.Errorf("sockets = %+v, want %+v", p.Sockets, wantSk)
@@ -104,7 +112,7 @@ func checkSynthReport(t *testing.T, r *Report) {
 		t.Errorf("no stack mapping in %+v", p.Mappings)
 	}
 	q := r.Processes[1]
-	if q.PID != 7 || q.PPID != 1 || !slices.Equal(q.Cmdline, []string{"sleeper"}) {
+	if q.PID != 7 || q.PPID != 1 || !slices.Equal(q.Cmdline, []string{"sleeper"}) || q.State != "zombie (exit code 3)" {
 		t.Errorf("process 7 = %+v", q)
 	}
 	if !slices.ContainsFunc(r.Warnings, func(s string) bool { return strings.Contains(s, "pid 7: command line") }) {
@@ -124,8 +132,10 @@ func checkSynthReport(t *testing.T, r *Report) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"synth (0123456789ab)", "[1] /bin/app -listen :8080", "[7] sleeper", "[3] IPv4 TCP LISTEN 0.0.0.0:8080",
-		"ESTABLISHED [::1]:5000 -> 127.0.0.1:40000", "+ data/hello.txt", "- /etc/motd", "CRIU: 4.2.1", "[heap]",
+		"synth (0123456789ab)", "[1] /bin/app -listen :8080", "[7] sleeper", "[3] IPv4 STREAM TCP LISTEN 0.0.0.0:8080",
+		"ESTABLISHED [::1]:5000 -> 127.0.0.1:40000, queued in 10 B, out 20 B", "+ data/hello.txt", "- /etc/motd", "CRIU: 4.2.1", "[heap]",
+		"SECRET_TOKEN=hunter2", "MODE=spec", "/data (bind) from /srv/data [rbind,rw]", "zombie (exit code 3)",
+		"[5] UNIX STREAM - ESTABLISHED /run/app.sock -> socket:[901] @abstract, queued in 8 B (2 messages)", "[8] NETLINK RAW ROUTE UNCONN portid 1234",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("rendering lacks %q:\n%s", want, out.String())
@@ -166,6 +176,30 @@ func checkSynthGrep(t *testing.T, a *Archive) {
 	}
 	if ms, err := a.Grep("not in there"); err != nil || len(ms) != 0 {
 		t.Fatalf("Grep(absent) = %+v, %v", ms, err)
+	}
+	// Shared memory is searched and attributed to the process mapping it.
+	ms, err = a.Grep(synthShmMarker)
+	if err != nil || len(ms) != 1 || ms[0].Where != WhereShared || ms[0].PID != 1 || ms[0].Address != Addr(synthShmAddr+synthShmOff) || ms[0].Mapping != "[anon-shared]" {
+		t.Fatalf("Grep(shared) = %+v, %v", ms, err)
+	}
+	// So is /dev/shm.
+	ms, err = a.Grep(synthDevShm)
+	if err != nil || len(ms) != 1 || ms[0].Where != WhereFile || ms[0].Mapping != "/dev/shm/blob" || ms[0].Address != 10 {
+		t.Fatalf("Grep(/dev/shm) = %+v, %v", ms, err)
+	}
+	// --pid: pid 7 has no memory; --context N.
+	res, err := a.Search(Query{Pattern: synthMarker, PIDs: []uint32{7}})
+	if err != nil || len(res.Matches) != 0 {
+		t.Fatalf("Search(pid 7) = %+v, %v", res, err)
+	}
+	res, err = a.Search(Query{Pattern: synthMarker, PIDs: []uint32{1}, Context: 3})
+	if err != nil || len(res.Matches) != 1 || res.Matches[0].Context != "..."+synthMarker+"..." || res.Truncated {
+		t.Fatalf("Search(pid 1, context 3) = %+v, %v", res, err)
+	}
+	// The environment is in memory too, and a cut is said.
+	res, err = a.Search(Query{Regexp: regexp.MustCompile(`SECRET`), MaxMatches: 2})
+	if err != nil || len(res.Matches) != 2 || !res.Truncated {
+		t.Fatalf("Search(max 2) = %+v, %v", res, err)
 	}
 	var out bytes.Buffer
 	RenderMatches(&out, ms)
@@ -359,4 +393,106 @@ func FuzzImage(f *testing.F) {
 		RenderWith(&bytes.Buffer{}, a.Report(), AllSections)
 		a.Grep("SECRET")
 	})
+}
+
+func TestDumpMemory(t *testing.T) {
+	a, err := readBytes(t, synthTar(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var raw, maps bytes.Buffer
+	n, err := a.DumpMemory(1, &raw, &maps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 263*4096 || int64(raw.Len()) != n {
+		t.Fatalf("dumped %d bytes (%d written), want 263 pages", n, raw.Len())
+	}
+	lines := strings.Split(strings.TrimSpace(maps.String()), "\n")
+	want := []string{
+		"10000-12000 rw-p 00000000 ",
+		"20000-21000 rw-s 00002000 [anon-shared]",
+		"7f0000000000-7f0000104000 rw-p 00003000 [heap]",
+	}
+	if !slices.Equal(lines, want) {
+		t.Fatalf("maps:\n%s\nwant:\n%s", maps.String(), strings.Join(want, "\n"))
+	}
+	if i := bytes.Index(raw.Bytes(), []byte(synthShmMarker)); i != 0x2000+synthShmOff {
+		t.Fatalf("shared marker at %d in the raw dump", i)
+	}
+	if _, err := a.DumpMemory(99, &raw, &maps); err == nil {
+		t.Fatal("no error for a pid not in the checkpoint")
+	}
+}
+
+// TestCompare diffs the synthetic checkpoint against a later one in which
+// a heap page changed, a page appeared, the environment and a socket
+// changed, a file appeared in the rootfs and a process went away; --grep
+// limited to changed pages finds only what is new.
+func TestCompare(t *testing.T) {
+	before := synthMembers(t)
+	after := synthMembers(t)
+	for i, m := range after {
+		switch m.name {
+		case "checkpoint/pages-1.img":
+			data := slices.Clone(m.data)
+			// Heap page 5 gets a new secret (the heap run starts after the
+			// two pages of run 1).
+			copy(data[(2+5)*4096+100:], "NEW-SECRET")
+			after[i].data = data
+		case "spec.dump":
+			after[i].data = bytes.Replace(m.data, []byte("MODE=spec"), []byte("MODE=later"), 1)
+		case "rootfs-diff.tar":
+			after[i].data = bytes.Replace(m.data, []byte("hello\n"), []byte("HELLO\n"), 1)
+		}
+	}
+	// pid 7 gone: keep only pid 1's pstree entry.
+	for i, m := range after {
+		if m.name == "checkpoint/pstree.img" {
+			raw, err := imageEntries(synthImage(t, m.name), "PSTREE")
+			if err != nil {
+				t.Fatal(err)
+			}
+			after[i].data = image("PSTREE", raw[0])
+		}
+	}
+	a, err := readBytes(t, tarOf(t, before))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := readBytes(t, tarOf(t, after))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	d, err := Compare(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.PagesChanged != 1 || d.PagesAdded != 0 || d.PagesRemoved != 0 {
+		t.Fatalf("pages changed %d added %d removed %d, want 1 0 0; memory %+v", d.PagesChanged, d.PagesAdded, d.PagesRemoved, d.Memory)
+	}
+	if len(d.Memory) != 1 || d.Memory[0].Mapping != "[heap]" || d.Memory[0].Changed != 1 {
+		t.Fatalf("memory diff %+v", d.Memory)
+	}
+	if len(d.Processes) != 1 || d.Processes[0].PID != 7 || d.Processes[0].Kind != "removed" {
+		t.Fatalf("process diff %+v", d.Processes)
+	}
+	// The old secret is everywhere in B; only the new one is on a changed page.
+	res, err := b.Search(Query{Regexp: regexp.MustCompile(`[A-Z]+-SECRET|SECRET-[A-Z]+`), Pages: d.ChangedPages})
+	if err != nil || len(res.Matches) != 1 || res.Matches[0].Text != "NEW-SECRET" {
+		t.Fatalf("search of changed pages = %+v, %v", res, err)
+	}
+	var out bytes.Buffer
+	if err := RenderDiff(&out, d); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Memory: 1 pages changed", "[heap]: 1 changed", "[7] sleeper (removed)",
+		"~ spec env MODE spec -> later", "~ data/hello.txt file 0644 6 B sha256:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("diff rendering lacks %q:\n%s", want, out.String())
+		}
+	}
 }

@@ -77,24 +77,9 @@ const maxEntry = 16 << 20
 // magic, the image's own magic, then entries of a little-endian uint32 size
 // followed by that many bytes of protobuf. The returned slices alias data.
 func imageEntries(data []byte, magicName string) ([][]byte, error) {
-	want := magicOf(magicName)
-	if want == 0 {
-		return nil, fmt.Errorf("internal: unknown CRIU magic %s", magicName)
-	}
-	if len(data) < 4 {
-		return nil, truncatedf("%d bytes, too short for a CRIU image magic", len(data))
-	}
-	m := binary.LittleEndian.Uint32(data)
-	off := 4
-	if m == imgCommonMagic || m == imgServiceMagic {
-		if len(data) < 8 {
-			return nil, truncatedf("image ends after its first magic")
-		}
-		m = binary.LittleEndian.Uint32(data[4:])
-		off = 8
-	}
-	if m != want {
-		return nil, corruptf("magic 0x%08x, want %s (0x%08x)", m, magicName, want)
+	off, err := imageBody(data, magicName)
+	if err != nil {
+		return nil, err
 	}
 	var entries [][]byte
 	for off < len(data) {
@@ -113,6 +98,30 @@ func imageEntries(data []byte, magicName string) ([][]byte, error) {
 		off += int(n)
 	}
 	return entries, nil
+}
+
+// imageBody checks an image's magic and returns where its entries start.
+func imageBody(data []byte, magicName string) (int, error) {
+	want := magicOf(magicName)
+	if want == 0 {
+		return 0, fmt.Errorf("internal: unknown CRIU magic %s", magicName)
+	}
+	if len(data) < 4 {
+		return 0, truncatedf("%d bytes, too short for a CRIU image magic", len(data))
+	}
+	m := binary.LittleEndian.Uint32(data)
+	off := 4
+	if m == imgCommonMagic || m == imgServiceMagic {
+		if len(data) < 8 {
+			return 0, truncatedf("image ends after its first magic")
+		}
+		m = binary.LittleEndian.Uint32(data[4:])
+		off = 8
+	}
+	if m != want {
+		return 0, corruptf("magic 0x%08x, want %s (0x%08x)", m, magicName, want)
+	}
+	return off, nil
 }
 
 // unmarshalOpts tolerates missing required fields: a checkpoint written by a

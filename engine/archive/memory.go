@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
-	"slices"
 	"sort"
 	"strings"
 
@@ -247,109 +245,4 @@ func (a *Archive) readArgv(m *procMem, start, end uint64) ([]string, error) {
 		return nil, nil
 	}
 	return strings.Split(string(b), "\x00"), nil
-}
-
-// Match is one hit of Grep in a process's dumped memory.
-type Match struct {
-	PID     uint32 `json:"pid"`
-	Comm    string `json:"comm"`
-	Address Addr   `json:"address"`
-	Mapping string `json:"mapping,omitempty"` // the VMA's name, if it has one
-	Text    string `json:"text"`              // the match, non-printable bytes as '.'
-	Context string `json:"context"`           // the match with Config.GrepContext bytes around it
-}
-
-// Grep searches every process's dumped memory for the literal pattern.
-func (a *Archive) Grep(pattern string) ([]Match, error) {
-	if pattern == "" {
-		return nil, errors.New("grep: empty pattern")
-	}
-	re := regexp.MustCompile(regexp.QuoteMeta(pattern))
-	return a.grep(re, len(pattern)-1)
-}
-
-// GrepRegexp searches every process's dumped memory for re. A match that
-// crosses a chunk boundary is found when it is at most Config.GrepOverlap
-// bytes long; matches never span two separately dumped page runs.
-func (a *Archive) GrepRegexp(re *regexp.Regexp) ([]Match, error) {
-	if re == nil {
-		return nil, errors.New("grep: nil regular expression")
-	}
-	return a.grep(re, a.cfg.GrepOverlap)
-}
-
-const grepChunk = 1 << 20
-
-func (a *Archive) grep(re *regexp.Regexp, overlap int) ([]Match, error) {
-	if a.report == nil {
-		return nil, errors.New("grep: archive is closed or was not read")
-	}
-	var out []Match
-	buf := make([]byte, 0, grepChunk+overlap)
-	for _, p := range a.report.Processes {
-		m := a.procs[p.PID]
-		if m == nil || m.pages == nil {
-			continue
-		}
-		for _, r := range m.runs {
-			size := r.end - r.vaddr
-			for pos := uint64(0); pos < size; pos += grepChunk {
-				// Read the chunk plus an overlap into the next one; only
-				// matches starting inside the chunk count, so none is
-				// reported twice.
-				n := min(uint64(grepChunk+overlap), size-pos)
-				buf = buf[:n]
-				if _, err := m.pages.r.ReadAt(buf, r.off+int64(pos)); err != nil {
-					return out, fmt.Errorf("grep: %w", pagesReadErr(m, err))
-				}
-				for _, loc := range re.FindAllIndex(buf, -1) {
-					if loc[0] >= grepChunk || loc[1] == loc[0] {
-						continue
-					}
-					if len(out) >= a.cfg.MaxMatches {
-						return out, ErrMatchLimit
-					}
-					addr := r.vaddr + pos + uint64(loc[0])
-					out = append(out, a.match(m, p.Comm, addr, buf, loc, r, pos))
-				}
-			}
-		}
-	}
-	return out, nil
-}
-
-func (a *Archive) match(m *procMem, comm string, addr uint64, buf []byte, loc []int, r pageRun, pos uint64) Match {
-	ctx := a.cfg.GrepContext
-	lo, hi := max(0, loc[0]-ctx), min(len(buf), loc[1]+ctx)
-	context := buf[lo:hi]
-	// Context before the chunk start is not in buf: read it.
-	if loc[0]-ctx < 0 && pos > 0 {
-		want := min(uint64(ctx-loc[0]), pos)
-		pre := make([]byte, want)
-		if _, err := m.pages.r.ReadAt(pre, r.off+int64(pos-want)); err == nil {
-			context = append(pre, context...)
-		}
-	}
-	text := buf[loc[0]:loc[1]]
-	if len(text) > 256 {
-		text = text[:256]
-	}
-	mt := Match{PID: m.pid, Comm: comm, Address: Addr(addr), Text: printable(text), Context: printable(context)}
-	i := slices.IndexFunc(m.mappings, func(v Mapping) bool { return uint64(v.Start) <= addr && addr < uint64(v.End) })
-	if i >= 0 {
-		mt.Mapping = m.mappings[i].Name
-	}
-	return mt
-}
-
-func printable(b []byte) string {
-	out := make([]byte, len(b))
-	for i, c := range b {
-		if c >= 0x20 && c < 0x7f {
-			out[i] = c
-		} else {
-			out[i] = '.'
-		}
-	}
-	return string(out)
 }

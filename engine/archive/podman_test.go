@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -96,6 +97,8 @@ func TestPodmanCheckpoint(t *testing.T) {
 			checkWorkload(t, a, port, marker)
 		})
 	}
+
+	t.Run("gdb-core", func(t *testing.T) { checkCore(t, root, plain) })
 
 	t.Run("damaged", func(t *testing.T) {
 		raw, err := os.ReadFile(plain)
@@ -272,4 +275,58 @@ func randomInt(t *testing.T, n int) int {
 		t.Fatal(err)
 	}
 	return int(v.Int64())
+}
+
+// checkCore writes core files from a real checkpoint of the workload and
+// loads them into Debian's gdb with an unstripped build of the workload
+// (the image's copy is stripped; -s -w drop only symbols and DWARF, so the
+// code is at the same addresses): registers and a backtrace with Go
+// symbols must appear.
+func checkCore(t *testing.T, root, archivePath string) {
+	gdb, err := exec.LookPath("gdb")
+	if err != nil {
+		if os.Getenv("ORCHESTRATE_REQUIRE_HOSTS") == "1" {
+			t.Fatalf("gdb not installed (scripts/install-test-tools.sh installs it): %v", err)
+		}
+		t.Skipf("gdb not installed: %v", err)
+	}
+	a, err := Open(archivePath, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	dir := t.TempDir()
+	paths, err := a.WriteCores(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "workload")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/workload")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the workload with symbols: %v\n%s", err, out)
+	}
+	var core string
+	for _, p := range a.Report().Processes {
+		if p.Comm == "workload" {
+			core = filepath.Join(dir, fmt.Sprintf("core.%d", p.PID))
+		}
+	}
+	if !slices.Contains(paths, core) {
+		t.Fatalf("no core for the workload among %v", paths)
+	}
+	out, err := exec.Command(gdb, "-nx", "-batch", "-ex", "info registers", "-ex", "bt", "-ex", "info threads", bin, core).CombinedOutput()
+	t.Logf("gdb:\n%s", out)
+	if err != nil {
+		t.Fatalf("gdb: %v", err)
+	}
+	for _, re := range []string{`(?m)^rip\s+0x[0-9a-f]+\s+0x[0-9a-f]+ <[a-z]`, `(?m)^rsp\s+0x[0-9a-f]+`, `(?m)^#0\s+.*(runtime|syscall)`, `(?m)^#[1-9].* in runtime\.`} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("gdb output lacks %s", re)
+		}
+	}
+	if strings.Contains(string(out), "not in executable format") || strings.Contains(string(out), "is not a core dump") {
+		t.Errorf("gdb did not load the core")
+	}
 }

@@ -36,18 +36,35 @@ type Report struct {
 
 // Container is the container's metadata, from config.dump and spec.dump.
 type Container struct {
-	ID            string            `json:"id"`
-	Name          string            `json:"name"`
-	Image         string            `json:"image,omitempty"`
-	ImageID       string            `json:"imageID,omitempty"`
-	Runtime       string            `json:"runtime,omitempty"`
-	Engine        string            `json:"engine,omitempty"`
-	EngineVersion string            `json:"engineVersion,omitempty"`
-	Created       time.Time         `json:"created"`
-	Hostname      string            `json:"hostname,omitempty"`
-	Command       []string          `json:"command,omitempty"`
-	Networks      []Network         `json:"networks,omitempty"`
-	Annotations   map[string]string `json:"annotations,omitempty"`
+	Format        Format    `json:"format"`
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	Image         string    `json:"image,omitempty"`
+	ImageID       string    `json:"imageID,omitempty"`
+	Runtime       string    `json:"runtime,omitempty"`
+	Engine        string    `json:"engine,omitempty"`
+	EngineVersion string    `json:"engineVersion,omitempty"`
+	Created       time.Time `json:"created"`
+	Hostname      string    `json:"hostname,omitempty"`
+	Command       []string  `json:"command,omitempty"`
+	// Env is the environment the container was created with (the spec's
+	// or Docker's config); each process's own is Process.Env.
+	Env         []string          `json:"env,omitempty"`
+	Mounts      []Mount           `json:"mounts,omitempty"`
+	Networks    []Network         `json:"networks,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// Pod and Namespace: the Kubernetes pod of a CRI-O or containerd
+	// checkpoint.
+	Pod       string `json:"pod,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// Mount is one mount of the container's configuration.
+type Mount struct {
+	Destination string   `json:"destination"`
+	Type        string   `json:"type,omitempty"` // bind, tmpfs, volume, proc, ...
+	Source      string   `json:"source,omitempty"`
+	Options     []string `json:"options,omitempty"`
 }
 
 // Network is one interface from network.status.
@@ -62,7 +79,11 @@ type Network struct {
 type CheckpointInfo struct {
 	// CheckpointedAt comes from config.dump when recorded, else from the
 	// archive's timestamp of checkpoint/inventory.img.
-	CheckpointedAt time.Time  `json:"checkpointedAt"`
+	CheckpointedAt time.Time `json:"checkpointedAt"`
+	// Host, CRIUVersion, Kernel and HostArch come from the annotations
+	// CRI-O writes, else from what orchestrate's agent recorded in the
+	// archive (HostFactsFile); Podman's own archives carry neither.
+	Host           string     `json:"host,omitempty"`
 	CRIUVersion    string     `json:"criuVersion,omitempty"`
 	RuntimeVersion string     `json:"runtimeVersion,omitempty"`
 	Kernel         string     `json:"kernel,omitempty"`
@@ -95,9 +116,15 @@ type Process struct {
 	SID     uint32   `json:"sid"`
 	Threads []uint32 `json:"threads,omitempty"`
 	Comm    string   `json:"comm"`
+	// State is CRIU's task state: alive, stopped (with the stopping
+	// signal), zombie (with its exit code) or dead.
+	State string `json:"state"`
 	// Cmdline is argv read from the dumped memory; when those pages were
 	// not dumped it is just Comm.
-	Cmdline      []string  `json:"cmdline"`
+	Cmdline []string `json:"cmdline"`
+	// Env is the environment read from the dumped memory (between
+	// mm_env_start and mm_env_end), as the process sees it now.
+	Env          []string  `json:"env,omitempty"`
 	Exe          string    `json:"exe,omitempty"`
 	Cwd          string    `json:"cwd,omitempty"`
 	Root         string    `json:"root,omitempty"`
@@ -147,15 +174,24 @@ type File struct {
 	Path string `json:"path"`
 }
 
-// Socket is one open inet socket.
+// Socket is one open socket of any family.
 type Socket struct {
 	FD       uint32 `json:"fd"`
-	Family   string `json:"family"`   // IPv4, IPv6
-	Type     string `json:"type"`     // STREAM, DGRAM, RAW
-	Protocol string `json:"protocol"` // TCP, UDP, ...
-	State    string `json:"state"`    // LISTEN, ESTABLISHED, ...
-	Local    string `json:"local"`    // addr:port
-	Remote   string `json:"remote"`
+	Inode    uint32 `json:"inode"`
+	Family   string `json:"family"`   // IPv4, IPv6, UNIX, PACKET, NETLINK
+	Type     string `json:"type"`     // STREAM, DGRAM, RAW, SEQPACKET
+	Protocol string `json:"protocol"` // TCP, UDP, ...; for netlink its protocol (ROUTE, ...); for packet the ethertype
+	State    string `json:"state"`    // LISTEN, ESTABLISHED, UNCONN, ...
+	Local    string `json:"local"`    // addr:port, a unix path ("@name" when abstract), port id, interface
+	Remote   string `json:"remote"`   // addr:port, the unix peer's path or socket:[inode], port id
+	// InQueue and OutQueue are the bytes queued when the checkpoint was
+	// taken: receive and send queues of TCP connections (tcp-stream
+	// images), and the receive queue of unix and packet sockets
+	// (sk-queues.img), with InPackets the number of queued messages.
+	InQueue   int64 `json:"inQueue"`
+	OutQueue  int64 `json:"outQueue"`
+	InPackets int   `json:"inPackets,omitempty"`
+	Backlog   int   `json:"backlog,omitempty"` // a listening socket's backlog
 }
 
 // RootfsDiff is what changed in the container's writable layer.
@@ -172,6 +208,7 @@ type DiffEntry struct {
 	Type string `json:"type"` // file, dir, symlink, ...
 	Size int64  `json:"size"`
 	Mode string `json:"mode"`
+	Link string `json:"link,omitempty"` // a link's target
 }
 
 // Volume is a named volume's tar in volumes/.
@@ -180,124 +217,12 @@ type Volume struct {
 	Size int64  `json:"size"`
 }
 
-// configDump is the part of libpod's ContainerConfig that is read. Field
-// names changed across Podman versions, so both spellings are accepted.
-type configDump struct {
-	ID               string    `json:"id"`
-	Name             string    `json:"name"`
-	RootfsImageID    string    `json:"rootfsImageID"`
-	RootfsImage      string    `json:"rootfsImage"`
-	RootfsImageName  string    `json:"rootfsImageName"`
-	RawImageName     string    `json:"RawImageName"`
-	Runtime          string    `json:"runtime"`
-	CreatedTime      time.Time `json:"createdTime"`
-	CheckpointedTime time.Time `json:"checkpointedTime"`
-}
-
-type specDump struct {
-	Hostname    string            `json:"hostname"`
-	Annotations map[string]string `json:"annotations"`
-	Process     *struct {
-		Args []string `json:"args"`
-	} `json:"process"`
-}
-
-// Annotations CRI-O and newer Podman put in spec.dump.
-const (
-	annotationManager        = "io.container.manager"
-	annotationEngine         = "org.criu.checkpoint.engine.name"
-	annotationEngineVersion  = "org.criu.checkpoint.engine.version"
-	annotationCRIUVersion    = "org.criu.checkpoint.criu.version"
-	annotationRuntimeVersion = "org.criu.checkpoint.runtime.version"
-	annotationKernel         = "org.criu.checkpoint.host.kernel"
-	annotationArch           = "org.criu.checkpoint.host.arch"
-)
-
 func (a *Archive) image(name string) ([]byte, bool) {
 	m, ok := a.files[path.Join(CheckpointDirectory, name)]
 	if !ok {
 		return nil, false
 	}
 	return m.data, true
-}
-
-// build turns the members read into the Report.
-func (a *Archive) build(rep *Report) error {
-	if err := a.buildContainer(rep); err != nil {
-		return err
-	}
-	if _, ok := a.files[path.Join(CheckpointDirectory, PstreeImage)]; !ok {
-		return fileErr(path.Join(CheckpointDirectory, PstreeImage), fmt.Errorf("%w: missing", ErrNotCheckpoint))
-	}
-	if err := a.buildCheckpoint(rep); err != nil {
-		return err
-	}
-	return a.buildProcesses(rep)
-}
-
-func (a *Archive) buildContainer(rep *Report) error {
-	cm, ok := a.files[ConfigDumpFile]
-	if !ok {
-		return fileErr(ConfigDumpFile, fmt.Errorf("%w: missing", ErrNotCheckpoint))
-	}
-	var cfg configDump
-	if err := json.Unmarshal(cm.data, &cfg); err != nil {
-		return fileErr(ConfigDumpFile, corruptf("%v", err))
-	}
-	c := &rep.Container
-	c.ID, c.Name, c.Runtime, c.Created = cfg.ID, cfg.Name, cfg.Runtime, cfg.CreatedTime
-	c.Image = firstNonEmpty(cfg.RootfsImageName, cfg.RawImageName)
-	c.ImageID = firstNonEmpty(cfg.RootfsImageID, cfg.RootfsImage)
-	rep.Checkpoint.CheckpointedAt = cfg.CheckpointedTime
-
-	if sm, ok := a.files[SpecDumpFile]; ok {
-		var spec specDump
-		if err := json.Unmarshal(sm.data, &spec); err != nil {
-			return fileErr(SpecDumpFile, corruptf("%v", err))
-		}
-		c.Hostname = spec.Hostname
-		if spec.Process != nil {
-			c.Command = spec.Process.Args
-		}
-		c.Annotations = spec.Annotations
-		an := spec.Annotations
-		c.Engine = an[annotationEngine]
-		if c.Engine == "" {
-			switch an[annotationManager] {
-			case "libpod":
-				c.Engine = "Podman"
-			case "cri-o":
-				c.Engine = "CRI-O"
-			case "":
-			default:
-				c.Engine = an[annotationManager]
-			}
-		}
-		c.EngineVersion = an[annotationEngineVersion]
-		rep.Checkpoint.CRIUVersion = an[annotationCRIUVersion]
-		rep.Checkpoint.RuntimeVersion = an[annotationRuntimeVersion]
-		rep.Checkpoint.Kernel = an[annotationKernel]
-		rep.Checkpoint.HostArch = an[annotationArch]
-	} else {
-		rep.Warnings = append(rep.Warnings, SpecDumpFile+": missing")
-	}
-	if c.Engine == "" {
-		c.Engine = "Podman" // config.dump is libpod's format
-	}
-
-	if nm, ok := a.files[NetworkStatusFile]; ok {
-		nets, err := parseNetworkStatus(nm.data)
-		if err != nil {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: %v", NetworkStatusFile, err))
-		}
-		c.Networks = nets
-	}
-	if dm, ok := a.files[DeletedFilesFile]; ok {
-		if err := json.Unmarshal(dm.data, &rep.RootfsDiff.Deleted); err != nil {
-			return fileErr(DeletedFilesFile, corruptf("%v", err))
-		}
-	}
-	return nil
 }
 
 // parseNetworkStatus reads netavark's status blocks, keyed by network name
@@ -377,6 +302,10 @@ func (a *Archive) buildProcesses(rep *Report) error {
 	if err != nil {
 		return err
 	}
+	socks, err := a.sockets(files)
+	if err != nil {
+		return err
+	}
 	seen := map[uint32]bool{}
 	for _, t := range tasks {
 		p := Process{PID: t.GetPid(), PPID: t.GetPpid(), PGID: t.GetPgid(), SID: t.GetSid(), Threads: t.GetThreads()}
@@ -384,7 +313,7 @@ func (a *Archive) buildProcesses(rep *Report) error {
 			return fileErr(pstreeName, corruptf("pid %d appears twice", p.PID))
 		}
 		seen[p.PID] = true
-		if err := a.buildProcess(&p, files, rep); err != nil {
+		if err := a.buildProcess(&p, files, socks, rep); err != nil {
 			return err
 		}
 		rep.Processes = append(rep.Processes, p)
@@ -432,7 +361,7 @@ func (a *Archive) fileTable() (map[uint32]*fdinfo.FileEntry, error) {
 	return table, nil
 }
 
-func (a *Archive) buildProcess(p *Process, files map[uint32]*fdinfo.FileEntry, rep *Report) error {
+func (a *Archive) buildProcess(p *Process, files map[uint32]*fdinfo.FileEntry, socks *socketIndex, rep *Report) error {
 	pid := p.PID
 	ck := CheckpointDirectory + "/"
 
@@ -443,6 +372,7 @@ func (a *Archive) buildProcess(p *Process, files map[uint32]*fdinfo.FileEntry, r
 			return fileErr(ck+coreName, err)
 		}
 		p.Comm = core.GetTc().GetComm()
+		p.State = taskState(core.GetTc())
 	} else {
 		rep.Warnings = append(rep.Warnings, ck+coreName+": missing")
 	}
@@ -472,6 +402,9 @@ func (a *Archive) buildProcess(p *Process, files map[uint32]*fdinfo.FileEntry, r
 			if mem != nil {
 				m.Dumped = mem.presentIn(v.GetStart(), v.GetEnd())
 			}
+			if v.GetStatus()&(vmaAnonShared|vmaAreaSysvipc|vmaAreaMemfd) != 0 {
+				a.shmemMaps[pid] = append(a.shmemMaps[pid], shmemMap{shmid: v.GetShmid(), start: v.GetStart(), pgoff: v.GetPgoff(), name: m.Name})
+			}
 			p.Mappings = append(p.Mappings, m)
 		}
 	}
@@ -490,6 +423,11 @@ func (a *Archive) buildProcess(p *Process, files map[uint32]*fdinfo.FileEntry, r
 		case len(argv) > 0:
 			p.Cmdline = argv
 		}
+		env, err := a.readArgv(mem, mmEntry.GetMmEnvStart(), mmEntry.GetMmEnvEnd())
+		if err != nil {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("pid %d: environment: %v", pid, err))
+		}
+		p.Env = env
 	}
 
 	// Open files: ids-PID.img names the fdinfo image (fdinfo-<files_id>.img);
@@ -512,8 +450,8 @@ func (a *Archive) buildProcess(p *Process, files map[uint32]*fdinfo.FileEntry, r
 		for _, fd := range fds {
 			fe := files[fd.GetId()]
 			p.Files = append(p.Files, File{FD: fd.GetFd(), Type: fd.GetType().String(), Path: describeFile(fd.GetType(), fd.GetId(), fe)})
-			if isk := fe.GetIsk(); isk != nil {
-				p.Sockets = append(p.Sockets, inetSocket(fd.GetFd(), isk))
+			if s, ok := a.socket(fd.GetFd(), fe, socks); ok {
+				p.Sockets = append(p.Sockets, s)
 			}
 		}
 		slices.SortFunc(p.Files, func(x, y File) int { return int(x.FD) - int(y.FD) })
@@ -645,47 +583,6 @@ func protString(prot, flags uint32) string {
 		b[3] = 's'
 	}
 	return string(b)
-}
-
-// Linux socket constants (kept here: the archive may come from any host).
-var (
-	tcpStates = map[uint32]string{
-		1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-		6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING",
-		12: "NEW_SYN_RECV",
-	}
-	sockTypes = map[uint32]string{1: "STREAM", 2: "DGRAM", 3: "RAW", 4: "RDM", 5: "SEQPACKET", 10: "PACKET"}
-	protos    = map[uint32]string{0: "IP", 1: "ICMP", 2: "IGMP", 6: "TCP", 17: "UDP", 58: "ICMPV6", 132: "SCTP", 136: "UDPLITE", 255: "RAW", 262: "MPTCP"}
-)
-
-func lookup(m map[uint32]string, v uint32) string {
-	if s, ok := m[v]; ok {
-		return s
-	}
-	return fmt.Sprintf("%d", v)
-}
-
-func inetSocket(fd uint32, isk *sk_inet.InetSkEntry) Socket {
-	s := Socket{
-		FD:       fd,
-		Type:     lookup(sockTypes, isk.GetType()),
-		Protocol: lookup(protos, isk.GetProto()),
-		State:    lookup(tcpStates, isk.GetState()),
-	}
-	switch isk.GetFamily() {
-	case 2:
-		s.Family = "IPv4"
-	case 10:
-		s.Family = "IPv6"
-	default:
-		s.Family = fmt.Sprintf("%d", isk.GetFamily())
-	}
-	if s.Protocol != "TCP" && isk.GetState() == 7 {
-		s.State = "UNCONN" // UDP and raw sockets sit in TCP_CLOSE
-	}
-	s.Local = hostPort(isk.GetSrcAddr(), isk.GetSrcPort())
-	s.Remote = hostPort(isk.GetDstAddr(), isk.GetDstPort())
-	return s
 }
 
 // hostPort formats an address CRIU stores as network-order words.

@@ -5,7 +5,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -91,11 +90,16 @@ func addTree(tw *tar.Writer, dir, prefix string, withXattrs bool) (int, error) {
 		hdr.Uname, hdr.Gname = "", ""
 		hdr.Format = tar.FormatPAX
 		if withXattrs {
-			if xs := xattrs(p); len(xs) > 0 {
-				hdr.PAXRecords = map[string]string{}
-				for k, v := range xs {
-					hdr.PAXRecords[xattrPrefix+k] = v
+			for k, v := range xattrs(p) {
+				// Overlay's marks of the lower inode a file was copied
+				// up from mean nothing on another host.
+				if keep, err := xattrDecision(k, v); !keep && err == nil {
+					continue
 				}
+				if hdr.PAXRecords == nil {
+					hdr.PAXRecords = map[string]string{}
+				}
+				hdr.PAXRecords[xattrPrefix+k] = v
 			}
 		}
 		if err := tw.WriteHeader(hdr); err != nil {
@@ -145,126 +149,6 @@ func xattrs(p string) map[string]string {
 		out[name] = string(v[:vsz])
 	}
 	return out
-}
-
-// safeJoin joins rel under base, refusing paths that leave base, either
-// lexically or through a symbolic link among the parents.
-func safeJoin(base, rel string) (string, error) {
-	rel = strings.TrimSuffix(rel, "/")
-	clean := filepath.Clean("/" + rel)
-	if clean != "/"+rel || strings.Contains(rel, "\\") {
-		return "", fmt.Errorf("path %q escapes or is not clean", rel)
-	}
-	p := filepath.Join(base, clean)
-	for d := filepath.Dir(p); len(d) > len(base); d = filepath.Dir(d) {
-		fi, err := os.Lstat(d)
-		if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-			return "", fmt.Errorf("path %q goes through a symbolic link", rel)
-		}
-	}
-	return p, nil
-}
-
-// extract creates one entry under base.
-func extract(base, rel string, hdr *tar.Header, r io.Reader) error {
-	if rel == "" || rel == "/" {
-		return os.MkdirAll(base, 0o700)
-	}
-	p, err := safeJoin(base, rel)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	mode := os.FileMode(hdr.Mode).Perm()
-	if hdr.Mode&0o4000 != 0 {
-		mode |= os.ModeSetuid
-	}
-	if hdr.Mode&0o2000 != 0 {
-		mode |= os.ModeSetgid
-	}
-	if hdr.Mode&0o1000 != 0 {
-		mode |= os.ModeSticky
-	}
-	switch hdr.Typeflag {
-	case tar.TypeDir:
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			return err
-		}
-	case tar.TypeReg:
-		_ = removeIfNotDir(p)
-		f, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(f, r)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return err
-		}
-	case tar.TypeSymlink:
-		_ = os.RemoveAll(p)
-		if err := os.Symlink(hdr.Linkname, p); err != nil {
-			return err
-		}
-	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		_ = os.RemoveAll(p)
-		m := uint32(unix.S_IFCHR)
-		if hdr.Typeflag == tar.TypeBlock {
-			m = unix.S_IFBLK
-		} else if hdr.Typeflag == tar.TypeFifo {
-			m = unix.S_IFIFO
-		}
-		if err := unix.Mknod(p, m|uint32(hdr.Mode&0o7777), int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))); err != nil {
-			return err
-		}
-	default:
-		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
-	}
-	if err := os.Lchown(p, hdr.Uid, hdr.Gid); err != nil {
-		return err
-	}
-	for k, v := range hdr.PAXRecords {
-		if name, ok := strings.CutPrefix(k, xattrPrefix); ok {
-			if err := unix.Lsetxattr(p, name, []byte(v), 0); err != nil {
-				return fmt.Errorf("xattr %s: %w", name, err)
-			}
-		}
-	}
-	if hdr.Typeflag != tar.TypeSymlink {
-		if err := os.Chmod(p, mode); err != nil {
-			return err
-		}
-		if hdr.Typeflag != tar.TypeDir {
-			_ = os.Chtimes(p, hdr.AccessTime, hdr.ModTime)
-		}
-	}
-	return nil
-}
-
-func removeIfNotDir(p string) error {
-	fi, err := os.Lstat(p)
-	if err != nil || fi.IsDir() {
-		return err
-	}
-	return os.Remove(p)
-}
-
-// emptyDir removes everything inside dir.
-func emptyDir(dir string) error {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, en := range ents {
-		if err := os.RemoveAll(filepath.Join(dir, en.Name())); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func volumeFilter(name string) filters.Args { return filters.NewArgs(filters.Arg("volume", name)) }

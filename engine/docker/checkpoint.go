@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/engine/internal/criuimg"
+	"github.com/edgemigrate/orchestrate/internal/safefs"
 )
 
 // Archive layout (see the package comment).
@@ -226,6 +227,10 @@ func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts en
 		k, err = addTree(tw, inRoot(root, cj.GraphDriver.Data["UpperDir"]), dirRootfs, true)
 		n += k
 	}
+	if err == nil {
+		k, err = injectEntries(tw) // attack tests only (inject_testhooks.go)
+		n += k
+	}
 	for _, v := range vols {
 		if err != nil {
 			break
@@ -307,14 +312,14 @@ func linkStage(root, dataRoot, dockerID, stage string) error {
 	cdir := root + filepath.Join(dataRoot, "containers", dockerID, "checkpoints")
 	if target, err := os.Readlink(cdir); err == nil {
 		if target == stage {
-			return os.MkdirAll(root+stage, 0o700)
+			return safefs.PrivateDir(inRoot(root, stage))
 		}
 		return fmt.Errorf("%s links to %s", cdir, target)
 	}
 	if err := os.Remove(cdir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err // a directory with checkpoints in it
 	}
-	if err := os.MkdirAll(root+stage, 0o700); err != nil {
+	if err := safefs.PrivateDir(inRoot(root, stage)); err != nil {
 		return err
 	}
 	return os.Symlink(stage, cdir)
@@ -490,25 +495,22 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	if img.ID != m.ImageID {
 		return fail(fmt.Errorf("%w: image %s here is %s, the checkpoint needs %s", ErrUnsupported, m.ImageID, img.ID, m.ImageID))
 	}
-	var missing []string
-	for _, mp := range m.Mounts {
-		if mp.Type != mount.TypeBind {
-			continue
-		}
-		if _, err := os.Stat(inRoot(root, mp.Source)); err != nil {
-			missing = append(missing, mp.Source)
-		}
-	}
-	if len(missing) > 0 {
-		return fail(fmt.Errorf("%w: bind-mount source(s) missing on this host: %s", ErrUnsupported, strings.Join(missing, ", ")))
+	// What the archive's host config would grant, judged by this host's
+	// policy; bind sources must exist here.
+	if err := e.checkSpec(root, manifestSpec(m), opts.Local); err != nil {
+		return fail(err)
 	}
 
 	// Create what the container needs, remembering it for cleanup.
 	var created []string // volumes
+	var swaps []*volumeSwap
 	var newID string
 	cleanup := func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		for _, sw := range swaps {
+			sw.undo(e.log)
+		}
 		if newID != "" {
 			staged := e.stagedDir(cctx, newID)
 			if err := e.cli.ContainerRemove(cctx, newID, types.ContainerRemoveOptions{Force: true}); err != nil {
@@ -531,15 +533,22 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		if strings.ContainsAny(v.Name, "/\\") || v.Name == "" || v.Name == "." || v.Name == ".." {
 			return failClean(bad("manifest", fmt.Errorf("volume name %q", v.Name)))
 		}
+		if v.Driver != "local" && v.Driver != "" {
+			return failClean(fmt.Errorf("%w: volume %s uses driver %q; only local volumes' contents can be carried", ErrUnsupported, v.Name, v.Driver))
+		}
 		if existing, err := e.cli.VolumeInspect(ctx, v.Name); err == nil {
 			users, _ := e.cli.ContainerList(ctx, types.ContainerListOptions{All: true, Filters: volumeFilter(v.Name)})
 			if len(users) > 0 {
 				return failClean(fmt.Errorf("%w: volume %s exists here and is used by %d container(s)", ErrUnsupported, v.Name, len(users)))
 			}
-			if err := emptyDir(inRoot(root, existing.Mountpoint)); err != nil {
+			// Its contents are replaced only once the archive verified:
+			// until then they go into a directory beside it.
+			sw, err := newVolumeSwap(inRoot(root, existing.Mountpoint))
+			if err != nil {
 				return failClean(fmt.Errorf("volume %s: %w", v.Name, err))
 			}
-			volDirs[v.Name] = inRoot(root, existing.Mountpoint)
+			swaps = append(swaps, sw)
+			volDirs[v.Name] = sw.incoming
 			continue
 		}
 		vol, err := e.cli.VolumeCreate(ctx, volume.CreateOptions{Name: v.Name, Driver: v.Driver, Labels: v.Labels})
@@ -588,6 +597,34 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		}
 	}
 	destIn := inRoot(root, dest)
+	if err := os.MkdirAll(destIn, 0o700); err != nil {
+		return failClean(fmt.Errorf("checkpoint directory: %w", err))
+	}
+	devices, err := givenDevices(root, m.HostConfig)
+	if err != nil {
+		return failClean(err)
+	}
+	trees := map[string]*tree{}
+	defer func() {
+		for _, tr := range trees {
+			tr.close()
+		}
+	}()
+	// treeFor opens each tree on its first entry.
+	treeFor := func(key, dir string, whiteouts bool) (*tree, error) {
+		if tr := trees[key]; tr != nil {
+			return tr, nil
+		}
+		tr, err := openTree(key, dir)
+		if err != nil {
+			return nil, err
+		}
+		if key != dirCheckpoint {
+			tr.fifos, tr.whiteouts, tr.devices = true, whiteouts, devices
+		}
+		trees[key] = tr
+		return tr, nil
+	}
 	t = e.step("restore", name, "create container and volumes", t)
 
 	// The rest of the stream.
@@ -612,26 +649,44 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		if done {
 			return failClean(bad("entry after the trailer", errors.New(hdr.Name)))
 		}
-		var base, rel string
+		var into *tree
+		var rel string
 		switch top, rest, _ := strings.Cut(hdr.Name, "/"); top {
 		case dirCheckpoint:
-			base, rel = destIn, rest
+			into, err = treeFor(dirCheckpoint, destIn, false)
+			rel = rest
 		case dirRootfs:
-			base, rel = inRoot(root, upper), rest
+			into, err = treeFor(dirRootfs, inRoot(root, upper), true)
+			rel = rest
 		case dirVolumes:
 			vname, vrest, _ := strings.Cut(rest, "/")
-			if base = volDirs[vname]; base == "" {
+			if volDirs[vname] == "" {
 				return failClean(bad("entry", fmt.Errorf("%s: volume not in the manifest", hdr.Name)))
 			}
+			into, err = treeFor(dirVolumes+"/"+vname, volDirs[vname], false)
 			rel = vrest
 		default:
 			return failClean(bad("entry", fmt.Errorf("unexpected %q", hdr.Name)))
 		}
-		if err := extract(base, rel, hdr, tr); err != nil {
+		if err == nil {
+			err = into.extract(rel, hdr, tr)
+		}
+		if err != nil {
 			if src.err != nil && !errors.Is(src.err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return failClean(bad("read "+hdr.Name, err))
 			}
+			if errors.Is(err, ErrUnsafeEntry) {
+				return failClean(fmt.Errorf("%w: %w", engine.ErrBadArchive, err))
+			}
 			return failClean(fmt.Errorf("extract %s: %w", hdr.Name, err))
+		}
+	}
+	// The tar ends before the stream does: read to the stream's own end,
+	// where the transfer layer checks size and sha256. Only a verified
+	// archive touches existing volumes or starts.
+	if src.err == nil {
+		if _, err := io.Copy(io.Discard, src); err != nil {
+			return failClean(bad("read", err))
 		}
 	}
 	if src.err != nil && !errors.Is(src.err, io.EOF) {
@@ -639,6 +694,11 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 	}
 	if !done {
 		return failClean(bad("archive", errors.New("ended before its trailer")))
+	}
+	for _, sw := range swaps {
+		if err := sw.apply(); err != nil {
+			return failClean(fmt.Errorf("replace the contents of volume %s: %w", filepath.Base(filepath.Dir(sw.dir)), err))
+		}
 	}
 	st.Bytes = src.n
 	t = e.step("restore", name, "receive and unpack archive", t)
@@ -656,6 +716,9 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		return failClean(criuError(err, criuLog))
 	}
 	e.step("restore", name, "docker start from checkpoint (content store, unpack, CRIU restore)", rstart)
+	for _, sw := range swaps {
+		sw.commit()
+	}
 	// The checkpoint served its purpose: a restarted container starts fresh.
 	_ = os.RemoveAll(destIn)
 	unlinkStage(root, info.DockerRootDir, newID)

@@ -38,8 +38,15 @@
 // at 256 MiB, CPU-bound. The engine streams CRIU's images as soon as the
 // dump is complete (early.go) instead of after dockerd's packing, does not
 // make the target wait for dockerd to finish keeping the source's copy, and
-// stages checkpoints on /dev/shm when it has room (a symbolic link from the
-// container's checkpoint directory) instead of writing them to disk.
+// stages checkpoints on a tmpfs the operator mounts under the agent's
+// data_dir, when there is one with room (a symbolic link from the
+// container's checkpoint directory), instead of writing them to disk.
+//
+// Archives from other hosts are untrusted until verified (extract.go):
+// every entry is created by file descriptor under its tree without
+// following a link, devices only as the container was given them,
+// extended attributes only from an allowlist, and an existing volume's
+// contents are replaced only after the stream's sha256 checked.
 //
 // What Docker migrations cannot do, each refused with ErrUnsupported or
 // ErrNotExperimental, before the container freezes unless noted:
@@ -47,10 +54,11 @@
 //   - established TCP connections (Docker has no tcp-established);
 //   - network modes other than host or none, --pid host, storage drivers
 //     other than overlay2, volumes of drivers other than plain local;
-//   - bind mounts whose source is missing on the target: the target refuses
-//     at the archive's first entry, before it creates anything, but the
-//     migration protocol gives the target no say before the source freezes,
-//     so the source has frozen by then and rolls back (Resume);
+//   - bind mounts whose source is missing on the target, and whatever the
+//     target's restore policy refuses (privileged, host binds, devices,
+//     added capabilities; policy.go): the target says so at the preflight,
+//     before the source freezes, and again at the archive's first entry,
+//     before it creates anything;
 //   - keeping the Docker container ID: the target's container has a new
 //     one (the identity label carries the old);
 //   - the image itself: the target must hold the same image ID (sent
@@ -101,14 +109,20 @@ type Config struct {
 	// ConnectTimeout bounds the first ping of the daemon.
 	ConnectTimeout time.Duration
 	// StagingDir is where checkpoints are written and received, outside
-	// Docker's data root: a tmpfs saves writing the images to disk twice.
-	// Empty: /dev/shm/orchestrate-docker when /dev/shm is a tmpfs with room
-	// for the container's memory, else Docker's own directory. "-" never
-	// stages.
+	// Docker's data root, as dockerd sees it: a directory under the agent's
+	// data_dir (cmd uses DATA_DIR/stage/docker), used only when it is a
+	// tmpfs with room for the container's memory (mount one there to save
+	// writing the images to disk twice) and passes safefs.PrivateDir. Never
+	// a world-writable place such as /dev/shm: another user could swap the
+	// images. Empty or "-": Docker's own directory.
 	StagingDir string
 	// NoEarlyStream waits for dockerd to finish a checkpoint before
 	// streaming it (see early.go), for comparison.
 	NoEarlyStream bool
+	// Policy is this host's restore policy (policy.go); the zero value
+	// refuses privileged containers, host binds, devices and added
+	// capabilities.
+	Policy engine.RestorePolicy
 }
 
 // DefaultConfig returns the defaults for a rootful dockerd.

@@ -146,4 +146,32 @@ func TestRefusalsBeforeFreeze(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.WaitReport(bport, 10*time.Second)
+
+	// The restore policy: a container with an added capability is
+	// described as such (the preflight), refused by the default policy,
+	// and its archive too, before anything is created.
+	cport := simhost.Port()
+	cid := h.RunDockerWorkload(simhost.Workload{Name: "capped", MiB: 4, Port: cport}, "--cap-add", "SYS_ADMIN")
+	spec, err := e.RestoreSpec(ctx, cid)
+	if err != nil || len(spec.CapAdd) != 1 || spec.CapAdd[0] != "CAP_SYS_ADMIN" {
+		t.Fatalf("RestoreSpec: %+v, %v", spec, err)
+	}
+	if err := e.CheckRestore(ctx, spec); !errors.Is(err, engine.ErrPolicy) {
+		t.Fatalf("CheckRestore: %v", err)
+	}
+	buf.Reset()
+	if _, err := e.Checkpoint(ctx, cid, &buf, engine.CheckpointOptions{Keep: true}); err != nil {
+		t.Fatal(err)
+	}
+	n = len(h.MustDocker("ps", "-aq"))
+	if _, _, err := e.Restore(ctx, &buf, engine.RestoreOptions{Name: "capped2"}); !errors.Is(err, engine.ErrPolicy) || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
+		t.Fatalf("restore of a container with an added capability: %v", err)
+	}
+	if m := len(h.MustDocker("ps", "-aq")); m != n {
+		t.Fatalf("the refused restore changed the containers")
+	}
+	if err := e.Resume(ctx, cid); err != nil {
+		t.Fatal(err)
+	}
+	h.WaitReport(cport, 10*time.Second)
 }

@@ -10,7 +10,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/edgemigrate/orchestrate/engine/internal/criuimg"
 )
@@ -172,8 +175,10 @@ func earlyImages(dp daemonPaths, stop <-chan struct{}) []earlyFile {
 		var dirs []string
 		tents, _ := os.ReadDir(dp.tmp)
 		for _, en := range tents {
-			if strings.HasPrefix(en.Name(), "ctd-checkpoint") && !tmpBefore[en.Name()] && en.IsDir() {
-				dirs = append(dirs, filepath.Join(dp.tmp, en.Name()))
+			if strings.HasPrefix(en.Name(), "ctd-checkpoint") && !tmpBefore[en.Name()] {
+				if p := filepath.Join(dp.tmp, en.Name()); containerdMade(p) {
+					dirs = append(dirs, p)
+				}
 			}
 		}
 		if len(dirs) != 1 {
@@ -183,8 +188,35 @@ func earlyImages(dp daemonPaths, stop <-chan struct{}) []earlyFile {
 	}
 }
 
+// containerdMade reports whether p is a directory containerd (root) made
+// with os.MkdirTemp: owned by root, mode 0700, not a symbolic link. The
+// temporary directory may be world-writable (/tmp): a directory of that
+// name made by anyone else is ignored, so nobody can slip images into a
+// migration.
+func containerdMade(p string) bool {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return false
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Uid == 0 && st.Mode&0o7777 == 0o700
+}
+
+// openAll opens every image in dir, by descriptor and without following a
+// link: dir must still be containerd's (containerdMade), and every entry a
+// regular file owned by root. Anything else: nil (the caller falls back to
+// the checkpoint directory).
 func openAll(dir string) []earlyFile {
-	ents, err := os.ReadDir(dir)
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	d := os.NewFile(uintptr(dfd), dir)
+	defer d.Close()
+	var st unix.Stat_t
+	if unix.Fstat(dfd, &st) != nil || st.Uid != 0 || st.Mode&0o7777 != 0o700 {
+		return nil
+	}
+	ents, err := d.ReadDir(-1)
 	if err != nil || len(ents) == 0 {
 		return nil
 	}
@@ -199,12 +231,13 @@ func openAll(dir string) []earlyFile {
 		if !en.Type().IsRegular() {
 			return fail()
 		}
-		f, err := os.Open(filepath.Join(dir, en.Name()))
+		fd, err := unix.Openat(dfd, en.Name(), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fail()
 		}
+		f := os.NewFile(uintptr(fd), filepath.Join(dir, en.Name()))
 		fi, err := f.Stat()
-		if err != nil {
+		if err != nil || !fi.Mode().IsRegular() || owner(fi) != 0 {
 			f.Close()
 			return fail()
 		}
@@ -212,6 +245,13 @@ func openAll(dir string) []earlyFile {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
+}
+
+func owner(fi fs.FileInfo) int {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int(st.Uid)
+	}
+	return -1
 }
 
 // addEarly writes the opened images under prefix and closes them.

@@ -14,23 +14,26 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/safefs"
 )
 
-// defaultStage is where checkpoints are staged when /dev/shm has room.
-const defaultStage = "/dev/shm/orchestrate-docker"
-
-// stagingDir picks the staging directory for a checkpoint of about mem
-// bytes of memory, or "" for Docker's own directory.
+// stagingDir returns the staging directory (a dockerd path) for a
+// checkpoint of about mem bytes of memory, or "" for Docker's own
+// directory. The configured directory is used only when it is private
+// (root's, mode 0700: safefs.PrivateDir, as dockerd sees it) and a tmpfs
+// with room for the images twice over: staging only pays when it saves
+// writing them to disk.
 func (e *Engine) stagingDir(root string, mem int64) string {
-	switch e.cfg.StagingDir {
-	case "-":
+	if e.cfg.StagingDir == "" || e.cfg.StagingDir == "-" {
 		return ""
-	case "":
-	default:
-		return e.cfg.StagingDir
+	}
+	dir := inRoot(root, e.cfg.StagingDir)
+	if err := safefs.PrivateDir(dir); err != nil {
+		e.log.Warn("not staging checkpoints", "dir", e.cfg.StagingDir, "err", err)
+		return ""
 	}
 	var fs unix.Statfs_t
-	if unix.Statfs(root+"/dev/shm", &fs) != nil || fs.Type != unix.TMPFS_MAGIC {
+	if unix.Statfs(dir, &fs) != nil || fs.Type != unix.TMPFS_MAGIC {
 		return ""
 	}
 	free := int64(fs.Bavail) * int64(fs.Bsize)
@@ -38,7 +41,7 @@ func (e *Engine) stagingDir(root string, mem int64) string {
 	if mem <= 0 || free < 2*mem+64<<20 {
 		return ""
 	}
-	return defaultStage
+	return e.cfg.StagingDir
 }
 
 // scanProcs looks at the processes of the container whose init is pid

@@ -57,6 +57,10 @@ type Config struct {
 	Logger *slog.Logger
 	// ConnectTimeout bounds the first ping of the service.
 	ConnectTimeout time.Duration
+	// Policy is this host's restore policy (policy.go); the zero value
+	// refuses privileged containers, host binds, devices and added
+	// capabilities.
+	Policy engine.RestorePolicy
 }
 
 // DefaultConfig returns the defaults for a rootful Podman service.
@@ -264,6 +268,9 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		q.Set("name", opts.Name)
 	}
 	src := &stickyReader{r: r}
+	if !opts.Local {
+		src.r = e.checkArchive(r) // the restore policy (policy.go)
+	}
 	sc := newScanner()
 	resp, err := e.do(ctx, http.MethodPost, "/containers/import/restore", q, io.TeeReader(src, sc))
 	if err == nil {
@@ -593,7 +600,7 @@ func (e *Engine) probe(ctx context.Context) (engine.Features, error) {
 	}
 	out, err := exec.CommandContext(ctx, e.cfg.CRIU, "--version").Output()
 	if err != nil && ctx.Err() != nil {
-		// Cut short by the caller (a slow host): probe again next time.
+		// Too slow to tell (a loaded host): not "no CRIU"; ask again later.
 		return f, fmt.Errorf("criu --version: %w", ctx.Err())
 	}
 	if err != nil {

@@ -96,8 +96,7 @@ func TestE2EDocker(t *testing.T) {
 	dockerOnlyOn(t, c, engines, "dtcp", h2)
 
 	// A bind mount whose source exists only on h2 (its private /dev/shm):
-	// the target refuses at the archive's first entry; the source resumes
-	// from its kept checkpoint.
+	// the target refuses at the preflight, before the source freezes.
 	h2.MustRun("mkdir", "-p", "/dev/shm/orc-bind")
 	bport := simhost.Port()
 	h2.RunDockerWorkload(simhost.Workload{Name: "dbind", MiB: 8, Port: bport}, "-v", "/dev/shm/orc-bind:/bind")

@@ -17,7 +17,7 @@ import (
 )
 
 // precopyRecord is the part of a migration record's pre-copy report the
-// tests read (MigrationRecord.Extra["precopy"]).
+// tests read (MigrationRecord.Precopy).
 type precopyRecord struct {
 	Method        string  `json:"method"`
 	Reason        string  `json:"reason"`
@@ -56,7 +56,7 @@ func record(t *testing.T, h *simhost.AgentHost, name string) (cluster.MigrationR
 	}
 	var rec cluster.MigrationRecord
 	for _, m := range recs {
-		if n, _ := m.Extra["name"].(string); n == name && m.StartedAt.After(rec.StartedAt) {
+		if m.Name == name && m.StartedAt.After(rec.StartedAt) {
 			rec = m
 		}
 	}
@@ -64,7 +64,7 @@ func record(t *testing.T, h *simhost.AgentHost, name string) (cluster.MigrationR
 		t.Fatalf("no migration of %s recorded", name)
 	}
 	var pre precopyRecord
-	b, _ := json.Marshal(rec.Extra["precopy"])
+	b, _ := json.Marshal(rec.Precopy)
 	if err := json.Unmarshal(b, &pre); err != nil {
 		t.Fatalf("precopy report %s: %v", b, err)
 	}
@@ -139,11 +139,11 @@ func TestE2EPrecopy(t *testing.T) {
 	if rec.Phase != "Done" || pre.Method != "precopy-content" || len(pre.Rounds) < 2 || pre.Final == nil || pre.BytesSaved <= 0 || pre.EnginePreCopy {
 		t.Fatalf("record %+v, pre-copy %+v", rec, pre)
 	}
-	if m, _ := rec.Extra["method"].(string); m != "precopy-content" {
-		t.Fatalf("method %q in the record", m)
+	if rec.Method != "direct" || rec.Precopy.Method != "precopy-content" {
+		t.Fatalf("method %q (%q) in the record", rec.Method, rec.Precopy.Method)
 	}
-	if fr, ok := rec.Extra["extra_freezes_ms"].([]any); !ok || len(fr) != len(pre.Rounds) {
-		t.Fatalf("extra freezes %v for %d rounds", rec.Extra["extra_freezes_ms"], len(pre.Rounds))
+	if len(rec.Precopy.ExtraFreezes) != len(pre.Rounds) {
+		t.Fatalf("extra freezes %v for %d rounds", rec.Precopy.ExtraFreezes, len(pre.Rounds))
 	}
 	if pre.Final.LiteralBytes*4 > pre.Final.ArchiveBytes {
 		t.Errorf("final round sent %d of %d bytes as literals", pre.Final.LiteralBytes, pre.Final.ArchiveBytes)

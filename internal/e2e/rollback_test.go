@@ -35,6 +35,30 @@ func waitPhase(t *testing.T, h *simhost.AgentHost, name string, d time.Duration,
 	}
 }
 
+// waitPhaseUnless is waitPhase that also fails as soon as stop says so.
+func waitPhaseUnless(t *testing.T, h *simhost.AgentHost, name string, d time.Duration, stop func() (string, bool), phases ...string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var rows []migrationRow
+		_ = h.JSON(&rows, "migrations")
+		for _, r := range rows {
+			for _, p := range phases {
+				if r.Name == name && r.Phase == p {
+					return
+				}
+			}
+		}
+		if why, ok := stop(); ok {
+			t.Fatal(why)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no migration of %s reached %v within %s: %+v", name, phases, d, rows)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // Each failure leaves the container running on its source, with its
 // memory, and nothing on the target; the record ends RolledBack with the
 // cause.
@@ -61,7 +85,16 @@ func TestE2ERollback(t *testing.T) {
 			o, e, code := h1.CLI("migrate", "r1", "--to", h2.Name)
 			done <- res{o, e, code}
 		}()
-		waitPhase(t, h1, "r1", 30*time.Second, "Transferring")
+		// The migrate command must not end before the transfer starts; if
+		// it does, its output says why.
+		waitPhaseUnless(t, h1, "r1", 30*time.Second, func() (string, bool) {
+			select {
+			case r := <-done:
+				return fmt.Sprintf("migrate ended early: exit %d\n%s%s", r.code, r.out, r.errOut), true
+			default:
+				return "", false
+			}
+		}, "Transferring")
 		killPodman(t, h2)
 		// The rollback first makes sure the target holds no copy, so it
 		// waits until the target's engine answers again: bring it back.
@@ -82,7 +115,8 @@ func TestE2ERollback(t *testing.T) {
 
 	t.Run("StreamCorruptedInFlight", func(t *testing.T) {
 		port := simhost.Port()
-		h1.RunWorkload(simhost.Workload{Name: "r3", MiB: 32, Port: port})
+		// Direct streaming: a pre-copy round would take the corruption instead.
+		h1.RunWorkload(simhost.Workload{Name: "r3", MiB: 32, Port: port, Labels: map[string]string{"orchestrate.precopy": "off"}})
 		before, _ := h1.Probe(port)
 		// h1's agent flips one bit of the first stream it sends, after
 		// hashing, as a bad link would.

@@ -26,7 +26,8 @@ var (
 )
 
 // Binary builds bin/orchestrate once per test binary (static, with the
-// podman build tags) and returns its path.
+// podman build tags plus testhooks, which compiles in the fault injection
+// the failure tests use) and returns its path.
 func Binary(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
@@ -36,7 +37,8 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "orchestrate")
-		cmd := exec.Command("go", "build", "-tags", "remote,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper,containers_image_openpgp",
+		// testhooks: fault injection and pause points (never in `make build`).
+		cmd := exec.Command("go", "build", "-tags", "remote,exclude_graphdriver_btrfs,exclude_graphdriver_devicemapper,containers_image_openpgp,testhooks",
 			"-o", binPath, "./cmd/orchestrate")
 		cmd.Dir = Root()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -210,7 +212,10 @@ func (h *AgentHost) StartAgent() {
 	defer logf.Close()
 	cmd := exec.Command(script("simhost.sh"), "exec", h.Name, h.c.Bin, "agent", "--config", h.Config)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), h.Env...)
+	// Pause points (internal/pause) are armed by files in the host's state
+	// directory.
+	cmd.Env = append(os.Environ(), "ORCHESTRATE_TEST_PAUSE_DIR="+PauseDir(h.Name))
+	cmd.Env = append(cmd.Env, h.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		h.c.t.Fatal(err)
@@ -219,6 +224,9 @@ func (h *AgentHost) StartAgent() {
 	h.cmd, h.done = cmd, make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(cmd, h.done)
 }
+
+// PauseDir is where a test arms the pause points of a host's agent.
+func PauseDir(name string) string { return StateDir(name) + "/pause" }
 
 // Exited is closed when the agent process started last has exited.
 func (h *AgentHost) Exited() <-chan struct{} { return h.done }
@@ -278,9 +286,11 @@ func (h *AgentHost) JSON(v any, args ...string) error {
 
 // MemberView is the part of `members -o json` the tests read.
 type MemberView struct {
-	Name   string `json:"name"`
-	Status string `json:"status"`
-	Role   string `json:"role"`
+	Name        string `json:"name"`
+	Status      string `json:"status"`
+	Role        string `json:"role"`
+	MemoryTotal int64  `json:"memory_total"`
+	CRIUVersion string `json:"criu_version"`
 }
 
 // WaitFormed waits until the first host sees every host alive and a leader.
@@ -306,7 +316,9 @@ func (c *Cluster) formed() error {
 		}
 		alive, leaders := 0, 0
 		for _, m := range ms {
-			if m.Status == "alive" {
+			// Alive, with its capacity and CRIU version gossiped
+			// (placement needs them).
+			if m.Status == "alive" && m.MemoryTotal > 0 && m.CRIUVersion != "" {
 				alive++
 			}
 			if m.Role == "leader" {

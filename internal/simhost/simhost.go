@@ -190,24 +190,63 @@ type Workload struct {
 	SelfConn bool // holds an established loopback TCP connection
 	Labels   map[string]string
 	Args     []string // extra workload flags
+	// Network is Podman's --network; empty means host (the workload then
+	// listens on 127.0.0.1:Port), else it listens on :Port in its own
+	// network namespace (probe it with ProbeAt(ContainerIP(name), Port)).
+	Network string
 }
 
 // RunWorkload starts the workload with host networking and waits until it
 // answers. It returns the container ID.
 func (h *Host) RunWorkload(w Workload) string {
 	h.t.Helper()
-	args := []string{"podman", "run", "-d", "--name", w.Name, "--network", "host"}
+	network, listen := "host", fmt.Sprintf("127.0.0.1:%d", w.Port)
+	if w.Network != "" && w.Network != "host" {
+		network, listen = w.Network, fmt.Sprintf(":%d", w.Port)
+	}
+	args := []string{"podman", "run", "-d", "--name", w.Name, "--network", network}
 	for k, v := range w.Labels {
 		args = append(args, "--label", k+"="+v)
 	}
-	args = append(args, WorkloadImage, "-mib", fmt.Sprint(w.MiB), "-listen", fmt.Sprintf("127.0.0.1:%d", w.Port))
+	args = append(args, WorkloadImage, "-mib", fmt.Sprint(w.MiB), "-listen", listen)
 	if w.SelfConn {
 		args = append(args, "-self-conn")
 	}
 	args = append(args, w.Args...)
 	id := strings.TrimSpace(h.MustRun(args...))
-	h.WaitReport(w.Port, 30*time.Second)
+	if network == "host" {
+		h.WaitReport(w.Port, 30*time.Second)
+	} else {
+		h.WaitReportAt(h.ContainerIP(w.Name), w.Port, 30*time.Second)
+	}
 	return id
+}
+
+// ContainerIP is the address of a container on a bridge network.
+func (h *Host) ContainerIP(name string) string {
+	h.t.Helper()
+	return strings.TrimSpace(h.MustRun("podman", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name))
+}
+
+// ProbeAt asks the workload listening on ip:port inside the host.
+func (h *Host) ProbeAt(ip string, port int) (Report, error) {
+	return h.probeAddr(fmt.Sprintf("%s:%d", ip, port), "\n")
+}
+
+// WaitReportAt is WaitReport for a workload at ip:port.
+func (h *Host) WaitReportAt(ip string, port int, d time.Duration) Report {
+	h.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		rep, err := h.ProbeAt(ip, port)
+		if err == nil {
+			return rep
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("workload on %s at %s:%d did not answer within %s: %v", h.Name, ip, port, d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Report is what the workload says about itself.
@@ -218,6 +257,11 @@ type Report struct {
 	MaxGapMS int64  `json:"max_gap_ms"`
 	MiB      int    `json:"mib"`
 	SelfConn bool   `json:"self_conn"`
+	// The start-up phase (-startup-work): rounds, their result, and how
+	// long the process took from its start to serving.
+	WarmRounds int    `json:"warm_rounds"`
+	Warm       string `json:"warm"`
+	ReadyMS    int64  `json:"ready_ms"`
 }
 
 // Probe asks the workload listening on 127.0.0.1:port inside the host.
@@ -227,8 +271,12 @@ func (h *Host) Probe(port int) (Report, error) { return h.probe(port, "\n") }
 func (h *Host) ProbeReset(port int) (Report, error) { return h.probe(port, "reset\n") }
 
 func (h *Host) probe(port int, line string) (Report, error) {
+	return h.probeAddr(fmt.Sprintf("127.0.0.1:%d", port), line)
+}
+
+func (h *Host) probeAddr(addr, line string) (Report, error) {
 	var rep Report
-	conn, err := DialInNetns(NetnsPath(h.Name), fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
+	conn, err := DialInNetns(NetnsPath(h.Name), addr, 2*time.Second)
 	if err != nil {
 		return rep, err
 	}

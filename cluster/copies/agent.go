@@ -1,0 +1,524 @@
+package copies
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/cluster/forensics"
+	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/engine/archive"
+	"github.com/edgemigrate/orchestrate/transfer"
+)
+
+// Engine is what a target needs to start copies.
+type Engine interface {
+	engine.Restorer
+	engine.Lister
+	engine.Remover
+}
+
+// Spool is the receiving side of resumable transfers (transfer.Server).
+type Spool interface {
+	OpenSpooled(name string, size int64, sum string) (io.ReadCloser, error)
+	RemoveSpooled(name string) error
+}
+
+// Uploader sends a file into a peer's spool, resumably (transfer.Client).
+type Uploader interface {
+	Upload(ctx context.Context, peer, path, remote string) (transfer.FileStats, error)
+}
+
+// Cluster is what copies need from the cluster (cluster.Cluster).
+type Cluster interface {
+	Name() string
+	Members() []cluster.Member
+	PeerClient(name string) (*cluster.Client, error)
+	Snapshot(id string) (cluster.SnapshotRecord, error)
+	AppendEvent(ctx context.Context, ev cluster.Event) error
+	LeaderClient() (*cluster.Client, error)
+}
+
+var _ Cluster = (*cluster.Cluster)(nil)
+
+// Mux is where routes are registered (the cluster's authenticated API).
+type Mux interface {
+	HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request))
+}
+
+// Config configures a host's copies part.
+type Config struct {
+	Host    string
+	DataDir string // node.data_dir: snapshots/ and copies/ live under it
+	// StepTimeout bounds calls to other agents other than transfers and
+	// restores.
+	StepTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// ImageSource is what turning a checkpoint image into an archive needs
+// from the engine (forensics.ImageSource; engine/podman has it).
+type ImageSource = forensics.ImageSource
+
+// Agent is one host's steps: inspecting and pushing the archives it holds,
+// and starting copies from archives pushed into its spool. eng, spool and
+// up may be nil on a host without an engine (it can still hold uploads).
+type Agent struct {
+	cfg   Config
+	eng   Engine
+	spool Spool
+	up    Uploader
+	c     Cluster
+	log   *slog.Logger
+}
+
+// NewAgent returns this host's copies steps.
+func NewAgent(cfg Config, c Cluster, eng Engine, spool Spool, up Uploader) *Agent {
+	if cfg.StepTimeout <= 0 {
+		cfg.StepTimeout = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Agent{cfg: cfg, eng: eng, spool: spool, up: up, c: c, log: cfg.Logger.With("host", cfg.Host)}
+}
+
+// Register adds the host's routes.
+func (a *Agent) Register(mux Mux) {
+	mux.HandleFunc("POST /v1/agent/copies/inspect", a.route(func(ctx context.Context, req HolderRequest) (any, error) { return a.inspect(ctx, req.Ref) }))
+	mux.HandleFunc("POST /v1/agent/copies/push", a.route(func(ctx context.Context, req HolderRequest) (any, error) { return a.push(ctx, req) }))
+	mux.HandleFunc("POST /v1/agent/copies/drop", a.route(func(ctx context.Context, req HolderRequest) (any, error) {
+		return nil, a.drop(req.Ref)
+	}))
+	mux.HandleFunc("POST /v1/agent/copies/stage-image", func(w http.ResponseWriter, r *http.Request) {
+		var req StageImageRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil || req.Image == "" {
+			cluster.WriteError(w, fmt.Errorf("%w: want {\"image\": REF}", cluster.ErrInvalid))
+			return
+		}
+		ref, err := a.stageImage(r.Context(), req)
+		if err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		cluster.WriteJSON(w, http.StatusOK, ref)
+	})
+	mux.HandleFunc("POST /v1/agent/copies/restore", func(w http.ResponseWriter, r *http.Request) {
+		var req StartRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Spool == "" || len(req.Names) == 0 {
+			cluster.WriteError(w, fmt.Errorf("%w: want a spooled archive and names", cluster.ErrInvalid))
+			return
+		}
+		cs, err := a.start(r.Context(), req)
+		if err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		cluster.WriteJSON(w, http.StatusOK, cs)
+	})
+}
+
+func (a *Agent) route(h func(context.Context, HolderRequest) (any, error)) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req HolderRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || !validID(req.Ref.ID) {
+			cluster.WriteError(w, fmt.Errorf("%w: want {\"ref\": {\"kind\", \"id\"}}", cluster.ErrInvalid))
+			return
+		}
+		out, err := h(r.Context(), req)
+		if err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		if out == nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		cluster.WriteJSON(w, http.StatusOK, out)
+	}
+}
+
+// Ref names an archive a holder keeps.
+type Ref struct {
+	Kind string `json:"kind"` // KindSnapshot or KindUpload
+	ID   string `json:"id"`
+}
+
+// Ref kinds.
+const (
+	KindSnapshot = "snapshot"
+	KindUpload   = "upload"
+)
+
+// HolderRequest asks the holder of an archive to inspect, push or drop it.
+type HolderRequest struct {
+	Ref        Ref    `json:"ref"`
+	TargetHost string `json:"target_host,omitempty"`
+	// Spool is the name the archive takes in the target's spool.
+	Spool string `json:"spool,omitempty"`
+}
+
+// held is an archive on this host's disk.
+type held struct {
+	path   string
+	size   int64
+	sha256 string
+}
+
+// UploadsDir holds archives uploaded for copies, under node.data_dir.
+const UploadsDir = "copies"
+
+var idRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$`)
+
+func validID(id string) bool { return idRe.MatchString(id) }
+
+func (a *Agent) uploadPath(id string) string {
+	return filepath.Join(a.cfg.DataDir, UploadsDir, id+".tar")
+}
+
+// resolve finds the file behind ref on this host.
+func (a *Agent) resolve(ref Ref) (held, error) {
+	switch ref.Kind {
+	case KindSnapshot:
+		rec, err := a.c.Snapshot(ref.ID)
+		if err != nil {
+			return held{}, err
+		}
+		if rec.StoreHost != a.cfg.Host {
+			return held{}, fmt.Errorf("%w: snapshot %s is stored on %s, not %s", cluster.ErrInvalid, rec.ID, rec.StoreHost, a.cfg.Host)
+		}
+		return held{path: filepath.Join(a.cfg.DataDir, forensics.StoreDir, filepath.Base(rec.File)), size: rec.Size, sha256: rec.SHA256}, nil
+	case KindUpload:
+		var st transfer.Staged
+		b, err := os.ReadFile(strings.TrimSuffix(a.uploadPath(ref.ID), ".tar") + ".json")
+		if errors.Is(err, os.ErrNotExist) {
+			return held{}, fmt.Errorf("%w: no uploaded archive %s on %s", cluster.ErrNotFound, ref.ID, a.cfg.Host)
+		}
+		if err == nil {
+			err = json.Unmarshal(b, &st)
+		}
+		if err != nil {
+			return held{}, err
+		}
+		return held{path: a.uploadPath(ref.ID), size: st.Size, sha256: st.SHA256}, nil
+	}
+	return held{}, fmt.Errorf("%w: source kind %q", cluster.ErrInvalid, ref.Kind)
+}
+
+// Stage keeps an archive uploaded by the CLI on this host, hashed, until
+// the copies started (Drop).
+func (a *Agent) Stage(id string, r io.Reader) (transfer.Staged, error) {
+	st, err := transfer.StageFile(a.uploadPath(id), func(w io.Writer) error {
+		_, err := io.Copy(w, r)
+		return err
+	})
+	if err != nil {
+		return st, fmt.Errorf("stage archive %s: %w", id, err)
+	}
+	b, _ := json.Marshal(st)
+	if err := os.WriteFile(strings.TrimSuffix(a.uploadPath(id), ".tar")+".json", b, 0o600); err != nil {
+		_ = os.Remove(st.Path)
+		return st, err
+	}
+	return st, nil
+}
+
+// StageImageRequest asks a host to turn a checkpoint image into an archive
+// it holds for copies.
+type StageImageRequest struct {
+	Image     string `json:"image"`
+	TLSVerify *bool  `json:"tls_verify,omitempty"`
+}
+
+// stageImage pulls the checkpoint image when the engine lacks it, and keeps
+// the checkpoint archive it holds as an upload (verified: a wrong layer
+// digest fails the stream, and nothing is kept). The caller drops it once
+// the copies started.
+func (a *Agent) stageImage(ctx context.Context, req StageImageRequest) (Ref, error) {
+	src, ok := a.eng.(ImageSource)
+	if a.eng == nil || !ok {
+		return Ref{}, fmt.Errorf("%w: %s's engine has no checkpoint images", cluster.ErrInvalid, a.cfg.Host)
+	}
+	reg := engine.RegistryOptions{TLSVerify: req.TLSVerify == nil || *req.TLSVerify}
+	rc, info, err := forensics.CheckpointImageArchive(ctx, src, req.Image, reg)
+	if err != nil {
+		return Ref{}, err
+	}
+	defer rc.Close()
+	ref := Ref{Kind: KindUpload, ID: "image-" + newID()}
+	st, err := a.Stage(ref.ID, rc)
+	if err != nil {
+		return Ref{}, fmt.Errorf("checkpoint image %s: %w", req.Image, err)
+	}
+	a.log.Info("checkpoint image staged for copies", "image", req.Image, "id", info.ID, "bytes", st.Size)
+	return ref, nil
+}
+
+func (a *Agent) drop(ref Ref) error {
+	if ref.Kind != KindUpload {
+		return nil // snapshots belong to the store
+	}
+	p := a.uploadPath(ref.ID)
+	_ = os.Remove(strings.TrimSuffix(p, ".tar") + ".json")
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Facts are what the copies' checks need from an archive.
+type Facts struct {
+	Engine      string            `json:"engine"` // "podman"; "" when the archive is not Podman's
+	Name        string            `json:"name"`
+	Container   string            `json:"container"`
+	Image       string            `json:"image,omitempty"`
+	ImageID     string            `json:"image_id,omitempty"`
+	CRIUVersion string            `json:"criu_version,omitempty"`
+	MemoryBytes int64             `json:"memory_bytes"`
+	HostNetwork bool              `json:"host_network"`
+	Listening   []string          `json:"listening,omitempty"`   // TCP addr:port
+	Established []string          `json:"established,omitempty"` // TCP local -> remote
+	Labels      map[string]string `json:"labels,omitempty"`
+	Size        int64             `json:"size"`
+	SHA256      string            `json:"sha256"`
+}
+
+// inspect reads the archive's facts.
+func (a *Agent) inspect(ctx context.Context, ref Ref) (Facts, error) {
+	h, err := a.resolve(ref)
+	if err != nil {
+		return Facts{}, err
+	}
+	return InspectArchive(h.path, h.size, h.sha256)
+}
+
+// InspectArchive reads what the checks need from a checkpoint archive on
+// disk: Podman's (engine/archive reads its sockets) or orchestrate's Docker
+// archive (its manifest; its sockets are not read, so a container on the
+// host's network counts as listening). Another archive yields facts
+// without an engine.
+func InspectArchive(path string, size int64, sum string) (Facts, error) {
+	f := Facts{Size: size, SHA256: sum}
+	if ok, err := dockerFacts(path, &f); ok || err != nil {
+		return f, err
+	}
+	arc, err := archive.Open(path, archive.DefaultConfig())
+	if errors.Is(err, archive.ErrNotCheckpoint) {
+		return f, nil
+	}
+	if err != nil {
+		return f, fmt.Errorf("inspect archive: %w", err)
+	}
+	defer arc.Close()
+	rep := arc.Report()
+	f.Engine, f.Name, f.Container, f.Image, f.ImageID = "podman", rep.Container.Name, rep.Container.ID, rep.Container.Image, rep.Container.ImageID
+	f.CRIUVersion, f.MemoryBytes = rep.Checkpoint.CRIUVersion, rep.Checkpoint.MemorySize
+	for _, p := range rep.Processes {
+		for _, s := range p.Sockets {
+			if s.Protocol != "TCP" {
+				continue
+			}
+			switch s.State {
+			case "LISTEN":
+				f.Listening = append(f.Listening, s.Local)
+			case "ESTABLISHED":
+				f.Established = append(f.Established, s.Local+" -> "+s.Remote)
+			}
+		}
+	}
+	cfg, err := configDump(path)
+	if err != nil {
+		return f, fmt.Errorf("inspect archive: %w", err)
+	}
+	f.HostNetwork = !cfg.CreateNetNS
+	f.Labels = cfg.Labels
+	return f, nil
+}
+
+// dockerManifestEntry is the first entry of engine/docker's archive.
+const dockerManifestEntry = "orchestrate-docker.json"
+
+// dockerFacts reads engine/docker's manifest when the archive is one.
+func dockerFacts(path string, f *Facts) (bool, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer file.Close()
+	tr := tar.NewReader(file)
+	h, err := tr.Next()
+	if err != nil || h.Name != dockerManifestEntry {
+		return false, nil
+	}
+	var m struct {
+		ID      string `json:"id"`
+		Name    string `json:"name"`
+		Image   string `json:"image"`
+		ImageID string `json:"image_id"`
+		Memory  int64  `json:"memory_bytes"`
+		Config  struct {
+			Labels map[string]string `json:"Labels"`
+		} `json:"config"`
+		HostConfig struct {
+			NetworkMode string `json:"NetworkMode"`
+		} `json:"host_config"`
+	}
+	if err := json.NewDecoder(io.LimitReader(tr, 16<<20)).Decode(&m); err != nil {
+		return true, fmt.Errorf("inspect archive: %s: %w", dockerManifestEntry, err)
+	}
+	f.Engine, f.Name, f.Container, f.Image, f.ImageID, f.MemoryBytes = "docker", m.Name, m.ID, m.Image, m.ImageID, m.Memory
+	f.Labels, f.HostNetwork = m.Config.Labels, m.HostConfig.NetworkMode == "host"
+	if f.HostNetwork {
+		f.Listening = []string{"(ports unknown in a Docker archive)"}
+	}
+	return true, nil
+}
+
+// podmanConfig is the part of config.dump the checks read.
+type podmanConfig struct {
+	CreateNetNS bool              `json:"createNetNS"`
+	Labels      map[string]string `json:"labels"`
+}
+
+// configDump reads config.dump from the archive (an early entry).
+func configDump(path string) (podmanConfig, error) {
+	var c podmanConfig
+	f, err := os.Open(path)
+	if err != nil {
+		return c, err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", archive.ConfigDumpFile, err)
+		}
+		if strings.TrimPrefix(h.Name, "./") == archive.ConfigDumpFile {
+			return c, json.NewDecoder(io.LimitReader(tr, 64<<20)).Decode(&c)
+		}
+	}
+}
+
+// PushResult describes one push of an archive into a target's spool.
+type PushResult struct {
+	Host        string `json:"host"`
+	Bytes       int64  `json:"bytes"`
+	ResumedFrom int64  `json:"resumed_from,omitempty"`
+	Attempts    int    `json:"attempts"`
+	Verified    string `json:"verified"`
+	DurationMS  int64  `json:"duration_ms"`
+}
+
+// push sends the archive into the target's spool (SFTP, resumable,
+// verified), or links it into this host's own spool when the target is
+// this host.
+func (a *Agent) push(ctx context.Context, req HolderRequest) (PushResult, error) {
+	if err := transfer.CheckName(req.Spool); err != nil {
+		return PushResult{}, fmt.Errorf("%w: %v", cluster.ErrInvalid, err)
+	}
+	h, err := a.resolve(req.Ref)
+	if err != nil {
+		return PushResult{}, err
+	}
+	res := PushResult{Host: req.TargetHost, Bytes: h.size}
+	if req.TargetHost == a.cfg.Host {
+		dst := filepath.Join(a.cfg.DataDir, "spool", req.Spool)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return res, err
+		}
+		if err := os.Link(h.path, dst); err != nil && !errors.Is(err, os.ErrExist) {
+			return res, fmt.Errorf("spool %s here: %w", req.Ref.ID, err)
+		}
+		res.Verified = "local"
+		return res, nil
+	}
+	if a.up == nil {
+		return res, fmt.Errorf("%w: host %s has no transfer client", cluster.ErrInvalid, a.cfg.Host)
+	}
+	var addr string
+	for _, m := range a.c.Members() {
+		if m.Name == req.TargetHost {
+			addr = m.TransferAddr
+		}
+	}
+	if addr == "" {
+		return res, fmt.Errorf("%w: no host %s with a transfer address", cluster.ErrNotFound, req.TargetHost)
+	}
+	st, err := a.up.Upload(ctx, addr, h.path, req.Spool)
+	res.Attempts, res.ResumedFrom, res.Verified, res.DurationMS = st.Attempts, st.ResumedFrom, st.Verified, st.Duration.Milliseconds()
+	if err != nil {
+		return res, fmt.Errorf("push %s %s to %s: %w", req.Ref.Kind, req.Ref.ID, req.TargetHost, err)
+	}
+	if st.SHA256 != h.sha256 {
+		return res, fmt.Errorf("push %s %s to %s: %w: sent sha256 %s, the record says %s", req.Ref.Kind, req.Ref.ID, req.TargetHost, transfer.ErrVerify, st.SHA256, h.sha256)
+	}
+	a.log.Info("archive pushed for copies", "source", req.Ref.ID, "to", req.TargetHost, "bytes", h.size,
+		"attempts", st.Attempts, "resumed_from", st.ResumedFrom, "duration", st.Duration)
+	return res, nil
+}
+
+// StartRequest asks a target to start copies from a spooled archive.
+type StartRequest struct {
+	Spool   string   `json:"spool"`
+	Size    int64    `json:"size"`
+	SHA256  string   `json:"sha256"`
+	Names   []string `json:"names"`
+	ImageID string   `json:"image_id,omitempty"`
+}
+
+// Copy is one started copy.
+type Copy struct {
+	Host       string        `json:"host"`
+	Name       string        `json:"name"`
+	ID         string        `json:"id"`
+	Duration   time.Duration `json:"duration"`
+	Error      string        `json:"error,omitempty"`
+	StartedAt  time.Time     `json:"started_at"`
+	RestoreCPU time.Duration `json:"restore_time,omitempty"` // the engine's restore time
+}
+
+// start restores one copy per name from the spooled archive, each read
+// through a verifying reader, and removes the spooled file. It stops at
+// the first failure and returns the copies that run with the error.
+func (a *Agent) start(ctx context.Context, req StartRequest) ([]Copy, error) {
+	if a.eng == nil || a.spool == nil {
+		return nil, fmt.Errorf("%w: host %s runs no engine", cluster.ErrInvalid, a.cfg.Host)
+	}
+	defer func() { _ = a.spool.RemoveSpooled(req.Spool) }()
+	var out []Copy
+	for _, name := range req.Names {
+		start := time.Now()
+		r, err := a.spool.OpenSpooled(req.Spool, req.Size, req.SHA256)
+		if err != nil {
+			return out, fmt.Errorf("copy %s on %s: %w", name, a.cfg.Host, err)
+		}
+		c, st, err := a.eng.Restore(ctx, r, engine.RestoreOptions{Name: name, IgnoreStaticIP: true, IgnoreStaticMAC: true})
+		r.Close()
+		if err == nil && !c.Running {
+			err = fmt.Errorf("it is %s after the restore", c.State)
+			_ = a.eng.Remove(context.WithoutCancel(ctx), c.ID)
+		}
+		if err == nil && req.ImageID != "" && c.ImageID != "" && strings.TrimPrefix(c.ImageID, "sha256:") != strings.TrimPrefix(req.ImageID, "sha256:") {
+			err = fmt.Errorf("it runs image %s, the archive needs %s", c.ImageID, req.ImageID)
+			_ = a.eng.Remove(context.WithoutCancel(ctx), c.ID)
+		}
+		if err != nil {
+			return out, fmt.Errorf("copy %s on %s: %w", name, a.cfg.Host, err)
+		}
+		out = append(out, Copy{Host: a.cfg.Host, Name: c.Name, ID: c.ID, Duration: time.Since(start), StartedAt: start.UTC(), RestoreCPU: st.RestoreTime})
+		a.log.Info("copy started", "name", c.Name, "id", c.ID, "duration", time.Since(start))
+	}
+	return out, nil
+}

@@ -1,0 +1,202 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/edgemigrate/orchestrate/internal/netguard"
+)
+
+// Deadlines and caps on the agent's listeners. A stranger (no secret) can
+// open TCP connections and nothing more: each is closed when its handshake
+// does not finish in time, and no address may hold more than a few dozen at
+// once, so a flood of idle connections costs the agent a bounded number of
+// file descriptors and members on other addresses still get in. The
+// transfer endpoint's limits are in transfer.ServerConfig.
+var (
+	// raftGuard: raft peers pool a few connections each; a member's
+	// connections that stay silent for 10 minutes are closed (raft
+	// redials; the first RPC on a connection pooled on the far side that
+	// long may fail once and is retried).
+	raftGuard        = netguard.Config{MaxConns: 256, MaxPerIP: 32, IdleTimeout: 10 * time.Minute}
+	raftHandshake    = 10 * time.Second
+	apiGuard         = netguard.Config{MaxConns: 512, MaxPerIP: 64}
+	gossipGuard      = netguard.Config{MaxConns: 256, MaxPerIP: 32} // memberlist's TCPTimeout bounds each
+	apiBodyLimit     = int64(1 << 20)
+	apiApplyLimit    = int64(4 << 20) // POST /v1/apply: a framed FSM command
+	apiHeaderTimeout = 10 * time.Second
+	apiReadTimeout   = time.Minute // the whole request, body included
+	apiIdleTimeout   = 90 * time.Second
+)
+
+// guardRaft wraps raft's TCP listener: caps, then TLS whose handshake must
+// finish within raftHandshake. Accept never waits for a handshake (that
+// happens on the connection's first Read or Write, in raft's goroutine for
+// the connection), so one slow peer cannot hold up the others.
+func guardRaft(ln net.Listener, cfg *tls.Config) net.Listener {
+	return &handshakeListener{Listener: netguard.Listen(ln, raftGuard), cfg: cfg, timeout: raftHandshake}
+}
+
+type handshakeListener struct {
+	net.Listener
+	cfg     *tls.Config
+	timeout time.Duration
+}
+
+func (l *handshakeListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &handshakeConn{Conn: tls.Server(c, l.cfg), timeout: l.timeout}, nil
+}
+
+// handshakeConn is a server-side TLS connection whose handshake has a
+// deadline; a failed handshake fails every Read and Write.
+type handshakeConn struct {
+	*tls.Conn
+	timeout time.Duration
+	once    sync.Once
+	err     error
+}
+
+func (c *handshakeConn) handshake() error {
+	c.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		defer cancel()
+		if c.err = c.Conn.HandshakeContext(ctx); c.err != nil {
+			c.Conn.Close()
+		}
+	})
+	return c.err
+}
+
+func (c *handshakeConn) Read(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *handshakeConn) Write(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// listenAPI listens on addr with the API's caps below TLS. The TLS
+// handshake's deadline is the HTTP server's (apiHeaderTimeout).
+func listenAPI(addr string, cfg *tls.Config) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return tls.NewListener(netguard.Listen(ln, apiGuard), cfg), nil
+}
+
+// newAPIServer is the HTTP server for both API listeners: headers within
+// apiHeaderTimeout, the whole request within apiReadTimeout (responses,
+// such as a migration's progress, may stream for as long as they need),
+// idle keep-alive connections closed after apiIdleTimeout, and request
+// bodies capped (limitBodies).
+func newAPIServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           limitBodies(h),
+		ReadHeaderTimeout: apiHeaderTimeout,
+		ReadTimeout:       apiReadTimeout,
+		IdleTimeout:       apiIdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+	}
+}
+
+// limitBodies caps every request body at apiBodyLimit (apiApplyLimit for
+// /v1/apply): a handler decoding more gets an error, and the API answers
+// 413.
+func limitBodies(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		limit := apiBodyLimit
+		if r.URL.Path == "/v1/apply" {
+			limit = apiApplyLimit
+		}
+		if r.ContentLength > limit {
+			writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: "request body too large", Code: "invalid"})
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// createGossip is memberlist.Create with gossipGuard's caps on its TCP
+// (stream) connections. memberlist's own TCPTimeout bounds how long each
+// may take.
+func createGossip(mc *memberlist.Config) (*memberlist.Memberlist, error) {
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	gt := &guardedTransport{NetTransport: nt, lim: netguard.NewLimiter(gossipGuard), out: make(chan net.Conn), done: make(chan struct{})}
+	go gt.relay()
+	mc.Transport = gt
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		gt.Shutdown()
+		return nil, err
+	}
+	return ml, nil
+}
+
+// guardedTransport is memberlist's NetTransport with capped streams. Its
+// relay goroutine lives until Shutdown.
+type guardedTransport struct {
+	*memberlist.NetTransport
+	lim  *netguard.Limiter
+	out  chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+var _ memberlist.NodeAwareTransport = (*guardedTransport)(nil)
+
+func (t *guardedTransport) relay() {
+	in := t.NetTransport.StreamCh()
+	for {
+		select {
+		case c := <-in:
+			gc, ok := t.lim.Admit(c)
+			if !ok {
+				continue
+			}
+			select {
+			case t.out <- gc:
+			case <-t.done:
+				gc.Close()
+				return
+			}
+		case <-t.done:
+			return
+		}
+	}
+}
+
+// StreamCh implements memberlist.Transport.
+func (t *guardedTransport) StreamCh() <-chan net.Conn { return t.out }
+
+// Shutdown implements memberlist.Transport; safe to call twice.
+func (t *guardedTransport) Shutdown() error {
+	var err error
+	t.once.Do(func() {
+		err = t.NetTransport.Shutdown()
+		close(t.done)
+	})
+	return err
+}

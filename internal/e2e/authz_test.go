@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/edgemigrate/orchestrate/cluster"
+	"github.com/edgemigrate/orchestrate/internal/simhost"
+	"github.com/edgemigrate/orchestrate/transfer"
+)
+
+// agentKey loads one of a host's agent keys (cluster.HostKeyFile or
+// cluster.ClientKeyFile) from its data directory.
+func agentKey(t *testing.T, h *simhost.AgentHost, file string) ssh.Signer {
+	t.Helper()
+	path := filepath.Join(simhost.DataDir(h.Name), "orchestrate", file)
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	}
+	k, err := transfer.LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+type hostKeys map[string]ssh.PublicKey
+
+func (k hostKeys) HostKey(addr string) (ssh.PublicKey, error) {
+	if key, ok := k[addr]; ok {
+		return key, nil
+	}
+	return nil, fmt.Errorf("no host key for %s", addr)
+}
+
+// memberAPI is an https client that dials from inside from's network
+// namespace and sends the cluster's API token, as a member holding the
+// secret can (it does not check the agents' certificates: what is tested
+// is what they accept).
+func memberAPI(t *testing.T, c *simhost.Cluster, from *simhost.AgentHost) (*http.Client, string) {
+	t.Helper()
+	secret, err := os.ReadFile(c.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return simhost.DialInNetns(simhost.NetnsPath(from.Name), addr, 5*time.Second)
+		},
+	}
+	return &http.Client{Transport: tr, Timeout: 20 * time.Second}, cluster.APIToken([]byte(strings.TrimSpace(string(secret))))
+}
+
+func post(t *testing.T, hc *http.Client, token, url string, body []byte) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// A member is only a member: with the cluster secret and its own SSH key it
+// cannot make another host restore a checkpoint no migration record calls
+// for (neither a Podman nor a Docker host), nor order the steps only the
+// leader orders, nor commit a malformed entry to raft. Every refusal leaves
+// the victims as they were.
+func TestE2EMemberCannotForgeSteps(t *testing.T) {
+	engines := []string{"podman", "podman", "docker"}
+	c := simhost.NewClusterEngines(t, engines...)
+	attacker, victim, dockerVictim := c.Hosts[0], c.Hosts[1], c.Hosts[2]
+
+	// A real migration, so that a real record exists: w1 from the attacker
+	// to the victim.
+	port := simhost.Port()
+	attacker.RunWorkload(simhost.Workload{Name: "w1", MiB: 16, Port: port})
+	if out, errOut, code := attacker.CLI("migrate", "w1", "--to", victim.Name); code != 0 {
+		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
+	}
+	rows := settledMigrations(t, attacker, 15*time.Second)
+	if len(rows) != 1 || rows[0].Phase != "Done" {
+		t.Fatalf("migrations: %+v", rows)
+	}
+	done := rows[0]
+	before := victim.WaitReport(port, 15*time.Second)
+
+	// A checkpoint the attacker made of its own container: a real archive,
+	// which the victims would restore if they were asked by the leader.
+	attacker.RunWorkload(simhost.Workload{Name: "a1", MiB: 8, Port: simhost.Port()})
+	archive := filepath.Join(simhost.StateDir(attacker.Name), "a1.tar")
+	attacker.MustRun("podman", "container", "checkpoint", "--leave-running", "--export", archive, "a1")
+	defer os.Remove(archive)
+	a1ID := strings.TrimSpace(attacker.MustRun("podman", "inspect", "--format", "{{.Id}}", "a1"))
+
+	// The attacker's own SSH client key, which the victims accept as a
+	// member's.
+	keys := hostKeys{}
+	for _, v := range []*simhost.AgentHost{victim, dockerVictim} {
+		keys[v.IP+":7922"] = agentKey(t, v, cluster.HostKeyFile).PublicKey()
+	}
+	cl, err := transfer.NewClient(transfer.ClientConfig{
+		Signer: agentKey(t, attacker, cluster.ClientKeyFile), HostKeys: keys,
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return simhost.DialInNetns(simhost.NetnsPath(attacker.Name), addr, 5*time.Second)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	sendFile := func(v *simhost.AgentHost, h transfer.StreamHeader) error {
+		f, err := os.Open(archive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _, err = cl.SendStream(ctx, v.IP+":7922", h, f)
+		return err
+	}
+	for _, tc := range []struct {
+		name string
+		v    *simhost.AgentHost
+		h    transfer.StreamHeader
+	}{
+		{"restore to podman, no record", victim, transfer.StreamHeader{Kind: "restore", ID: "forged", Meta: map[string]string{"container": a1ID, "name": "a1"}}},
+		{"restore to podman, a finished record", victim, transfer.StreamHeader{Kind: "restore", ID: done.ID, Meta: map[string]string{"container": a1ID, "name": "a1"}}},
+		{"restore to podman, a finished record's own container", victim, transfer.StreamHeader{Kind: "restore", ID: done.ID, Meta: map[string]string{"container": done.Container, "name": "w1"}}},
+		{"restore to docker, no record", dockerVictim, transfer.StreamHeader{Kind: "restore", ID: "forged", Meta: map[string]string{"container": a1ID, "name": "a1"}}},
+		{"pre-copy to docker", dockerVictim, transfer.StreamHeader{Kind: "precopy", ID: "forged", Meta: map[string]string{"container": a1ID}}},
+		{"image to docker", dockerVictim, transfer.StreamHeader{Kind: "image", ID: "evil:1", Meta: map[string]string{"migration": done.ID}}},
+	} {
+		err := sendFile(tc.v, tc.h)
+		if err == nil || !strings.Contains(err.Error(), "forbidden") {
+			t.Errorf("%s: %v, want forbidden", tc.name, err)
+		} else {
+			t.Logf("%s: refused: %v", tc.name, err)
+		}
+	}
+	if victim.Exists("a1") {
+		t.Error("the podman victim holds a1")
+	}
+	if st := dockerVictim.DockerState("a1"); st != "" {
+		t.Errorf("the docker victim holds a1 (%s)", st)
+	}
+
+	// Steps only the leader orders, with the token but without the
+	// leader's signature: refused, and w1 keeps running on the victim.
+	hc, token := memberAPI(t, c, attacker)
+	w1ID := strings.TrimSpace(victim.MustRun("podman", "inspect", "--format", "{{.Id}}", "w1"))
+	for path, body := range map[string]any{
+		"/v1/agent/abort":       map[string]string{"container": w1ID, "migration": done.ID},
+		"/v1/agent/remove":      map[string]string{"container": w1ID, "migration": done.ID},
+		"/v1/agent/migrate-out": map[string]string{"migration": done.ID, "container": w1ID, "target_addr": attacker.IP + ":7922"},
+		"/v1/agent/push-image":  map[string]string{"migration": done.ID, "image": simhost.WorkloadImage, "target_addr": attacker.IP + ":7922"},
+	} {
+		b, _ := json.Marshal(body)
+		code, out := post(t, hc, token, "https://"+victim.IP+":7948"+path, b)
+		if code != http.StatusForbidden {
+			t.Errorf("%s: %d %s, want 403", path, code, out)
+		}
+	}
+	// A malformed raft entry, and a forged migration record.
+	for name, b := range map[string][]byte{
+		"bad json":       []byte("\x02{"),
+		"unknown type":   []byte("\x63{}"),
+		"forged record":  append([]byte{byte(cluster.PutMigrationType)}, fmt.Sprintf(`{"record":{"id":"x","container":%q,"from":%q,"to":%q,"phase":"Planned"}}`, a1ID, attacker.Name, victim.Name)...),
+		"type byte only": []byte("\x06"),
+	} {
+		if code, out := post(t, hc, token, "https://"+victim.IP+":7948/v1/apply", b); code != http.StatusBadRequest {
+			t.Errorf("apply %s: %d %s, want 400", name, code, out)
+		}
+	}
+	c.WaitFormed(10 * time.Second)
+	after := victim.WaitReport(port, 15*time.Second)
+	if after.Start != before.Start || after.Counter < before.Counter {
+		t.Fatalf("w1 on the victim: %+v, before %+v", after, before)
+	}
+	if rows := settledMigrations(t, attacker, 5*time.Second); len(rows) != 1 {
+		t.Fatalf("migrations after the attack: %+v", rows)
+	}
+}
