@@ -4,7 +4,9 @@
 #   make test    install what the tests need (idempotent), prove the private
 #                CRIU install from scratch (check-install), then run every test:
 #                unit, real Podman + CRIU, real SSH, multi-process clusters,
-#                simulated multi-host e2e, and short fuzz runs
+#                simulated multi-host e2e, a real reboot of a QEMU guest
+#                (scripts/vm.sh; its image is built once and cached), and
+#                short fuzz runs
 #   make e2e     only the simulated multi-host end-to-end tests
 #   make bench   measurements, printed as tables (see docs/benchmarks.md)
 #   make demo    three simulated hosts, a workload, a drain
@@ -51,7 +53,8 @@ check-install: setup
 # Packages run one at a time (-p 1): the integration tests measure failover
 # and detection times, which two cores shared with another package distort.
 test: setup check-install clean-hosts
-	@trap 'bash scripts/simhost.sh down-all' EXIT; \
+	@trap 'bash scripts/simhost.sh down-all; bash scripts/vm.sh down' EXIT; \
+	bash scripts/vm.sh image >/dev/null && \
 	ORCHESTRATE_REQUIRE_HOSTS=1 go test -p 1 -count=1 -timeout $(GO_TEST_TIMEOUT) ./... && \
 	go test -count=1 -tags=$(TAGS),testhooks ./internal/pause/ ./internal/clock/ && \
 	$(MAKE) --no-print-directory fuzz

@@ -376,6 +376,12 @@ make_seed() {
     for j in 1 2 3; do echo "$(guest_ip "$j") vm$j"; done
   } >"$s/etc/hosts"
   install -m 0600 "$RUN/id_ed25519.pub" "$s/root/.ssh/authorized_keys"
+  # The agent calls Podman every few seconds. Socket activation's service
+  # exits after 5 s idle, and under emulation every call then waited for a
+  # new service to start (longer than the agent's 5 s deadline): keep it up.
+  mkdir -p "$s/etc/systemd/system/podman.service.d"
+  printf '[Service]\nExecStart=\nExecStart=/usr/bin/podman $LOGGING system service --time=0\n' \
+    >"$s/etc/systemd/system/podman.service.d/orchestrate-vm.conf"
   cp "$RUN/workload-image.tar" "$s/var/cache/orchestrate/workload-image.tar"
   tar -C "$s" --owner=0 --group=0 --numeric-owner -cf "$RUN/seed$i.tar" .
   rm -rf "$s"

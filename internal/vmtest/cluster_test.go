@@ -211,7 +211,9 @@ func moveOnce(t *testing.T, s *Set, name string, port, from, to int) migration {
 	longest, _ := gap.Stop()
 	m := migration{method: res.Method, downtime: time.Duration(res.DowntimeMS) * time.Millisecond, gap: longest, total: total}
 	if rep := precopyReport(t, s, from, res.ID); rep != nil {
-		m.reason, m.rounds = rep.Reason, len(rep.Rounds)
+		// The record names the method asked for (direct); its report, the
+		// variant that ran.
+		m.method, m.reason, m.rounds = rep.Method, rep.Reason, len(rep.Rounds)
 		for _, r := range rep.Rounds {
 			m.pre += r.WireBytes
 		}
