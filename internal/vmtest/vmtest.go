@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -189,8 +188,9 @@ func (s *Set) Members(i int) ([]Member, error) {
 // Report is what the workload says about itself.
 type Report = simhost.Report
 
-// Probe asks the workload listening on guest i's port (from the guests'
-// namespace, with this machine's one clock).
+// Probe asks the workload listening on guest i's port, from the guests'
+// namespace, on a connection closed before it returns (an open one would
+// pin the workload to guest i's address).
 func Probe(i, port int) (Report, error) {
 	var rep Report
 	conn, err := simhost.DialInNetns(NetnsPath(), fmt.Sprintf("%s:%d", IP(i), port), 2*time.Second)
@@ -207,68 +207,6 @@ func Probe(i, port int) (Report, error) {
 		return rep, err
 	}
 	return rep, json.Unmarshal(bytes.TrimSpace(line), &rep)
-}
-
-// Gap watches a workload that may answer on any of the guests and measures,
-// on this machine's clock, the longest time its counter stood still: the
-// downtime an observer of the application saw.
-type Gap struct {
-	port   int
-	guests []int
-	stop   chan struct{}
-	done   chan struct{}
-
-	mu      sync.Mutex
-	last    uint64
-	lastAt  time.Time
-	longest time.Duration
-	where   int // the guest that answered last
-}
-
-// WatchGap starts polling port on guests every 50 ms.
-func WatchGap(port int, guests ...int) *Gap {
-	g := &Gap{port: port, guests: guests, stop: make(chan struct{}), done: make(chan struct{})}
-	go g.run()
-	return g
-}
-
-func (g *Gap) run() {
-	defer close(g.done)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-g.stop:
-			return
-		case <-tick.C:
-		}
-		for _, i := range g.guests {
-			rep, err := Probe(i, g.port)
-			now := time.Now()
-			if err != nil {
-				continue
-			}
-			g.mu.Lock()
-			if rep.Counter > g.last {
-				if !g.lastAt.IsZero() {
-					g.longest = max(g.longest, now.Sub(g.lastAt))
-				}
-				g.last, g.lastAt, g.where = rep.Counter, now, i
-			}
-			g.mu.Unlock()
-			break
-		}
-	}
-}
-
-// Stop ends the watch and returns the longest standstill and the guest
-// that answered last.
-func (g *Gap) Stop() (time.Duration, int) {
-	close(g.stop)
-	<-g.done
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.longest, g.where
 }
 
 type logWriter struct {
