@@ -8,7 +8,9 @@
 #                (scripts/vm.sh; its image is built once and cached), and
 #                short fuzz runs
 #   make e2e     only the simulated multi-host end-to-end tests
-#   make bench   measurements, printed as tables (see docs/benchmarks.md)
+#   make bench   measurements, printed as tables (see docs/benchmarks.md); the
+#                scale harness (internal/scale: 10, 50 and 100 agents on
+#                loopback, 3 runs each, about 15 minutes) is part of it
 #   make demo    three simulated hosts, a workload, a drain
 #   make vm-test Debian 12 guests under QEMU (scripts/vm.sh): every VM test
 #   make lint    gofmt and go vet
@@ -75,7 +77,7 @@ e2e: setup clean-hosts
 
 bench: setup clean-hosts
 	@trap 'bash scripts/simhost.sh down-all' EXIT; \
-	set -o pipefail; ORCHESTRATE_BENCH=1 go test -p 1 -count=1 -timeout 80m -run 'Bench' -v ./engine/podman/ ./internal/e2e/ | grep -v '^=== RUN\|^--- \|^PASS\|^ok\|^        time='
+	set -o pipefail; ORCHESTRATE_BENCH=1 go test -p 1 -count=1 -timeout 80m -run 'Bench' -v ./engine/podman/ ./internal/e2e/ ./cluster/ ./policy/ ./internal/scale/ | grep -v '^=== RUN\|^--- \|^PASS\|^ok\|^        time='
 	@echo "transfer throughput:"; bash scripts/bench-transfer.sh
 
 demo: build setup clean-hosts

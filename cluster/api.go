@@ -9,8 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,13 +23,16 @@ import (
 //
 //	GET  /v1/self             this agent's member record, labels untruncated
 //	GET  /v1/status           raft view: leader, state, term, stats
-//	GET  /v1/members          []Member
+//	GET  /v1/members          []Member; ?name=N only that one (none when unknown)
 //	GET  /v1/containers       this agent's local containers ([]engine.Container)
-//	GET  /v1/ps               PSResult: containers across the cluster (fan-out)
+//	GET  /v1/ps               PSResult: containers across the cluster, from the
+//	                          replicated reports (inventory.go); no host is asked
 //	GET  /v1/hosts            []Host (replicated)
-//	GET  /v1/migrations       []MigrationRecord; /v1/migrations/{id} one
+//	GET  /v1/migrations       []MigrationRecord, oldest first; ?since=RFC3339,
+//	                          ?limit=N (the newest N), ?host=H; /v1/migrations/{id} one
 //	GET  /v1/locks            []Lock
-//	GET  /v1/events?since=N   []Event with raft index > N
+//	GET  /v1/events           []Event in log order; ?since=N (raft index) or
+//	                          ?since=RFC3339, ?limit=N (the newest N)
 //	POST /v1/apply            a framed FSM command (type byte + JSON), validated
 //	                          in full, of a type members may write (not migration
 //	                          records); applied on the leader, forwarded there if needed
@@ -40,17 +41,19 @@ import (
 type API struct {
 	c   *Cluster
 	mux *http.ServeMux
+	// uploads: routes whose body is a file, with their caps (HandleUpload).
+	uploads sync.Map
 }
 
 func newAPI(c *Cluster) *API {
 	a := &API{c: c, mux: http.NewServeMux()}
 	a.mux.HandleFunc("GET /v1/self", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Self()) })
 	a.mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Status()) })
-	a.mux.HandleFunc("GET /v1/members", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Members()) })
+	a.mux.HandleFunc("GET /v1/members", a.members)
 	a.mux.HandleFunc("GET /v1/containers", a.containers)
 	a.mux.HandleFunc("GET /v1/ps", a.ps)
 	a.mux.HandleFunc("GET /v1/hosts", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Hosts()) })
-	a.mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Migrations()) })
+	a.mux.HandleFunc("GET /v1/migrations", a.migrations)
 	a.mux.HandleFunc("GET /v1/migrations/{id}", func(w http.ResponseWriter, r *http.Request) {
 		m, err := c.Migration(r.PathValue("id"))
 		if err != nil {
@@ -60,10 +63,7 @@ func newAPI(c *Cluster) *API {
 		writeJSON(w, http.StatusOK, m)
 	})
 	a.mux.HandleFunc("GET /v1/locks", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, c.Locks()) })
-	a.mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
-		since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
-		writeJSON(w, http.StatusOK, orEmpty(c.Events(since)))
-	})
+	a.mux.HandleFunc("GET /v1/events", a.events)
 	a.mux.HandleFunc("POST /v1/apply", a.apply)
 	return a
 }
@@ -109,80 +109,6 @@ func (a *API) containers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, cs)
 }
 
-// PSEntry is one container in `orchestrate ps`.
-type PSEntry struct {
-	Host  string `json:"host"`
-	Name  string `json:"name"`
-	ID    string `json:"id"`
-	Image string `json:"image"`
-	State string `json:"state"`
-}
-
-// HostError is a host the fan-out could not list.
-type HostError struct {
-	Host  string `json:"host"`
-	Error string `json:"error"`
-}
-
-// PSResult is GET /v1/ps: what every alive agent listed, and who failed.
-type PSResult struct {
-	Containers []PSEntry   `json:"containers"`
-	Errors     []HostError `json:"errors,omitempty"`
-}
-
-// PS asks every alive member for its local containers (this agent's engine
-// directly, peers over the API) in parallel.
-func (c *Cluster) PS(ctx context.Context) PSResult {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	var mu sync.Mutex
-	res := PSResult{Containers: []PSEntry{}}
-	var wg sync.WaitGroup
-	for _, m := range c.Members() {
-		if m.Status != StatusAlive && m.Status != StatusSuspect {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var cs []PSEntry
-			var err error
-			if m.Name == c.cfg.NodeName {
-				cs, err = c.localPS(ctx)
-			} else if m.APIAddr == "" {
-				err = errors.New("no API address")
-			} else {
-				cs, err = c.peerClient(m.APIAddr).containers(ctx, m.Name)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				res.Errors = append(res.Errors, HostError{Host: m.Name, Error: err.Error()})
-				return
-			}
-			res.Containers = append(res.Containers, cs...)
-		}()
-	}
-	wg.Wait()
-	sort.Slice(res.Containers, func(i, j int) bool {
-		a, b := res.Containers[i], res.Containers[j]
-		return a.Host < b.Host || a.Host == b.Host && a.Name < b.Name
-	})
-	return res
-}
-
-func (c *Cluster) localPS(ctx context.Context) ([]PSEntry, error) {
-	cs, err := c.Containers(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]PSEntry, 0, len(cs))
-	for _, x := range cs {
-		out = append(out, PSEntry{Host: c.cfg.NodeName, Name: x.Name, ID: x.ID, Image: x.Image, State: x.State})
-	}
-	return out, nil
-}
-
 func (a *API) ps(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.c.PS(r.Context()))
 }
@@ -190,9 +116,10 @@ func (a *API) ps(w http.ResponseWriter, r *http.Request) {
 // authenticate lets through only requests bearing the cluster's token.
 func (a *API) authenticate(next http.Handler) http.Handler {
 	want := []byte("Bearer " + a.c.token)
+	metrics := []byte("Bearer " + MetricsToken(a.c.cfg.Secret)) // GET /metrics only (metricstoken.go)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		if subtle.ConstantTimeCompare(got, want) != 1 && (!metricsRequest(r) || subtle.ConstantTimeCompare(got, metrics) != 1) {
 			writeJSON(w, http.StatusUnauthorized, apiError{Error: "unauthorized", Code: "unauthorized"})
 			return
 		}
@@ -228,7 +155,7 @@ func (a *API) serve(ctx context.Context, l listeners) error {
 	var srvs []*http.Server
 	errc := make(chan error, 2)
 	start := func(ln net.Listener, h http.Handler) {
-		s := newAPIServer(h)
+		s := newAPIServer(h, &a.uploads)
 		srvs = append(srvs, s)
 		go func() {
 			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

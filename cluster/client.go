@@ -11,8 +11,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
-	"github.com/edgemigrate/orchestrate/engine"
 )
 
 // DefaultSocket is where the local CLI finds its agent.
@@ -172,17 +170,4 @@ func (cl *Client) forward(ctx context.Context, b []byte) error {
 		return fmt.Errorf("%w: %v", errUnreachable, err)
 	}
 	return err
-}
-
-// containers is GET /v1/containers on a peer, as ps entries.
-func (cl *Client) containers(ctx context.Context, host string) ([]PSEntry, error) {
-	var cs []engine.Container
-	if err := cl.Do(ctx, http.MethodGet, "/v1/containers", nil, &cs); err != nil {
-		return nil, err
-	}
-	out := make([]PSEntry, 0, len(cs))
-	for _, x := range cs {
-		out = append(out, PSEntry{Host: host, Name: x.Name, ID: x.ID, Image: x.Image, State: x.State})
-	}
-	return out, nil
 }

@@ -75,8 +75,12 @@ type Config struct {
 	RaftHeartbeatTimeout time.Duration
 	RaftElectionTimeout  time.Duration
 	// StatsInterval is how often local capacity and container counts are
-	// refreshed into gossip.
+	// refreshed into gossip, and the local containers checked against their
+	// replicated report (inventory.go).
 	StatsInterval time.Duration
+	// Retention bounds the replicated history (retention.go); the leader
+	// prunes to its own.
+	Retention Retention
 
 	// LeaderLoop, when set, runs once per leadership term, after Barrier,
 	// with a context cancelled when leadership is lost. An error ends the
@@ -108,6 +112,7 @@ func DefaultConfig() Config {
 		RaftHeartbeatTimeout: time.Second,
 		RaftElectionTimeout:  time.Second,
 		StatsInterval:        10 * time.Second,
+		Retention:            DefaultRetention(),
 		Logger:               slog.Default(),
 	}
 }
@@ -130,6 +135,9 @@ type Cluster struct {
 
 	leaderCh      chan bool
 	wakeBootstrap chan struct{}
+	// joined is closed once the first join succeeded (or there is nothing
+	// to join): only then is the member table complete enough to bootstrap.
+	joined        chan struct{}
 	wakeReconcile chan struct{}
 
 	mu      sync.Mutex
@@ -138,6 +146,9 @@ type Cluster struct {
 	acks    map[string]time.Time // last direct probe ack, by member
 
 	signer *stepSigner // this leader's step key, while it leads (mu)
+	// invWake is poked on every applied entry, for the inventory loop.
+	invWake <-chan struct{}
+	net     netCounters
 
 	peerOnce sync.Once
 	peerHTTP *http.Client
@@ -161,6 +172,12 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.MaxVoters < 1 {
 		cfg.MaxVoters = 3
 	}
+	if cfg.Retention == (Retention{}) {
+		cfg.Retention = DefaultRetention()
+	}
+	if err := cfg.Retention.Validate(); err != nil {
+		return nil, err
+	}
 	if err := safefs.PrivateDir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -170,7 +187,7 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{
 		cfg: cfg, logger: cfg.Logger.With("node", cfg.NodeName), tls: t, token: APIToken(cfg.Secret),
-		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
+		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), joined: make(chan struct{}), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
 	}
 	if c.hostKey, err = transfer.LoadOrCreateKey(filepath.Join(cfg.DataDir, HostKeyFile)); err != nil {
 		return nil, err
@@ -188,6 +205,7 @@ func New(cfg Config) (*Cluster, error) {
 		HostKey: rawKey(c.hostKey.PublicKey()), ClientKey: rawKey(c.clientKey.PublicKey()),
 	}
 	c.fsm.log = c.logger.With("part", "fsm")
+	c.invWake = c.fsm.watch()
 	c.api = newAPI(c)
 	return c, nil
 }
@@ -228,6 +246,8 @@ func (c *Cluster) Run(ctx context.Context) error {
 	g.Go(func() error { return c.leadershipLoop(gctx) })
 	g.Go(func() error { return c.statsLoop(gctx) })
 	g.Go(func() error { return c.reapLoop(gctx) })
+	g.Go(func() error { return c.inventoryLoop(gctx) })
+	g.Go(func() error { return c.reconnectLoop(gctx) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -271,6 +291,7 @@ func (c *Cluster) Shutdown() error {
 
 func (c *Cluster) startGossip() error {
 	mc := memberlist.DefaultLANConfig()
+	tuneGossip(mc) // gossip_tuning.go
 	mc.Name = c.cfg.NodeName
 	host, port, err := splitHostPort(c.cfg.BindAddr)
 	if err != nil {
@@ -284,7 +305,9 @@ func (c *Cluster) startGossip() error {
 	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = max(c.cfg.SuspicionMult, 1), 2
 	mc.Delegate, mc.Events, mc.Ping = &delegate{c}, &delegate{c}, &delegate{c}
 	mc.Logger = memberlistLogger(c.logger)
-	ml, err := createGossip(mc)
+	ml, err := createGossip(mc, func(t memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
+		return newCountingTransport(t, &c.net) // netstats.go
+	})
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
 	}
@@ -306,13 +329,9 @@ func splitHostPort(addr string) (string, int, error) {
 
 // joinLoop joins the seeds, retrying with jitter until at least one answers.
 func (c *Cluster) joinLoop(ctx context.Context) error {
-	var seeds []string
-	for _, s := range c.cfg.Join {
-		if s != "" && s != c.cfg.BindAddr {
-			seeds = append(seeds, s)
-		}
-	}
+	seeds := c.seeds() // rejoin.go: the configured seeds and a few peers known before a restart
 	if len(seeds) == 0 {
+		close(c.joined)
 		<-ctx.Done()
 		return nil
 	}
@@ -321,12 +340,14 @@ func (c *Cluster) joinLoop(ctx context.Context) error {
 		n, err := c.ml.Join(seeds)
 		if n > 0 {
 			c.logger.Info("joined cluster", "contacted", n)
+			close(c.joined)
 			break
 		}
 		c.logger.Warn("join failed, retrying", "seeds", seeds, "err", err)
 		if err := sleepCtx(ctx, jitter(backoff)); err != nil {
 			return nil
 		}
+		seeds = c.seeds()
 		backoff = min(backoff*2, 5*time.Second)
 	}
 	<-ctx.Done()
@@ -406,7 +427,7 @@ func (c *Cluster) refreshStats(ctx context.Context) {
 		}
 	}
 	c.setMeta(func(m *nodeMeta) {
-		m.MemTotal, m.MemUsed, m.Containers, m.CRIU = total, total-avail, n, criu
+		m.MemTotal, m.MemUsed, m.Containers, m.CRIU = total, gossipedMemUsed(m.MemUsed, total-avail, total), n, criu
 		m.InRaft = m.InRaft || c.hasRaftState()
 	})
 }

@@ -15,10 +15,13 @@
 //     voters (up to MaxVoters) or non-voters, promotes non-voters when a
 //     voter goes, and removes members that stayed dead (or left) for
 //     DeadRemoveAfter.
-//   - The FSM (fsm.go) stores hosts, migration records, locks and an event
-//     log. Writers stamp times and IDs before Apply; Apply dispatches on a
-//     type byte to applyX. Any agent accepts a write and forwards it to the
-//     leader over the authenticated API.
+//   - The FSM (fsm.go) stores hosts, migration records, locks, an event
+//     log, and every host's container report (inventory.go), which `ps` and
+//     the planners read instead of asking every host. Writers stamp times
+//     and IDs before Apply; Apply dispatches on a type byte to applyX. Any
+//     agent accepts a write and forwards it to the leader over the
+//     authenticated API. The leader prunes finished records and events to
+//     the retention (retention.go), so snapshots stay bounded.
 //   - The API (api.go) serves HTTP+JSON on a unix socket (local CLI, mode
 //     0600) and on TCP with TLS, authenticated by a bearer token derived from
 //     the secret (see secret.go for the scheme). Other packages add routes

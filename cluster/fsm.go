@@ -58,6 +58,12 @@ func (t MessageType) String() string {
 		return "delete-snapshots"
 	case PutTermKeyType:
 		return "put-term-key"
+	case PruneType:
+		return "prune"
+	case ReportContainersType:
+		return "report-containers"
+	case RequestReportsType:
+		return "request-reports"
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
 }
@@ -88,6 +94,11 @@ var commands = map[MessageType]commandSpec{
 	AppendEventType:     {func() command { return &AppendEventRequest{} }, true},
 	PutSnapshotType:     {func() command { return &PutSnapshotRequest{} }, true},
 	DeleteSnapshotsType: {func() command { return &DeleteSnapshotsRequest{} }, true},
+	// Written by the leader's housekeeping (retention.go).
+	PruneType: {func() command { return &PruneRequest{} }, false},
+	// Each agent reports its own containers (inventory.go).
+	ReportContainersType: {func() command { return &ReportContainersRequest{} }, true},
+	RequestReportsType:   {func() command { return &RequestReportsRequest{} }, false},
 }
 
 // errUnknownType: the entry's type is not one this agent knows.
@@ -116,16 +127,26 @@ func decodeCommand(b []byte) (MessageType, command, error) {
 
 // checkForwarded validates a command another agent sent to be applied here
 // (POST /v1/apply) before anything reaches raft: it must decode, validate,
-// and be of a type members may write through the API.
+// and be of a type members may write through the API, and not a form of
+// it that only the leader writes (leaderOnlyForm).
 func checkForwarded(b []byte) error {
-	t, _, err := decodeCommand(b)
+	t, cmd, err := decodeCommand(b)
 	if err != nil {
 		return err
 	}
 	if !commands[t&^IgnoreUnknownTypeFlag].forwarding {
 		return fmt.Errorf("%s is written only by the leader itself: %w", t, ErrInvalid)
 	}
+	if lo, ok := cmd.(leaderOnlyForm); ok && lo.leaderOnly() {
+		return fmt.Errorf("this form of %s is written only by the leader itself: %w", t, ErrInvalid)
+	}
 	return nil
+}
+
+// leaderOnlyForm is a command of a type members may forward, some of whose
+// forms only the leader writes (and never forwards).
+type leaderOnlyForm interface {
+	leaderOnly() bool
 }
 
 // SetHostRequest changes a host's operator state. Nil fields are unchanged.
@@ -283,6 +304,8 @@ type fsm struct {
 	// changed is poked (without blocking) after every applied entry, for
 	// the leader's reconciler.
 	changed chan struct{}
+	// watchers are poked likewise, for other readers (see watch).
+	watchers []chan struct{}
 }
 
 var _ raft.FSM = (*fsm)(nil)
@@ -332,15 +355,37 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return f.applyDeleteSnapshots(*req)
 	case *PutTermKeyRequest:
 		return f.applyPutTermKey(l.Term, *req)
+	case *PruneRequest:
+		return f.applyPrune(*req)
+	case *ReportContainersRequest:
+		return f.applyReportContainers(l.Index, *req)
+	case *RequestReportsRequest:
+		return f.applyRequestReports(l.Index, *req)
 	}
 	return fmt.Errorf("%s: no apply function: %w", t, ErrInvalid)
 }
 
 func (f *fsm) poke() {
+	pokeChan(f.changed)
+	for _, ch := range f.watchers {
+		pokeChan(ch)
+	}
+}
+
+func pokeChan(ch chan struct{}) {
 	select {
-	case f.changed <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
+}
+
+// watch returns a channel poked (at most one pending) after every applied
+// entry and restore. Call it only before raft starts (New): watchers are
+// read without the lock.
+func (f *fsm) watch() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	f.watchers = append(f.watchers, ch)
+	return ch
 }
 
 func (f *fsm) applySetHost(req SetHostRequest) error {
@@ -377,6 +422,7 @@ func (f *fsm) applyPutMigration(req PutMigrationRequest) error {
 		return fmt.Errorf("put migration %s: target %s: %w", rec.ID, rec.To, ErrCordoned)
 	}
 	f.s.Migrations[rec.ID] = rec.clone()
+	f.s.backstop()
 	return nil
 }
 
@@ -427,14 +473,13 @@ func (f *fsm) applyAppendEvent(index uint64, req AppendEventRequest) error {
 	if ev.ID == "" || ev.Kind == "" {
 		return fmt.Errorf("append event: id and kind are required: %w", ErrInvalid)
 	}
-	if slices.ContainsFunc(f.s.Events, func(e Event) bool { return e.ID == ev.ID }) {
+	if f.s.hasEvent(ev.ID) {
 		return fmt.Errorf("append event %s: %w", ev.ID, ErrDuplicate)
 	}
 	ev.Index, ev.Data = index, maps.Clone(ev.Data)
 	f.s.Events = append(f.s.Events, ev)
-	if n := len(f.s.Events); n > maxEvents {
-		f.s.Events = slices.Delete(f.s.Events, 0, n-maxEvents)
-	}
+	f.s.eventIDs[ev.ID] = true
+	f.s.backstop()
 	return nil
 }
 

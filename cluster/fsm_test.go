@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"testing"
@@ -154,16 +155,28 @@ func TestFSMApply(t *testing.T) {
 	}
 }
 
+// Without any prune from a leader, the FSM still bounds the event log at
+// maxHistory (the backstop); the oldest events go first.
 func TestFSMEventLogBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("applies 100,000 entries")
+	}
 	f := newFSM()
-	for i := range maxEvents + 10 {
-		if err := apply(f, uint64(i+1), cmd(t, AppendEventType, AppendEventRequest{Event: Event{ID: EventID("e", string(rune(i))), Kind: "k"}})); err != nil {
+	for i := range maxHistory + 10 {
+		if err := apply(f, uint64(i+1), cmd(t, AppendEventType, AppendEventRequest{Event: Event{ID: fmt.Sprintf("e%d", i), Kind: "k"}})); err != nil {
 			t.Fatal(err)
 		}
 	}
 	evs := f.events(0)
-	if len(evs) != maxEvents || evs[0].Index != 11 {
+	if len(evs) != maxHistory || evs[0].Index != 11 {
 		t.Fatalf("kept %d events, first index %d", len(evs), evs[0].Index)
+	}
+	// Dropped IDs no longer deduplicate; kept ones still do.
+	if err := apply(f, maxHistory+11, cmd(t, AppendEventType, AppendEventRequest{Event: Event{ID: "e0", Kind: "k"}})); err != nil {
+		t.Errorf("a dropped ID is refused: %v", err)
+	}
+	if err := apply(f, maxHistory+12, cmd(t, AppendEventType, AppendEventRequest{Event: Event{ID: "e20", Kind: "k"}})); !errors.Is(err, ErrDuplicate) {
+		t.Errorf("a kept ID is accepted again: %v", err)
 	}
 }
 

@@ -207,7 +207,7 @@ func (c *Cluster) poke() {
 }
 
 // suspects returns the alive members that have not acked a direct probe for
-// longer than a full probe round plus one interval: memberlist suspects
+// longer than two full probe rounds plus one interval: memberlist suspects
 // them, or will at its next probe. (memberlist v0.5.4 does not expose its
 // own suspect state: Node.State is never updated.)
 func (c *Cluster) suspects() map[string]bool {
@@ -219,7 +219,11 @@ func (c *Cluster) suspects() map[string]bool {
 			alive++
 		}
 	}
-	window := time.Duration(alive+1)*c.cfg.ProbeInterval + c.cfg.ProbeTimeout
+	// memberlist probes members in a list it reshuffles after each pass: a
+	// member first in one pass and last in the next waits almost two
+	// passes for our next probe (seen as false suspects with 10 agents;
+	// internal/scale).
+	window := 2*time.Duration(alive+1)*c.cfg.ProbeInterval + c.cfg.ProbeTimeout
 	out := map[string]bool{}
 	for name, e := range c.members {
 		if e.status != StatusAlive || name == c.cfg.NodeName {

@@ -3,8 +3,10 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,9 +108,9 @@ func listenAPI(addr string, cfg *tls.Config) (net.Listener, error) {
 // such as a migration's progress, may stream for as long as they need),
 // idle keep-alive connections closed after apiIdleTimeout, and request
 // bodies capped (limitBodies).
-func newAPIServer(h http.Handler) *http.Server {
+func newAPIServer(h http.Handler, uploads *sync.Map) *http.Server {
 	return &http.Server{
-		Handler:           limitBodies(h),
+		Handler:           limitBodies(h, uploads),
 		ReadHeaderTimeout: apiHeaderTimeout,
 		ReadTimeout:       apiReadTimeout,
 		IdleTimeout:       apiIdleTimeout,
@@ -116,28 +118,61 @@ func newAPIServer(h http.Handler) *http.Server {
 	}
 }
 
+// HandleUpload registers a route whose body is a file (an archive), not
+// JSON: its body may be up to limit bytes, and instead of the API's read
+// timeout for the whole request it only has to keep moving (no read may
+// wait longer than apiIdleTimeout), so a large upload over a slow link is
+// not cut while a stalled one still is.
+func (c *Cluster) HandleUpload(pattern string, limit int64, h func(http.ResponseWriter, *http.Request)) {
+	_, path, _ := strings.Cut(pattern, " ")
+	c.api.uploads.Store(path, limit)
+	c.api.mux.HandleFunc(pattern, h)
+}
+
 // limitBodies caps every request body at apiBodyLimit (apiApplyLimit for
-// /v1/apply): a handler decoding more gets an error, and the API answers
-// 413.
-func limitBodies(next http.Handler) http.Handler {
+// /v1/apply, the registered limit for an upload route): a handler decoding
+// more gets an error, and the API answers 413.
+// uploads maps an upload route's path to its cap (nil: none).
+func limitBodies(next http.Handler, uploads *sync.Map) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		limit := apiBodyLimit
+		upload := false
 		if r.URL.Path == "/v1/apply" {
 			limit = apiApplyLimit
+		} else if uploads != nil && r.Method == http.MethodPost {
+			if v, ok := uploads.Load(r.URL.Path); ok {
+				limit, upload = v.(int64), true
+			}
 		}
 		if r.ContentLength > limit {
 			writeJSON(w, http.StatusRequestEntityTooLarge, apiError{Error: "request body too large", Code: "invalid"})
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		if upload {
+			r.Body = &movingBody{ReadCloser: r.Body, rc: http.NewResponseController(w)}
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// movingBody pushes the connection's read deadline forward before every
+// read: an upload may take as long as it needs while it keeps moving.
+type movingBody struct {
+	io.ReadCloser
+	rc *http.ResponseController
+}
+
+func (b *movingBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(apiIdleTimeout))
+	return b.ReadCloser.Read(p)
 }
 
 // createGossip is memberlist.Create with gossipGuard's caps on its TCP
 // (stream) connections. memberlist's own TCPTimeout bounds how long each
 // may take.
-func createGossip(mc *memberlist.Config) (*memberlist.Memberlist, error) {
+// wrap, when not nil, wraps the guarded transport (the traffic counters).
+func createGossip(mc *memberlist.Config, wrap func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport) (*memberlist.Memberlist, error) {
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
 		BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
 	})
@@ -147,6 +182,9 @@ func createGossip(mc *memberlist.Config) (*memberlist.Memberlist, error) {
 	gt := &guardedTransport{NetTransport: nt, lim: netguard.NewLimiter(gossipGuard), out: make(chan net.Conn), done: make(chan struct{})}
 	go gt.relay()
 	mc.Transport = gt
+	if wrap != nil {
+		mc.Transport = wrap(gt)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		gt.Shutdown()

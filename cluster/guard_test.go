@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -96,7 +97,7 @@ func TestAPIBodyLimit(t *testing.T) {
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
-	})).Handler)
+	}), nil).Handler)
 	defer srv.Close()
 	post := func(path string, n int64, chunked bool) int {
 		var body io.Reader = io.LimitReader(zeros{}, n)
@@ -126,10 +127,45 @@ func TestAPIBodyLimit(t *testing.T) {
 			t.Errorf("POST %s with %d bytes (chunked %v): %d, want %d", c.path, c.n, c.chunked, got, c.want)
 		}
 	}
-	s := newAPIServer(http.NotFoundHandler())
+	s := newAPIServer(http.NotFoundHandler(), nil)
 	if s.ReadHeaderTimeout == 0 || s.ReadTimeout == 0 || s.IdleTimeout == 0 || s.WriteTimeout != 0 {
 		t.Fatalf("API server timeouts: header %v, read %v, idle %v, write %v (write must stay 0: progress streams)",
 			s.ReadHeaderTimeout, s.ReadTimeout, s.IdleTimeout, s.WriteTimeout)
+	}
+}
+
+// An upload route takes a body up to its own cap, the rest stay capped.
+func TestAPIUploadLimit(t *testing.T) {
+	var uploads sync.Map
+	uploads.Store("/v1/upload", int64(8<<20))
+	srv := httptest.NewServer(newAPIServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.ReadAll(r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}), &uploads).Handler)
+	defer srv.Close()
+	post := func(path string, n int64) int {
+		resp, err := http.Post(srv.URL+path, "application/x-tar", io.LimitReader(zeros{}, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, tc := range []struct {
+		path string
+		n    int64
+		want int
+	}{
+		{"/v1/upload", 4 << 20, http.StatusNoContent},
+		{"/v1/upload", 9 << 20, http.StatusBadRequest},
+		{"/v1/other", 4 << 20, http.StatusBadRequest},
+	} {
+		if got := post(tc.path, tc.n); got != tc.want {
+			t.Errorf("POST %s with %d bytes: %d, want %d", tc.path, tc.n, got, tc.want)
+		}
 	}
 }
 
@@ -151,7 +187,7 @@ func TestGossipStreamCap(t *testing.T) {
 	mc := memberlist.DefaultLANConfig()
 	mc.Name, mc.BindAddr, mc.BindPort, mc.AdvertisePort = "g1", "127.0.0.1", port, port
 	mc.LogOutput = io.Discard
-	ml, err := createGossip(mc)
+	ml, err := createGossip(mc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

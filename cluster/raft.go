@@ -44,11 +44,12 @@ type tlsLayer struct {
 	net.Listener
 	addr net.Addr
 	tls  *clusterTLS
+	n    *netCounters
 }
 
 var _ raft.StreamLayer = (*tlsLayer)(nil)
 
-func newTLSLayer(bind string, t *clusterTLS) (*tlsLayer, error) {
+func newTLSLayer(bind string, t *clusterTLS, n *netCounters) (*tlsLayer, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("raft listen %s: %w", bind, err)
@@ -58,13 +59,26 @@ func newTLSLayer(bind string, t *clusterTLS) (*tlsLayer, error) {
 		ln.Close()
 		return nil, fmt.Errorf("raft bind %s: need a concrete IP that peers can dial: %w", bind, ErrInvalid)
 	}
-	return &tlsLayer{Listener: guardRaft(ln, t.mutualServerConfig()), addr: addr, tls: t}, nil
+	counted := countingListener{ln, &n.raftIn, &n.raftOut} // netstats.go
+	return &tlsLayer{Listener: guardRaft(counted, t.mutualServerConfig()), addr: addr, tls: t, n: n}, nil
 }
 
 func (l *tlsLayer) Addr() net.Addr { return l.addr }
 
 func (l *tlsLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", string(addr), l.tls.clientConfig())
+	d := &net.Dialer{Timeout: timeout}
+	raw, err := d.Dial("tcp", string(addr))
+	if err != nil {
+		return nil, err
+	}
+	conn := tls.Client(countingConn{raw, &l.n.raftIn, &l.n.raftOut}, l.tls.clientConfig())
+	conn.SetDeadline(time.Now().Add(timeout))
+	if err := conn.Handshake(); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
 }
 
 // raftConfig returns the raft settings both the agent and the in-memory
@@ -74,7 +88,12 @@ func raftConfig(id string, heartbeat, election time.Duration) *raft.Config {
 	rc.LocalID = raft.ServerID(id)
 	if heartbeat > 0 {
 		rc.HeartbeatTimeout = heartbeat
-		rc.LeaderLeaseTimeout = min(rc.LeaderLeaseTimeout, heartbeat/2)
+		// The lease is how long a leader that hears from no quorum of
+		// voters keeps leading. Failover time does not depend on it (the
+		// followers' heartbeat timeout does), and writes need a quorum
+		// either way; half the heartbeat made a leader of 100 agents on a
+		// starved CPU step down again and again (internal/scale).
+		rc.LeaderLeaseTimeout = heartbeat
 	}
 	if election > 0 {
 		rc.ElectionTimeout = election
@@ -99,7 +118,7 @@ func (c *Cluster) startRaft() error {
 		c.store.close()
 		return fmt.Errorf("raft snapshots: %w", err)
 	}
-	layer, err := newTLSLayer(c.cfg.RaftBindAddr, c.tls)
+	layer, err := newTLSLayer(c.cfg.RaftBindAddr, c.tls, &c.net)
 	if err != nil {
 		c.store.close()
 		return err
@@ -135,10 +154,21 @@ func (c *Cluster) hasRaftState() bool {
 // already in a raft cluster, then bootstraps raft with all of them (the
 // first MaxVoters by name as voters). Every agent computes the same set, so
 // their bootstraps agree.
+//
+// It waits for the first join to complete: a join merges the seed's whole
+// member table at once, but delivers it one member at a time, and an agent
+// that looked in between could see three newcomers and no member of the
+// existing cluster, and bootstrap a second one (seen with 50 agents
+// starting together; internal/scale).
 func (c *Cluster) bootstrapLoop(ctx context.Context) error {
 	for {
 		if c.hasRaftState() {
 			c.setMeta(func(m *nodeMeta) { m.InRaft = true })
+			return nil
+		}
+		select {
+		case <-c.joined:
+		case <-ctx.Done():
 			return nil
 		}
 		c.tryBootstrap()
@@ -244,6 +274,7 @@ func (c *Cluster) leaderTerm(ctx context.Context) {
 	defer c.endTerm()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.reconcileLoop(gctx) })
+	g.Go(func() error { return c.housekeepingLoop(gctx) })
 	if c.cfg.LeaderLoop != nil {
 		g.Go(func() error {
 			if err := c.cfg.LeaderLoop(gctx); err != nil && gctx.Err() == nil {

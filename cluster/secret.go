@@ -128,15 +128,7 @@ type clusterTLS struct {
 
 func newClusterTLS(secret []byte) (*clusterTLS, error) {
 	caKey := ed25519.NewKeyFromSeed(derive(secret, "orchestrate tls ca v1", ed25519.SeedSize))
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "orchestrate cluster CA"},
-		NotBefore:             time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC),
-		NotAfter:              time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
+	caTmpl := caTemplate()
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
 	if err != nil {
 		return nil, fmt.Errorf("tls ca: %w", err)

@@ -25,10 +25,6 @@ var (
 	ErrUnauthorized = errors.New("unauthorized: wrong cluster secret?")
 )
 
-// maxEvents bounds the replicated event log; older events are dropped (and
-// their IDs no longer deduplicate).
-const maxEvents = 1000
-
 // Host is the replicated, operator-controlled state of one host. Liveness
 // lives in gossip, not here.
 type Host struct {
@@ -210,10 +206,32 @@ type state struct {
 	Snapshots  map[string]SnapshotRecord  `json:"snapshots,omitempty"`
 	// TermKey is the newest leader's public step key (termkey.go).
 	TermKey *TermKey `json:"term_key,omitempty"`
+	// Containers is each host's last container report (inventory.go).
+	Containers map[string]HostContainers `json:"containers,omitempty"`
+	// ReportsWanted is the raft index of the latest report request by
+	// host ("" for every host).
+	ReportsWanted map[string]uint64 `json:"reports_wanted,omitempty"`
+
+	// eventIDs indexes Events by ID for deduplication; nil until first
+	// needed, and after events are dropped (see hasEvent).
+	eventIDs map[string]bool
+}
+
+// hasEvent reports whether an event with this ID is in the log. Events
+// dropped by retention no longer deduplicate.
+func (s *state) hasEvent(id string) bool {
+	if s.eventIDs == nil {
+		s.eventIDs = make(map[string]bool, len(s.Events))
+		for _, e := range s.Events {
+			s.eventIDs[e.ID] = true
+		}
+	}
+	return s.eventIDs[id]
 }
 
 func newState() *state {
-	return &state{Hosts: map[string]Host{}, Migrations: map[string]MigrationRecord{}, Locks: map[string]Lock{}, Snapshots: map[string]SnapshotRecord{}}
+	return &state{Hosts: map[string]Host{}, Migrations: map[string]MigrationRecord{}, Locks: map[string]Lock{}, Snapshots: map[string]SnapshotRecord{},
+		Containers: map[string]HostContainers{}, ReportsWanted: map[string]uint64{}}
 }
 
 func (s *state) clone() *state {
@@ -231,6 +249,10 @@ func (s *state) clone() *state {
 		k.PublicKey = slices.Clone(k.PublicKey)
 		c.TermKey = &k
 	}
+	for k, h := range s.Containers {
+		c.Containers[k] = h.clone()
+	}
+	maps.Copy(c.ReportsWanted, s.ReportsWanted)
 	c.Events = make([]Event, len(s.Events))
 	for i, e := range s.Events {
 		e.Data = maps.Clone(e.Data)
@@ -257,6 +279,12 @@ func unmarshalState(b []byte) (*state, error) {
 	}
 	if s.Snapshots == nil { // state written before snapshot records existed
 		s.Snapshots = map[string]SnapshotRecord{}
+	}
+	if s.Containers == nil { // state written before container reports existed
+		s.Containers = map[string]HostContainers{}
+	}
+	if s.ReportsWanted == nil {
+		s.ReportsWanted = map[string]uint64{}
 	}
 	return s, nil
 }

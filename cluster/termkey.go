@@ -260,15 +260,26 @@ func (c *Cluster) StepClient(name string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
-	s := c.signer
-	c.mu.Unlock()
-	if s != nil {
-		cl.sign = func(req *http.Request, body []byte) {
-			req.Header.Set(StepHeader, SignStep(s.priv, s.term, name, req.Method, req.URL.Path, body, clock.Now()))
-		}
+	s := c.stepSigner()
+	if s == nil {
+		return cl, nil
 	}
-	return cl, nil
+	return cl.WithStepKey(s.priv, s.term, name), nil
+}
+
+// stepSigner is this leader's step key; a leader whose term key is not
+// recorded yet (the moments after an election) waits for it briefly.
+func (c *Cluster) stepSigner() *stepSigner {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.mu.Lock()
+		s := c.signer
+		c.mu.Unlock()
+		if s != nil || !c.IsLeader() || time.Now().After(deadline) {
+			return s
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // TermKey returns the newest leader's term key in this replica.

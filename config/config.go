@@ -59,6 +59,12 @@ type Config struct {
 		RaftHeartbeatTimeout time.Duration
 		RaftElectionTimeout  time.Duration
 		StatsInterval        time.Duration
+		Retention            struct {
+			Migrations       int
+			MigrationsMaxAge time.Duration
+			Events           int
+			EventsMaxAge     time.Duration
+		}
 	}
 	API struct {
 		Bind   string
@@ -166,9 +172,13 @@ var keys = func() []key {
 		{"cluster.raft_heartbeat_timeout", kDuration, d.RaftHeartbeatTimeout, "raft heartbeat timeout", func(c *Config, v any) { c.Cluster.RaftHeartbeatTimeout = v.(time.Duration) }},
 		{"cluster.raft_election_timeout", kDuration, d.RaftElectionTimeout, "raft election timeout", func(c *Config, v any) { c.Cluster.RaftElectionTimeout = v.(time.Duration) }},
 		{"cluster.stats_interval", kDuration, d.StatsInterval, "refresh of gossiped capacity and container count", func(c *Config, v any) { c.Cluster.StatsInterval = v.(time.Duration) }},
+		{"cluster.retention.migrations", kInt, d.Retention.Migrations, "finished migration records kept (the newest)", func(c *Config, v any) { c.Cluster.Retention.Migrations = v.(int) }},
+		{"cluster.retention.migrations_max_age", kDuration, d.Retention.MigrationsMaxAge, "finished migration records older than this are dropped", func(c *Config, v any) { c.Cluster.Retention.MigrationsMaxAge = v.(time.Duration) }},
+		{"cluster.retention.events", kInt, d.Retention.Events, "events kept (the newest)", func(c *Config, v any) { c.Cluster.Retention.Events = v.(int) }},
+		{"cluster.retention.events_max_age", kDuration, d.Retention.EventsMaxAge, "events older than this are dropped", func(c *Config, v any) { c.Cluster.Retention.EventsMaxAge = v.(time.Duration) }},
 		{"api.bind", kAddr, "", "TLS API address host:port (default: cluster.bind's host, port 7948)", func(c *Config, v any) { c.API.Bind = v.(string) }},
 		{"api.socket", kString, d.APISocket, "unix socket for the local CLI", func(c *Config, v any) { c.API.Socket = v.(string) }},
-		{"engine.type", kString, "podman", "container engine: podman or docker", func(c *Config, v any) { c.Engine.Type = v.(string) }},
+		{"engine.type", kString, "podman", "container engine: podman, docker, or none (a witness: gossip and raft only)", func(c *Config, v any) { c.Engine.Type = v.(string) }},
 		{"engine.socket", kString, "unix:///run/podman/podman.sock", "engine service URI", func(c *Config, v any) { c.Engine.Socket = v.(string) }},
 		{"transfer.bind", kAddr, "", "checkpoint transfer (SSH) address (default: cluster.bind's host, port 7922)", func(c *Config, v any) { c.Transfer.Bind = v.(string) }},
 		{"transfer.stall_timeout", kDuration, time.Minute, "a stream with no byte for this long fails, releasing what it held", func(c *Config, v any) { c.Transfer.StallTimeout = v.(time.Duration) }},
@@ -559,9 +569,14 @@ func (c Config) Validate() error {
 		if !strings.HasPrefix(c.Engine.Socket, "unix://") {
 			bad("engine.socket", "%q (expected unix:///path/to/%s.sock)", c.Engine.Socket, c.Engine.Type)
 		}
-	case "none": // control plane only; not documented for production
+	case cluster.EngineNone: // a witness: gossip and raft, never containers
 	default:
-		bad("engine.type", "%q (expected podman or docker)", c.Engine.Type)
+		if !testEngine(c.Engine.Type) {
+			bad("engine.type", "%q (expected podman, docker or none)", c.Engine.Type)
+		}
+	}
+	if err := c.ClusterConfig().Retention.Validate(); err != nil {
+		bad("cluster.retention", "%v", err)
 	}
 	for _, p := range c.Restore.AllowedBindPaths {
 		if !filepath.IsAbs(p) {
@@ -647,6 +662,8 @@ func (c Config) ClusterConfig() cluster.Config {
 	cc.ProbeInterval, cc.ProbeTimeout, cc.SuspicionMult = c.Cluster.ProbeInterval, c.Cluster.ProbeTimeout, c.Cluster.SuspicionMult
 	cc.RaftHeartbeatTimeout, cc.RaftElectionTimeout = c.Cluster.RaftHeartbeatTimeout, c.Cluster.RaftElectionTimeout
 	cc.StatsInterval = c.Cluster.StatsInterval
+	r := c.Cluster.Retention
+	cc.Retention = cluster.Retention{Migrations: r.Migrations, MigrationsMaxAge: r.MigrationsMaxAge, Events: r.Events, EventsMaxAge: r.EventsMaxAge}
 	cc.APIBindAddr, cc.APISocket, cc.TransferAddr = c.API.Bind, c.API.Socket, c.Transfer.Bind
 	cc.EngineType = c.Engine.Type
 	return cc

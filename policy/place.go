@@ -12,7 +12,8 @@ import (
 var ErrNoTarget = errors.New("no host can take the container")
 
 // Unfit says why dst cannot take c from src, or "" when it can: alive and
-// uncordoned, a different host, the same engine and architecture, CRIU at
+// uncordoned, a different host with a container engine (never a witness),
+// the same engine and architecture, CRIU at
 // least the source's, enough free memory, and every
 // orchestrate.constraint.KEY=VALUE label of c matched by dst's labels.
 func Unfit(c ContainerInfo, src, dst HostLoad) string {
@@ -23,11 +24,14 @@ func Unfit(c ContainerInfo, src, dst HostLoad) string {
 		return "not alive"
 	case dst.Cordoned:
 		return "cordoned"
+	case dst.Witness():
+		return "a witness (engine none): never hosts containers"
 	case dst.Engine != src.Engine:
 		return fmt.Sprintf("engine %s, container needs %s", dst.Engine, src.Engine)
 	case dst.Arch != src.Arch:
 		return fmt.Sprintf("arch %s, container needs %s", dst.Arch, src.Arch)
-	case src.CRIUVersion != "" && (dst.CRIUVersion == "" || CompareVersions(dst.CRIUVersion, src.CRIUVersion) < 0):
+	case src.CRIUVersion != "" && dst.CRIUVersion != src.CRIUVersion && // equal needs no parsing (planners call this per container and host)
+		(dst.CRIUVersion == "" || CompareVersions(dst.CRIUVersion, src.CRIUVersion) < 0):
 		return fmt.Sprintf("CRIU %q older than the source's %s", dst.CRIUVersion, src.CRIUVersion)
 	case dst.MemoryCapacity <= 0:
 		return "memory capacity unknown"

@@ -406,10 +406,7 @@ func (c *Client) stream(ctx context.Context, peer string, h StreamHeader, produc
 	defer stop()
 
 	if err := writeHeader(ch, h); err != nil {
-		if _, rerr := readReply(ch); rerr != nil && !errors.Is(rerr, ErrPeerClosed) {
-			return nil, st, rerr
-		}
-		return nil, st, c.sendErr(ctx, err)
+		return nil, st, c.failed(ctx, ch, err)
 	}
 
 	p := newPipeline(ctx, c, slot, h, peer)
@@ -420,13 +417,7 @@ func (c *Client) stream(ctx context.Context, peer string, h StreamHeader, produc
 	st = p.stats
 	st.Duration = time.Since(start)
 	if sendErr != nil {
-		// The receiver may have given up first and said why.
-		if ctx.Err() == nil {
-			if _, rerr := readReply(ch); rerr != nil && !errors.Is(rerr, ErrPeerClosed) {
-				return nil, st, rerr
-			}
-		}
-		return nil, st, c.sendErr(ctx, sendErr)
+		return nil, st, c.failed(ctx, ch, sendErr)
 	}
 	if p.prodErr != nil {
 		_ = writeFrame(ch, frameAbort, []byte(p.prodErr.Error()))
@@ -434,7 +425,7 @@ func (c *Client) stream(ctx context.Context, peer string, h StreamHeader, produc
 		return nil, st, fmt.Errorf("produce: %w", p.prodErr)
 	}
 	if err := writeFrame(ch, frameTrailer, trailerPayload(uint64(st.Bytes), p.sum)); err != nil {
-		return nil, st, c.sendErr(ctx, err)
+		return nil, st, c.failed(ctx, ch, err)
 	}
 	_ = ch.CloseWrite()
 	result, err := readReply(ch)
@@ -471,6 +462,19 @@ func (c *Client) openStream(ctx context.Context, peer string) (ssh.Channel, <-ch
 
 // sendErr prefers ctx's error: a closed channel after cancel is the
 // cancel's doing.
+// failed is the error of a stream whose write failed: a receiver that
+// gave up first (an unknown kind, a refused record, a full disk) has
+// already replied and closed the channel, and its reply says why better
+// than the write's EOF does.
+func (c *Client) failed(ctx context.Context, ch io.Reader, werr error) error {
+	if ctx.Err() == nil {
+		if _, rerr := readReply(ch); rerr != nil && !errors.Is(rerr, ErrPeerClosed) {
+			return rerr
+		}
+	}
+	return c.sendErr(ctx, werr)
+}
+
 func (c *Client) sendErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()

@@ -47,7 +47,13 @@ type Cluster interface {
 	PeerClient(name string) (*cluster.Client, error)
 	Snapshot(id string) (cluster.SnapshotRecord, error)
 	AppendEvent(ctx context.Context, ev cluster.Event) error
-	LeaderClient() (*cluster.Client, error)
+	cluster.Leadership
+	// StepClient is PeerClient whose requests carry this leader's step
+	// signature (the Service, on the leader, orders every host step).
+	StepClient(name string) (*cluster.Client, error)
+	// LeaderStep wraps a host step: only the current leader's signature
+	// lets a request through.
+	LeaderStep(h http.HandlerFunc) http.HandlerFunc
 }
 
 var _ Cluster = (*cluster.Cluster)(nil)
@@ -94,14 +100,25 @@ func NewAgent(cfg Config, c Cluster, eng Engine, spool Spool, up Uploader) *Agen
 	return &Agent{cfg: cfg, eng: eng, spool: spool, up: up, c: c, log: cfg.Logger.With("host", cfg.Host)}
 }
 
-// Register adds the host's routes.
+// Register adds the host's steps. Each is one the leader orders: a request
+// without the current leader's signature for this host is refused
+// (cluster.ErrForbidden) before anything is read, staged or started.
+//
+//	POST /v1/agent/copies/inspect      HolderRequest -> Facts
+//	POST /v1/agent/copies/push         HolderRequest -> PushResult (into the target's spool)
+//	POST /v1/agent/copies/drop         HolderRequest (an uploaded or staged archive)
+//	POST /v1/agent/copies/stage-image  StageImageRequest -> Ref
+//	POST /v1/agent/copies/restore      StartRequest -> []Copy (from a spooled file the request names by size and sha256)
+//	POST /v1/agent/copies/push-image   ImagePushRequest -> SpooledFile (into the target's spool)
+//	POST /v1/agent/copies/load-image   ImageLoadRequest (from a spooled file the request names by size and sha256)
 func (a *Agent) Register(mux Mux) {
-	mux.HandleFunc("POST /v1/agent/copies/inspect", a.route(func(ctx context.Context, req HolderRequest) (any, error) { return a.inspect(ctx, req.Ref) }))
-	mux.HandleFunc("POST /v1/agent/copies/push", a.route(func(ctx context.Context, req HolderRequest) (any, error) { return a.push(ctx, req) }))
-	mux.HandleFunc("POST /v1/agent/copies/drop", a.route(func(ctx context.Context, req HolderRequest) (any, error) {
+	step := func(pattern string, h http.HandlerFunc) { mux.HandleFunc(pattern, a.c.LeaderStep(h)) }
+	step("POST /v1/agent/copies/inspect", a.route(func(ctx context.Context, req HolderRequest) (any, error) { return a.inspect(ctx, req.Ref) }))
+	step("POST /v1/agent/copies/push", a.route(func(ctx context.Context, req HolderRequest) (any, error) { return a.push(ctx, req) }))
+	step("POST /v1/agent/copies/drop", a.route(func(ctx context.Context, req HolderRequest) (any, error) {
 		return nil, a.drop(req.Ref)
 	}))
-	mux.HandleFunc("POST /v1/agent/copies/stage-image", func(w http.ResponseWriter, r *http.Request) {
+	step("POST /v1/agent/copies/stage-image", func(w http.ResponseWriter, r *http.Request) {
 		var req StageImageRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&req); err != nil || req.Image == "" {
 			cluster.WriteError(w, fmt.Errorf("%w: want {\"image\": REF}", cluster.ErrInvalid))
@@ -114,7 +131,7 @@ func (a *Agent) Register(mux Mux) {
 		}
 		cluster.WriteJSON(w, http.StatusOK, ref)
 	})
-	mux.HandleFunc("POST /v1/agent/copies/restore", func(w http.ResponseWriter, r *http.Request) {
+	step("POST /v1/agent/copies/restore", func(w http.ResponseWriter, r *http.Request) {
 		var req StartRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Spool == "" || len(req.Names) == 0 {
 			cluster.WriteError(w, fmt.Errorf("%w: want a spooled archive and names", cluster.ErrInvalid))
@@ -126,6 +143,31 @@ func (a *Agent) Register(mux Mux) {
 			return
 		}
 		cluster.WriteJSON(w, http.StatusOK, cs)
+	})
+	step("POST /v1/agent/copies/push-image", func(w http.ResponseWriter, r *http.Request) {
+		var req ImagePushRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Image == "" || req.TargetHost == "" {
+			cluster.WriteError(w, fmt.Errorf("%w: want {\"image\", \"target_host\", \"spool\"}", cluster.ErrInvalid))
+			return
+		}
+		f, err := a.pushImage(r.Context(), req)
+		if err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		cluster.WriteJSON(w, http.StatusOK, f)
+	})
+	step("POST /v1/agent/copies/load-image", func(w http.ResponseWriter, r *http.Request) {
+		var req ImageLoadRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Image == "" || req.Spool == "" {
+			cluster.WriteError(w, fmt.Errorf("%w: want {\"image\", \"spool\", \"size\", \"sha256\"}", cluster.ErrInvalid))
+			return
+		}
+		if err := a.loadImage(r.Context(), req); err != nil {
+			cluster.WriteError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 }
 
@@ -447,12 +489,7 @@ func (a *Agent) push(ctx context.Context, req HolderRequest) (PushResult, error)
 	if a.up == nil {
 		return res, fmt.Errorf("%w: host %s has no transfer client", cluster.ErrInvalid, a.cfg.Host)
 	}
-	var addr string
-	for _, m := range a.c.Members() {
-		if m.Name == req.TargetHost {
-			addr = m.TransferAddr
-		}
-	}
+	addr := a.transferAddr(req.TargetHost)
 	if addr == "" {
 		return res, fmt.Errorf("%w: no host %s with a transfer address", cluster.ErrNotFound, req.TargetHost)
 	}
@@ -492,9 +529,20 @@ type Copy struct {
 // start restores one copy per name from the spooled archive, each read
 // through a verifying reader, and removes the spooled file. It stops at
 // the first failure and returns the copies that run with the error.
+//
+// Any member can put files into this host's spool (SFTP), so the spooled
+// file is only ever read as the one the leader's signed step names: its
+// size and sha256 come from the holder's inspection of its own archive,
+// and a file that differs fails the restore, which then creates nothing.
+// What the archive may create is still this host's decision: the engine
+// judges it against the restore policy (restore.*) before creating
+// anything.
 func (a *Agent) start(ctx context.Context, req StartRequest) ([]Copy, error) {
 	if a.eng == nil || a.spool == nil {
 		return nil, fmt.Errorf("%w: host %s runs no engine", cluster.ErrInvalid, a.cfg.Host)
+	}
+	if err := checkSpooled(SpooledFile{Spool: req.Spool, Size: req.Size, SHA256: req.SHA256}); err != nil {
+		return nil, err
 	}
 	defer func() { _ = a.spool.RemoveSpooled(req.Spool) }()
 	var out []Copy
@@ -521,4 +569,131 @@ func (a *Agent) start(ctx context.Context, req StartRequest) ([]Copy, error) {
 		a.log.Info("copy started", "name", c.Name, "id", c.ID, "duration", time.Since(start))
 	}
 	return out, nil
+}
+
+// ImagePushRequest asks a host that has an image to put it into a
+// target's spool (the leader then has the target load it: ImageLoadRequest).
+type ImagePushRequest struct {
+	Image      string `json:"image"`
+	TargetHost string `json:"target_host"`
+	// Spool is the name the image archive takes in the target's spool.
+	Spool string `json:"spool"`
+}
+
+// SpooledFile is a file uploaded into a host's spool, as verified by the
+// upload.
+type SpooledFile struct {
+	Spool  string `json:"spool"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// ImageLoadRequest asks a target to load an image from a file in its spool.
+// Only the file with this size and sha256 is loaded.
+type ImageLoadRequest struct {
+	Image string `json:"image"`
+	SpooledFile
+}
+
+// images is the engine's image part, when it has one.
+func (a *Agent) images() (engine.Images, error) {
+	im, ok := a.eng.(engine.Images)
+	if a.eng == nil || !ok {
+		return nil, fmt.Errorf("%w: host %s's engine cannot move images", cluster.ErrInvalid, a.cfg.Host)
+	}
+	return im, nil
+}
+
+// pushImage exports the image into a staged file under node.data_dir
+// (hashed as it is written) and uploads it into the target's spool
+// (resumable, verified). The staged file goes either way.
+func (a *Agent) pushImage(ctx context.Context, req ImagePushRequest) (SpooledFile, error) {
+	im, err := a.images()
+	if err != nil {
+		return SpooledFile{}, err
+	}
+	if err := transfer.CheckName(req.Spool); err != nil {
+		return SpooledFile{}, fmt.Errorf("%w: %v", cluster.ErrInvalid, err)
+	}
+	if a.up == nil {
+		return SpooledFile{}, fmt.Errorf("%w: host %s has no transfer client", cluster.ErrInvalid, a.cfg.Host)
+	}
+	addr := a.transferAddr(req.TargetHost)
+	if addr == "" {
+		return SpooledFile{}, fmt.Errorf("%w: no host %s with a transfer address", cluster.ErrNotFound, req.TargetHost)
+	}
+	staged, err := transfer.StageFile(filepath.Join(a.cfg.DataDir, StageDir, req.Spool), func(w io.Writer) error {
+		return im.ExportImage(ctx, req.Image, w)
+	})
+	if err != nil {
+		return SpooledFile{}, fmt.Errorf("export image %s: %w", short(req.Image), err)
+	}
+	defer os.Remove(staged.Path)
+	st, err := a.up.Upload(ctx, addr, staged.Path, req.Spool)
+	if err != nil {
+		return SpooledFile{}, fmt.Errorf("push image %s to %s: %w", short(req.Image), req.TargetHost, err)
+	}
+	if st.SHA256 != staged.SHA256 {
+		return SpooledFile{}, fmt.Errorf("push image %s to %s: %w: sent sha256 %s, staged %s", short(req.Image), req.TargetHost, transfer.ErrVerify, st.SHA256, staged.SHA256)
+	}
+	a.log.Info("image pushed for copies", "image", short(req.Image), "to", req.TargetHost, "bytes", staged.Size, "attempts", st.Attempts)
+	return SpooledFile{Spool: req.Spool, Size: staged.Size, SHA256: staged.SHA256}, nil
+}
+
+// loadImage loads the spooled image archive the request names, through a
+// reader that fails unless its size and sha256 match, and removes it. The
+// image must then be present under the name or ID asked for.
+func (a *Agent) loadImage(ctx context.Context, req ImageLoadRequest) error {
+	im, err := a.images()
+	if err != nil {
+		return err
+	}
+	if a.spool == nil {
+		return fmt.Errorf("%w: host %s has no spool", cluster.ErrInvalid, a.cfg.Host)
+	}
+	if err := checkSpooled(req.SpooledFile); err != nil {
+		return err
+	}
+	defer func() { _ = a.spool.RemoveSpooled(req.Spool) }()
+	r, err := a.spool.OpenSpooled(req.Spool, req.Size, req.SHA256)
+	if err != nil {
+		return fmt.Errorf("image %s on %s: %w", short(req.Image), a.cfg.Host, err)
+	}
+	defer r.Close()
+	if _, err := im.LoadImage(ctx, r); err != nil {
+		return fmt.Errorf("load image %s on %s: %w", short(req.Image), a.cfg.Host, err)
+	}
+	if ok, err := im.HasImage(ctx, req.Image); err != nil || !ok {
+		return fmt.Errorf("load image %s on %s: the archive did not hold it (%v)", short(req.Image), a.cfg.Host, err)
+	}
+	a.log.Info("image loaded for copies", "image", short(req.Image), "bytes", req.Size)
+	return nil
+}
+
+// checkSpooled refuses a request that does not pin the spooled file down:
+// without a size and a sha256 any file a member put into the spool would
+// do.
+func checkSpooled(f SpooledFile) error {
+	if err := transfer.CheckName(f.Spool); err != nil {
+		return fmt.Errorf("%w: %v", cluster.ErrInvalid, err)
+	}
+	if f.Size <= 0 || !sha256Re.MatchString(f.SHA256) {
+		return fmt.Errorf("%w: spooled file %s needs its size and sha256", cluster.ErrInvalid, f.Spool)
+	}
+	return nil
+}
+
+var sha256Re = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// StageDir is where a host stages files it uploads (under node.data_dir).
+const StageDir = "stage"
+
+// transferAddr is host's transfer address as gossip has it ("" if none).
+func (a *Agent) transferAddr(host string) string {
+	for _, m := range a.c.Members() {
+		if m.Name == host {
+			return m.TransferAddr
+		}
+	}
+	return ""
 }

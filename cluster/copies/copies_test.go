@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,6 +88,11 @@ func (f fakeCluster) AppendEvent(context.Context, cluster.Event) error {
 	return nil
 }
 func (f fakeCluster) LeaderClient() (*cluster.Client, error) { return nil, cluster.ErrNoLeader }
+func (f fakeCluster) IsLeader() bool                         { return false }
+func (f fakeCluster) StepClient(string) (*cluster.Client, error) {
+	return nil, cluster.ErrNotFound
+}
+func (f fakeCluster) LeaderStep(h http.HandlerFunc) http.HandlerFunc { return h }
 
 // A stored checkpoint pushed to the host that starts a copy survives a
 // link cut at half way: the upload resumes where it stopped and sends only

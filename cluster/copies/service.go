@@ -32,6 +32,19 @@ type RestoreRequest struct {
 	// to a pull.
 	Image     bool  `json:"image,omitempty"`
 	TLSVerify *bool `json:"tls_verify,omitempty"`
+	// ImageHost is where the checkpoint image is (pulled when missing):
+	// Host when set, else the agent the operator talks to, which fills it
+	// in before the request goes to the leader.
+	ImageHost string `json:"image_host,omitempty"`
+	// Archive is an archive the operator uploaded (/v1/restore/archive),
+	// held by the agent that took the upload until the copies started.
+	Archive *StagedArchive `json:"archive,omitempty"`
+}
+
+// StagedArchive names an uploaded archive a host holds for copies.
+type StagedArchive struct {
+	Host string `json:"host"`
+	ID   string `json:"id"`
 }
 
 // RestoreResult answers a restore.
@@ -54,9 +67,20 @@ type Kept struct {
 	Name string `json:"name"`
 }
 
-// Service serves `orchestrate restore` on any agent: it resolves the
-// source, checks and places the copies, and drives the holder's and the
-// targets' steps.
+// UploadMux is a Mux that also takes routes whose body is a file
+// (cluster.Cluster.HandleUpload).
+type UploadMux interface {
+	Mux
+	HandleUpload(pattern string, limit int64, h func(http.ResponseWriter, *http.Request))
+}
+
+// Service serves `orchestrate restore`. Any agent takes the request; the
+// leader carries it out: it resolves the source, checks and places the
+// copies, and orders the holder's and the targets' steps, each signed with
+// its term key (StepClient), which the hosts verify (Agent.Register). An
+// uploaded archive is staged on the agent that took the upload, which then
+// hands the request to the leader naming it (RestoreRequest.Archive) and
+// drops it once the leader answered.
 type Service struct {
 	c     Cluster
 	local *Agent
@@ -71,18 +95,26 @@ func NewService(c Cluster, local *Agent) *Service {
 
 // Register adds the operator routes:
 //
-//	POST /v1/restore          RestoreRequest -> RestoreResult
+//	POST /v1/restore          RestoreRequest -> RestoreResult (carried out by the leader)
 //	POST /v1/restore/archive  ?host=&name=&count=, body: a checkpoint archive -> RestoreResult
-func (s *Service) Register(mux Mux) {
+//
+// The archive route is an upload (UploadMux): its body may be up to
+// maxArchive bytes.
+func (s *Service) Register(mux UploadMux, maxArchive int64) {
 	mux.HandleFunc("POST /v1/restore", func(w http.ResponseWriter, r *http.Request) {
 		var req RestoreRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Source == "" {
 			cluster.WriteError(w, fmt.Errorf("%w: want {\"source\": ID}", cluster.ErrInvalid))
 			return
 		}
-		s.reply(w, r.Context(), req, nil)
+		if req.Image && req.ImageHost == "" {
+			// Without --host, the image is looked for on the agent the
+			// operator talks to.
+			req.ImageHost = firstNonEmpty(req.Host, s.c.Name())
+		}
+		s.viaLeader(w, r.Context(), req)
 	})
-	mux.HandleFunc("POST /v1/restore/archive", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleUpload("POST /v1/restore/archive", maxArchive, func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		req := RestoreRequest{Source: "archive", Host: q.Get("host"), Name: q.Get("name")}
 		if c := q.Get("count"); c != "" {
@@ -99,12 +131,32 @@ func (s *Service) Register(mux Mux) {
 			return
 		}
 		defer func() { _ = s.local.drop(ref) }()
-		s.reply(w, r.Context(), req, &ref)
+		req.Archive = &StagedArchive{Host: s.c.Name(), ID: ref.ID}
+		s.viaLeader(w, r.Context(), req)
 	})
 }
 
-func (s *Service) reply(w http.ResponseWriter, ctx context.Context, req RestoreRequest, ref *Ref) {
-	res, err := s.Restore(ctx, req, ref)
+// viaLeader carries req out here when this agent leads, and otherwise
+// hands it to the leader (POST /v1/restore) and relays the answer.
+func (s *Service) viaLeader(w http.ResponseWriter, ctx context.Context, req RestoreRequest) {
+	if s.c.IsLeader() {
+		s.reply(w, ctx, req)
+		return
+	}
+	cl, err := s.c.LeaderClient()
+	var res RestoreResult
+	if err == nil {
+		err = cl.Do(ctx, http.MethodPost, "/v1/restore", req, &res)
+	}
+	if err != nil {
+		cluster.WriteError(w, err)
+		return
+	}
+	cluster.WriteJSON(w, http.StatusOK, res)
+}
+
+func (s *Service) reply(w http.ResponseWriter, ctx context.Context, req RestoreRequest) {
+	res, err := s.Restore(ctx, req)
 	if err != nil && len(res.Copies) == 0 {
 		if errors.Is(err, ErrClash) {
 			err = fmt.Errorf("%w: %w", cluster.ErrInvalid, err)
@@ -124,17 +176,26 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// Restore resolves req (or the uploaded archive ref, held by this host)
-// and restores it: a kept checkpoint in place, anything else as copies.
-func (s *Service) Restore(ctx context.Context, req RestoreRequest, ref *Ref) (RestoreResult, error) {
+// Restore resolves req and restores it: a kept checkpoint in place,
+// anything else as copies. It runs on the leader: the steps it orders on
+// other hosts carry its signature, and a host refuses them otherwise.
+func (s *Service) Restore(ctx context.Context, req RestoreRequest) (RestoreResult, error) {
 	res := RestoreResult{Source: req.Source}
-	holder, origin := s.c.Name(), ""
-	if ref != nil {
-		res.Kind = "archive"
-	} else if req.Image {
-		// The image's host (--host, else this agent) turns it into an
-		// archive it holds; from there it goes like an uploaded archive.
-		holder = firstNonEmpty(req.Host, s.c.Name())
+	if !s.c.IsLeader() {
+		return res, fmt.Errorf("%w: restores are carried out by the leader", cluster.ErrNotLeader)
+	}
+	var holder, origin string
+	var ref Ref
+	switch {
+	case req.Archive != nil:
+		if req.Archive.Host == "" || !validID(req.Archive.ID) {
+			return res, fmt.Errorf("%w: archive %+v", cluster.ErrInvalid, *req.Archive)
+		}
+		res.Kind, holder, ref = "archive", req.Archive.Host, Ref{Kind: KindUpload, ID: req.Archive.ID}
+	case req.Image:
+		// The image's host turns it into an archive it holds; from there
+		// it goes like an uploaded archive.
+		holder = firstNonEmpty(req.ImageHost, req.Host, s.c.Name())
 		var staged Ref
 		if err := s.call(ctx, holder, "/v1/agent/copies/stage-image", StageImageRequest{Image: req.Source, TLSVerify: req.TLSVerify}, &staged, 0); err != nil {
 			return res, fmt.Errorf("checkpoint image %s on %s: %w", req.Source, holder, err)
@@ -142,8 +203,8 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest, ref *Ref) (Re
 		defer func() {
 			_ = s.call(context.WithoutCancel(ctx), holder, "/v1/agent/copies/drop", HolderRequest{Ref: staged}, nil, s.step)
 		}()
-		res.Kind, ref = "image", &staged
-	} else {
+		res.Kind, ref = "image", staged
+	default:
 		// A kept checkpoint first: its IDs never look like snapshot IDs.
 		if host, ok, err := s.findKept(ctx, req.Source, req.Host); err != nil {
 			return res, err
@@ -154,10 +215,10 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest, ref *Ref) (Re
 		if err != nil {
 			return res, err
 		}
-		res.Kind, holder, origin, ref = src.ref.Kind, src.holder, src.origin, &src.ref
+		res.Kind, holder, origin, ref = src.ref.Kind, src.holder, src.origin, src.ref
 	}
 	var facts Facts
-	if err := s.call(ctx, holder, "/v1/agent/copies/inspect", HolderRequest{Ref: *ref}, &facts, s.step); err != nil {
+	if err := s.call(ctx, holder, "/v1/agent/copies/inspect", HolderRequest{Ref: ref}, &facts, s.step); err != nil {
 		return res, fmt.Errorf("inspect %s on %s: %w", req.Source, holder, err)
 	}
 	if facts.Engine == "" {
@@ -183,7 +244,7 @@ func (s *Service) Restore(ctx context.Context, req RestoreRequest, ref *Ref) (Re
 			defer wg.Done()
 			spool := "copy-" + newID() + ".tar"
 			var pr PushResult
-			err := s.call(ctx, holder, "/v1/agent/copies/push", HolderRequest{Ref: *ref, TargetHost: p.Host, Spool: spool}, &pr, 0)
+			err := s.call(ctx, holder, "/v1/agent/copies/push", HolderRequest{Ref: ref, TargetHost: p.Host, Spool: spool}, &pr, 0)
 			var cs []Copy
 			if err == nil {
 				err = s.call(ctx, p.Host, "/v1/agent/copies/restore", StartRequest{Spool: spool, Size: facts.Size, SHA256: facts.SHA256, Names: p.Names, ImageID: facts.ImageID}, &cs, 0)
@@ -323,7 +384,9 @@ func (s *Service) view(ctx context.Context) ([]policy.HostLoad, map[string][]eng
 }
 
 // ensureImage sends the image to host when it lacks it, from a host that
-// has it (the migration agents' push-image, itself resumable).
+// has it: the leader has that host upload the image into the target's
+// spool (resumable, verified) and then has the target load exactly the
+// file the upload verified, both as signed steps.
 func (s *Service) ensureImage(ctx context.Context, imageID, host string, hosts []policy.HostLoad) error {
 	if imageID == "" {
 		return nil
@@ -332,23 +395,21 @@ func (s *Service) ensureImage(ctx context.Context, imageID, host string, hosts [
 		var out struct {
 			Present bool `json:"present"`
 		}
-		return s.call(ctx, h, "/v1/agent/has-image", map[string]string{"image": imageID}, &out, s.step) == nil && out.Present
+		return s.read(ctx, h, http.MethodPost, "/v1/agent/has-image", map[string]string{"image": imageID}, &out) == nil && out.Present
 	}
 	if has(host) {
 		return nil
-	}
-	var addr string
-	for _, m := range s.c.Members() {
-		if m.Name == host {
-			addr = m.TransferAddr
-		}
 	}
 	for _, h := range hosts {
 		if h.Name == host || !h.Alive || !has(h.Name) {
 			continue
 		}
-		req := map[string]string{"image": imageID, "target_host": host, "target_addr": addr}
-		if err := s.call(ctx, h.Name, "/v1/agent/push-image", req, nil, 0); err != nil {
+		var f SpooledFile
+		err := s.call(ctx, h.Name, "/v1/agent/copies/push-image", ImagePushRequest{Image: imageID, TargetHost: host, Spool: "copy-image-" + newID() + ".tar"}, &f, 0)
+		if err == nil {
+			err = s.call(ctx, host, "/v1/agent/copies/load-image", ImageLoadRequest{Image: imageID, SpooledFile: f}, nil, 0)
+		}
+		if err != nil {
 			return fmt.Errorf("send image %s from %s to %s: %w", short(imageID), h.Name, host, err)
 		}
 		return nil
@@ -364,9 +425,10 @@ func short(id string) string {
 	return id
 }
 
-// call posts to host's agent; timeout 0 means none (transfers, restores).
+// call orders a step on host's agent, signed as this leader's;
+// timeout 0 means none (transfers, restores).
 func (s *Service) call(ctx context.Context, host, path string, in, out any, timeout time.Duration) error {
-	cl, err := s.c.PeerClient(host)
+	cl, err := s.c.StepClient(host)
 	if err != nil {
 		return err
 	}
@@ -378,14 +440,20 @@ func (s *Service) call(ctx context.Context, host, path string, in, out any, time
 	return cl.Do(ctx, http.MethodPost, path, in, out)
 }
 
-func (s *Service) get(ctx context.Context, host, path string, out any) error {
+// read asks host's agent something that changes nothing (within the step
+// timeout).
+func (s *Service) read(ctx context.Context, host, method, path string, in, out any) error {
 	cl, err := s.c.PeerClient(host)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.step)
 	defer cancel()
-	return cl.Do(ctx, http.MethodGet, path, nil, out)
+	return cl.Do(ctx, method, path, in, out)
+}
+
+func (s *Service) get(ctx context.Context, host, path string, out any) error {
+	return s.read(ctx, host, http.MethodGet, path, nil, out)
 }
 
 func (s *Service) event(ctx context.Context, host, action, result string) {

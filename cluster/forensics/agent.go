@@ -61,6 +61,13 @@ type Cluster interface {
 	AcquireLock(ctx context.Context, req cluster.AcquireLockRequest) error
 	ReleaseLock(ctx context.Context, name, holder string) error
 	Locks() []cluster.Lock
+	cluster.Leadership
+	// StepClient is PeerClient whose requests carry this leader's step
+	// signature (the Service, on the leader, orders the hosts' steps).
+	StepClient(name string) (*cluster.Client, error)
+	// LeaderStep wraps a host step: only the current leader's signature
+	// lets a request through.
+	LeaderStep(h http.HandlerFunc) http.HandlerFunc
 }
 
 var _ Cluster = (*cluster.Cluster)(nil)
@@ -155,16 +162,26 @@ func NewAgent(cfg Config, eng Engine, sender Streamer, c Cluster) *Agent {
 }
 
 // Register adds the host's routes and the snapshot stream handler.
+//
+// Who may call them. Checkpoint, snapshot and image freeze (or stop) a
+// container here and hand its memory out, and remove deletes a stored
+// snapshot: the leader orders them (the Service runs there), and a
+// request without the current leader's signature for this host is
+// refused before anything happens. Commit is called by the container's
+// host, not the leader: it is bound to the replicated state instead (a
+// pending upload that names that host, this store host and the
+// container, upload.go), as the snapshot stream is. File and grep read
+// what this host stores and change nothing.
 func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	streams.Handle(KindSnapshot, a.handleSnapshot)
 	a.registerSnapshotFiles(streams)
-	mux.HandleFunc("POST /v1/agent/forensics/checkpoint", a.checkpointStream)
-	mux.HandleFunc("POST /v1/agent/forensics/snapshot", a.snapshot)
+	mux.HandleFunc("POST /v1/agent/forensics/checkpoint", a.c.LeaderStep(a.checkpointStream))
+	mux.HandleFunc("POST /v1/agent/forensics/snapshot", a.c.LeaderStep(a.snapshot))
 	mux.HandleFunc("POST /v1/agent/forensics/commit", a.commit)
 	mux.HandleFunc("GET /v1/agent/forensics/file/{id}", a.file)
-	mux.HandleFunc("POST /v1/agent/forensics/remove", a.remove)
+	mux.HandleFunc("POST /v1/agent/forensics/remove", a.c.LeaderStep(a.remove))
 	mux.HandleFunc("POST /v1/agent/forensics/grep", a.grep)
-	mux.HandleFunc("POST /v1/agent/forensics/image", a.image)
+	mux.HandleFunc("POST /v1/agent/forensics/image", a.c.LeaderStep(a.image))
 }
 
 // RemoveRequest names a snapshot to remove.

@@ -4,8 +4,9 @@
 //
 // Data flows in two ways. A snapshot for the operator's own disk
 // (`orchestrate checkpoint --output FILE`) is streamed from the engine on the
-// container's host through that host's agent API, through the agent the CLI
-// talks to, to the CLI; the archive is never written on any agent's disk. A
+// container's host through that host's agent API, through the leader (which
+// ordered it) and the agent the CLI talks to, to the CLI; the archive is
+// never written on any agent's disk. A
 // snapshot for the cluster's snapshot store (`--store`, or the evacuation
 // policy hook through Snapshotter) is streamed by the container's host over
 // the transfer layer (stream kind "snapshot") to the store host. Before it
@@ -44,25 +45,35 @@
 // container with a migration in flight is refused (ErrConflict). Policies
 // (the spot evacuation) take snapshots through Snapshotter.
 //
+// Who orders what. The operator routes that act on a host (a checkpoint in
+// any form, removing a snapshot) are carried out by the leader: another
+// agent forwards them (cluster.Forward) and relays the answer. The leader
+// orders the host's step with its term key's signature (StepClient), and
+// the host verifies it (cluster.LeaderStep): a member holding the cluster
+// secret cannot freeze another host's container, read its memory or delete
+// its snapshots by calling the host directly. The store host's commit is
+// bound to the pending upload instead (the container's host calls it, not
+// the leader); file and grep only read.
+//
 // Routes (registered on the cluster API, so they carry its auth):
 //
-//	POST /v1/checkpoint                 CheckpointRequest; answers the archive
+//	POST /v1/checkpoint                 (on the leader) CheckpointRequest; answers the archive
 //	                                    (Store false) or a SnapshotRecord (Store true),
 //	                                    or with Image an ImageResult (or the OCI
 //	                                    archive, ImageArchive)
 //	GET  /v1/snapshots                  []cluster.SnapshotRecord, oldest first
 //	GET  /v1/snapshots/{id}             one record
 //	GET  /v1/snapshots/{id}/archive     the stored archive, from its store host
-//	DELETE /v1/snapshots/{id}           remove a snapshot: record, then file
-//	POST /v1/agent/forensics/checkpoint the container's host: archive stream
-//	POST /v1/agent/forensics/snapshot   the container's host: checkpoint into the store
-//	POST /v1/agent/forensics/commit     the store host: record a received file, prune
+//	DELETE /v1/snapshots/{id}           (on the leader) remove a snapshot: record, then file
+//	POST /v1/agent/forensics/checkpoint the container's host (leader's step): archive stream
+//	POST /v1/agent/forensics/snapshot   the container's host (leader's step): checkpoint into the store
+//	POST /v1/agent/forensics/commit     the store host (pending upload): record a received file, prune
 //	GET  /v1/agent/forensics/file/{id}  the store host: a stored file
-//	POST /v1/agent/forensics/remove     the store host: remove one snapshot
+//	POST /v1/agent/forensics/remove     the store host (leader's step): remove one snapshot
 //	POST /v1/snapshots/grep             GrepRequest; every store host searches its own
 //	                                    snapshots (no archive moves); GrepResult
 //	POST /v1/agent/forensics/grep       the store host: search the snapshots it holds
-//	POST /v1/agent/forensics/image      the container's host: ImageRequest; a checkpoint
+//	POST /v1/agent/forensics/image      the container's host (leader's step): ImageRequest; a checkpoint
 //	                                    image loaded (and pushed), or streamed
 //
 // A streamed archive's outcome comes in HTTP trailers after the body:

@@ -3,6 +3,8 @@ package forensics
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -141,12 +143,21 @@ func ls(t *testing.T, dir string) []string {
 // a unix socket, PeerClient dials it, the replicated state is one shared
 // map, and streams go straight into the target's handler.
 type world struct {
-	t     *testing.T
-	mu    sync.Mutex
-	recs  map[string]cluster.SnapshotRecord
-	locks map[string]cluster.Lock
-	migs  []cluster.MigrationRecord
-	hosts map[string]*simHost
+	t *testing.T
+	// leader signs its steps with priv for term; every host verifies them
+	// against pub, as cluster.LeaderStep does.
+	leader string
+	term   uint64
+	pub    ed25519.PublicKey
+	priv   ed25519.PrivateKey
+	mu     sync.Mutex
+	recs   map[string]cluster.SnapshotRecord
+	locks  map[string]cluster.Lock
+	migs   []cluster.MigrationRecord
+	hosts  map[string]*simHost
+	// noReports makes PS show nothing, as right after a cluster starts or
+	// before a host reports a container started a moment ago.
+	noReports bool
 }
 
 type simHost struct {
@@ -164,7 +175,9 @@ func newWorld(t *testing.T, names ...string) *world { return newWorldWith(t, nil
 // newWorldWith is newWorld with each host's engine made by mk (nil: a
 // plain fake engine holding the image "img").
 func newWorldWith(t *testing.T, mk func(host string) Engine, names ...string) *world {
-	w := &world{t: t, recs: map[string]cluster.SnapshotRecord{}, locks: map[string]cluster.Lock{}, hosts: map[string]*simHost{}}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	w := &world{t: t, leader: names[0], term: 3, pub: pub, priv: priv,
+		recs: map[string]cluster.SnapshotRecord{}, locks: map[string]cluster.Lock{}, hosts: map[string]*simHost{}}
 	dir, err := os.MkdirTemp("", "fx")
 	if err != nil {
 		t.Fatal(err)
@@ -186,6 +199,14 @@ func newWorldWith(t *testing.T, mk func(host string) Engine, names ...string) *w
 		h.agent = NewAgent(cfg, engineOf(h), hostStreamer{w, n}, (*hostView)(h))
 		h.agent.Register(h.mux, h)
 		NewService((*hostView)(h), "").Register(h.mux)
+		h.mux.HandleFunc("GET /v1/containers", func(rw http.ResponseWriter, r *http.Request) {
+			cs, err := h.eng.List(r.Context())
+			if err != nil {
+				cluster.WriteError(rw, err)
+				return
+			}
+			cluster.WriteJSON(rw, http.StatusOK, cs)
+		})
 		ln, err := net.Listen("unix", h.sock)
 		if err != nil {
 			t.Fatal(err)
@@ -285,7 +306,7 @@ func (v *hostView) Name() string { return v.name }
 func (v *hostView) Members() []cluster.Member {
 	var out []cluster.Member
 	for n := range v.w.hosts {
-		out = append(out, cluster.Member{Name: n, Status: cluster.StatusAlive, TransferAddr: n + ":7922"})
+		out = append(out, cluster.Member{Name: n, Status: cluster.StatusAlive, TransferAddr: n + ":7922", Engine: "fake"})
 	}
 	return out
 }
@@ -295,8 +316,39 @@ func (v *hostView) PeerClient(name string) (*cluster.Client, error) {
 	}
 	return v.w.client(name), nil
 }
+func (v *hostView) IsLeader() bool { return v.w.leader == v.name }
+func (v *hostView) LeaderClient() (*cluster.Client, error) {
+	return v.w.client(v.w.leader), nil
+}
+
+// StepClient signs only on the leader, as cluster.Cluster's does.
+func (v *hostView) StepClient(name string) (*cluster.Client, error) {
+	cl, err := v.PeerClient(name)
+	if err != nil || !v.IsLeader() {
+		return cl, err
+	}
+	return cl.WithStepKey(v.w.priv, v.w.term, name), nil
+}
+func (v *hostView) LeaderStep(h http.HandlerFunc) http.HandlerFunc {
+	return func(rw http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		key := cluster.TermKey{Term: v.w.term, Leader: v.w.leader, PublicKey: v.w.pub}
+		if err := cluster.VerifyStep(key, r.Header.Get(cluster.StepHeader), v.name, r.Method, r.URL.Path, body, time.Now()); err != nil {
+			cluster.WriteError(rw, err)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		h(rw, r)
+	}
+}
 func (v *hostView) PS(ctx context.Context) cluster.PSResult {
 	var res cluster.PSResult
+	v.w.mu.Lock()
+	stale := v.w.noReports
+	v.w.mu.Unlock()
+	if stale {
+		return res
+	}
 	for n, h := range v.w.hosts {
 		cs, _ := h.eng.List(ctx)
 		for _, c := range cs {
@@ -531,6 +583,22 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 
 // TestRunAppliesAgeRetention: records past max_age go, with their files,
 // without a new snapshot arriving.
+// A container no report shows yet (just started, or the hosts have not
+// reported since the cluster started) is found by asking the hosts.
+func TestCheckpointFindsUnreportedContainer(t *testing.T) {
+	w := newWorld(t, "h1", "h2")
+	w.noReports = true
+	ctx := context.Background()
+	w.hosts["h2"].eng.(*enginetest.Fake).Run("fresh", "img", 1<<20, nil)
+	res, err := StreamCheckpoint(ctx, w.client("h1"), CheckpointRequest{Container: "fresh", LeaveRunning: true}, io.Discard)
+	if err != nil || res.Host != "h2" {
+		t.Fatalf("checkpoint of an unreported container: %+v, %v", res, err)
+	}
+	if _, err := StreamCheckpoint(ctx, w.client("h1"), CheckpointRequest{Container: "nope"}, io.Discard); !errors.Is(err, cluster.ErrNotFound) {
+		t.Fatalf("checkpoint of a missing container: %v", err)
+	}
+}
+
 func TestRunAppliesAgeRetention(t *testing.T) {
 	w := newWorld(t, "h1")
 	ctx := context.Background()

@@ -46,6 +46,10 @@ func (pendingLocks) Snapshot(id string) (cluster.SnapshotRecord, error) {
 	return cluster.SnapshotRecord{}, cluster.ErrNotFound
 }
 func (pendingLocks) PutSnapshot(context.Context, cluster.SnapshotRecord) error { return nil }
+func (pendingLocks) IsLeader() bool                                            { return false }
+func (pendingLocks) LeaderClient() (*cluster.Client, error)                    { return nil, cluster.ErrNoLeader }
+func (pendingLocks) StepClient(string) (*cluster.Client, error)                { return nil, cluster.ErrNotFound }
+func (pendingLocks) LeaderStep(h http.HandlerFunc) http.HandlerFunc            { return h }
 func (pendingLocks) AcquireLock(context.Context, cluster.AcquireLockRequest) error {
 	return nil
 }

@@ -11,9 +11,12 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
+	"github.com/edgemigrate/orchestrate/engine"
 )
 
 // ErrIncomplete: a streamed archive ended without its outcome, or with a
@@ -42,8 +45,13 @@ type CheckpointRequest struct {
 	TLSVerify    *bool  `json:"tls_verify,omitempty"`
 }
 
-// Service serves the operator routes on any agent: it finds the container's
-// host or the snapshot's store host and relays to that host's agent.
+// Service serves the operator routes on any agent. Those that act on a
+// host (a checkpoint, in any form, and removing a snapshot) are carried out
+// by the leader: any other agent forwards them there (cluster.Forward) and
+// relays the answer, a streamed archive included. The leader finds the
+// container's host or the snapshot's store host and orders the step with
+// its signature (StepClient). Reads (records, a stored archive, grep) are
+// served by any agent.
 type Service struct {
 	c         Cluster
 	storeHost string
@@ -56,7 +64,7 @@ func NewService(c Cluster, storeHost string) *Service { return &Service{c: c, st
 
 // Register adds the operator routes.
 func (s *Service) Register(mux Mux) {
-	mux.HandleFunc("POST /v1/checkpoint", s.checkpoint)
+	mux.HandleFunc("POST /v1/checkpoint", cluster.Forward(s.c, s.checkpoint))
 	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
 		recs := s.c.Snapshots()
 		if recs == nil {
@@ -74,7 +82,7 @@ func (s *Service) Register(mux Mux) {
 	})
 	mux.HandleFunc("GET /v1/snapshots/{id}/archive", s.archive)
 	mux.HandleFunc("POST /v1/snapshots/grep", s.grep)
-	mux.HandleFunc("DELETE /v1/snapshots/{id}", s.remove)
+	mux.HandleFunc("DELETE /v1/snapshots/{id}", cluster.Forward(s.c, s.remove))
 }
 
 // remove asks the store host to drop a snapshot, record and file.
@@ -84,7 +92,7 @@ func (s *Service) remove(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, err)
 		return
 	}
-	cl, err := s.c.PeerClient(rec.StoreHost)
+	cl, err := s.c.StepClient(rec.StoreHost)
 	if err == nil {
 		err = cl.Do(r.Context(), http.MethodPost, "/v1/agent/forensics/remove", RemoveRequest{ID: rec.ID}, nil)
 	}
@@ -102,16 +110,16 @@ func RemoveSnapshot(ctx context.Context, cl *cluster.Client, id string) error {
 }
 
 // locate finds the host running the container ref (a name, an ID or an
-// ID prefix of at least 12 characters).
+// ID prefix of at least 12 characters). It reads the hosts' container
+// reports; a container the reports do not show (started since its host
+// last reported, or hosts that have not reported yet) is looked for once
+// more by asking every alive host with an engine for its list.
 func (s *Service) locate(ctx context.Context, ref string) (string, error) {
 	res := s.c.PS(ctx)
-	var hosts []string
-	for _, e := range res.Containers {
-		if e.Name == ref || e.ID == ref || len(ref) >= 12 && strings.HasPrefix(e.ID, ref) {
-			if e.State == "running" {
-				hosts = append(hosts, e.Host)
-			}
-		}
+	hosts := runningOn(res, ref)
+	if len(hosts) == 0 {
+		res = s.listAlive(ctx)
+		hosts = runningOn(res, ref)
 	}
 	switch len(hosts) {
 	case 0:
@@ -125,6 +133,58 @@ func (s *Service) locate(ctx context.Context, ref string) (string, error) {
 	}
 	return "", fmt.Errorf("%w: %q runs on %d hosts (%s): pick one with --host", cluster.ErrInvalid, ref, len(hosts), strings.Join(hosts, ", "))
 }
+
+// runningOn returns the hosts where res shows ref running.
+func runningOn(res cluster.PSResult, ref string) []string {
+	var hosts []string
+	for _, e := range res.Containers {
+		if e.Name == ref || e.ID == ref || len(ref) >= 12 && strings.HasPrefix(e.ID, ref) {
+			if e.State == "running" {
+				hosts = append(hosts, e.Host)
+			}
+		}
+	}
+	return hosts
+}
+
+// listAlive asks every alive host with an engine for its containers, in
+// parallel, each within listTimeout. A host that does not answer is listed
+// in Errors.
+func (s *Service) listAlive(ctx context.Context) cluster.PSResult {
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
+	res := cluster.PSResult{Containers: []cluster.PSEntry{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range s.c.Members() {
+		if m.Status != cluster.StatusAlive || m.Engine == "" || m.Engine == cluster.EngineNone {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var cs []engine.Container
+			cl, err := s.c.PeerClient(m.Name)
+			if err == nil {
+				err = cl.Do(ctx, http.MethodGet, "/v1/containers", nil, &cs)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				res.Errors = append(res.Errors, cluster.HostError{Host: m.Name, Error: err.Error()})
+				return
+			}
+			for _, c := range cs {
+				res.Containers = append(res.Containers, cluster.PSEntry{Host: m.Name, Name: c.Name, ID: c.ID, Image: c.Image, State: c.State})
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// listTimeout bounds listAlive.
+const listTimeout = 5 * time.Second
 
 func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 	var req CheckpointRequest
@@ -141,7 +201,7 @@ func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	cl, err := s.c.PeerClient(host)
+	cl, err := s.c.StepClient(host)
 	if err != nil {
 		cluster.WriteError(w, err)
 		return
@@ -158,7 +218,7 @@ func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 			cluster.WriteError(w, err)
 			return
 		}
-		relay(w, resp)
+		cluster.Relay(w, resp)
 		return
 	}
 	storeHost := req.StoreHost
@@ -180,7 +240,7 @@ func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, err)
 		return
 	}
-	relay(w, resp)
+	cluster.Relay(w, resp)
 }
 
 // archive relays a stored archive from its store host.
@@ -200,29 +260,7 @@ func (s *Service) archive(w http.ResponseWriter, r *http.Request) {
 		cluster.WriteError(w, err)
 		return
 	}
-	relay(w, resp)
-}
-
-// relay copies a streamed answer, its length and its trailers.
-func relay(w http.ResponseWriter, resp *http.Response) {
-	defer resp.Body.Close()
-	for _, k := range []string{"Content-Type", "Content-Length"} {
-		if v := resp.Header.Get(k); v != "" {
-			w.Header().Set(k, v)
-		}
-	}
-	w.WriteHeader(resp.StatusCode)
-	_, err := io.Copy(w, resp.Body)
-	if err != nil {
-		// Without a result trailer the client discards what it got.
-		w.Header().Set(http.TrailerPrefix+TrailerError, "relay: "+err.Error())
-		return
-	}
-	for k, vs := range resp.Trailer {
-		for _, v := range vs {
-			w.Header().Add(http.TrailerPrefix+k, v)
-		}
-	}
+	cluster.Relay(w, resp)
 }
 
 // StreamCheckpoint asks the agent at cl for a checkpoint archive and
@@ -346,10 +384,12 @@ func (s *Snapshotter) storeHost(host string) string {
 	return host
 }
 
-// Take is Snapshot that returns the record.
+// Take is Snapshot that returns the record. It runs on the leader (the
+// coordinator's evacuations): the host takes the snapshot only as the
+// leader's signed step.
 func (s *Snapshotter) Take(ctx context.Context, host, container, reason string) (cluster.SnapshotRecord, error) {
 	var rec cluster.SnapshotRecord
-	cl, err := s.C.PeerClient(host)
+	cl, err := s.C.StepClient(host)
 	if err != nil {
 		return rec, err
 	}

@@ -143,6 +143,7 @@ func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 	mux.HandleFunc("POST /v1/agent/abort", a.leaderStep(a.containerStep(a.abort)))
 	mux.HandleFunc("POST /v1/agent/inspect", a.containerStep(a.inspect))
 	mux.HandleFunc("POST /v1/agent/has-image", a.hasImage)
+	mux.HandleFunc("POST /v1/agent/accept", a.accept) // accept.go
 }
 
 // OutRequest asks a source agent to migrate a container out. The source

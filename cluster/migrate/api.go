@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/edgemigrate/orchestrate/cluster"
-	"github.com/edgemigrate/orchestrate/engine"
 )
 
 // Leadership tells the API whether to serve a request here or forward it.
@@ -47,6 +46,7 @@ func (co *Coordinator) Register(mux Mux, lead Leadership) {
 			return
 		}
 		res, err := co.Drain(r.Context(), req)
+		co.recordDrain(r.Context(), req, res, err) // drainevent.go
 		if err != nil {
 			writeErr(w, err)
 			return
@@ -154,16 +154,6 @@ func (a ClusterAgents) Stream(ctx context.Context, host, path string, in any) (i
 		return nil, err
 	}
 	return resp.Body, nil
-}
-
-// Containers implements Agents.
-func (a ClusterAgents) Containers(ctx context.Context, host string) ([]engine.Container, error) {
-	cl, err := a.Peers.PeerClient(host)
-	if err != nil {
-		return nil, err
-	}
-	var cs []engine.Container
-	return cs, cl.Do(ctx, http.MethodGet, "/v1/containers", nil, &cs)
 }
 
 // Wait polls the agent at cl until every migration in ids has ended,

@@ -6,10 +6,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	mathrand "math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -30,7 +33,20 @@ type Store interface {
 	Hosts() []cluster.Host
 	SetHost(ctx context.Context, req cluster.SetHostRequest) error
 	AppendEvent(ctx context.Context, ev cluster.Event) error
+	// Inventory is every host's last container report (the planners'
+	// view of where containers run; see cluster/inventory.go).
+	Inventory() []cluster.HostContainers
+	// RefreshReports has hosts (nil: all) report afresh, waiting at most
+	// wait (cluster.ErrNoReport names those that did not).
+	RefreshReports(ctx context.Context, hosts []string, wait time.Duration) error
 }
+
+// How long planners wait for fresh reports: a drain for its host's, a
+// migration of a container no report shows (started moments ago) for all.
+const (
+	drainReportWait   = 5 * time.Second
+	missingReportWait = 3 * time.Second
+)
 
 // Agents calls other agents' APIs by host name.
 type Agents interface {
@@ -38,8 +54,6 @@ type Agents interface {
 	Call(ctx context.Context, host, path string, in, out any) error
 	// Stream posts in and returns the streamed answer for the caller to close.
 	Stream(ctx context.Context, host, path string, in any) (io.ReadCloser, error)
-	// Containers lists host's containers.
-	Containers(ctx context.Context, host string) ([]engine.Container, error)
 }
 
 // Sentinel errors of the coordinator.
@@ -526,14 +540,21 @@ type located struct {
 	c    engine.Container
 }
 
+// snapshot builds the planners' view from the local replica alone: gossip
+// for liveness and memory, the replicated reports for containers. No host
+// is asked; the chosen targets are, before anything is committed
+// (confirm). An alive host with an engine that has not reported yet is in
+// errs.
 func (co *Coordinator) snapshot(ctx context.Context) view {
 	v := view{members: map[string]cluster.Member{}, errs: map[string]error{}}
 	cordoned := map[string]bool{}
 	for _, h := range co.store.Hosts() {
 		cordoned[h.Name] = h.Cordoned
 	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
+	reports := map[string]cluster.HostContainers{}
+	for _, h := range co.store.Inventory() {
+		reports[h.Host] = h
+	}
 	for _, m := range co.store.Members() {
 		v.members[m.Name] = m
 		v.hosts = append(v.hosts, policy.HostLoad{
@@ -541,28 +562,33 @@ func (co *Coordinator) snapshot(ctx context.Context) view {
 			Engine: m.Engine, Arch: m.Arch, CRIUVersion: m.CRIUVersion, Labels: m.Labels,
 			MemoryCapacity: m.MemoryTotal, MemoryUsed: m.MemoryUsed,
 		})
-		if m.Status != cluster.StatusAlive || m.Engine == "" || m.Engine == "none" {
+		// A suspect host's containers are real (a drain of it must see
+		// them); it is just no target (Alive above).
+		if m.Status != cluster.StatusAlive && m.Status != cluster.StatusSuspect || m.Engine == "" || m.Engine == cluster.EngineNone {
 			continue
 		}
-		wg.Add(1)
-		go func(name string) {
-			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, co.cfg.StepTimeout)
-			defer cancel()
-			cs, err := co.agents.Containers(cctx, name)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				v.errs[name] = err
-				return
-			}
-			for _, c := range cs {
-				v.containers = append(v.containers, located{name, c})
-			}
-		}(m.Name)
+		h, ok := reports[m.Name]
+		if !ok {
+			v.errs[m.Name] = fmt.Errorf("%s has not reported its containers yet", m.Name)
+			continue
+		}
+		for _, c := range h.Containers {
+			v.containers = append(v.containers, located{m.Name, c})
+		}
 	}
-	wg.Wait()
 	return v
+}
+
+// imageHolders returns which hosts run a container of the image (placement
+// prefers them: no image transfer).
+func (v view) imageHolders(imageID string) func(host string) bool {
+	has := map[string]bool{}
+	for _, l := range v.containers {
+		if imageID != "" && l.c.ImageID == imageID {
+			has[l.host] = true
+		}
+	}
+	return func(host string) bool { return has[host] }
 }
 
 // find locates a running container by name or ID (or unique ID prefix).
@@ -642,6 +668,14 @@ func (co *Coordinator) Migrate(ctx context.Context, req MigrateRequest) (cluster
 		co.log.Warn("listing the cluster's containers was slow", "took", d, "errors", len(v.errs))
 	}
 	l, err := v.find(req.Container)
+	if errors.Is(err, cluster.ErrNotFound) {
+		// Perhaps started since its host last reported: ask every host.
+		if rerr := co.store.RefreshReports(ctx, nil, missingReportWait); rerr != nil {
+			co.log.Warn("fresh container reports", "err", rerr)
+		}
+		v = co.snapshot(ctx)
+		l, err = v.find(req.Container)
+	}
 	if err != nil {
 		return cluster.MigrationRecord{}, err
 	}
@@ -658,11 +692,11 @@ func (co *Coordinator) Migrate(ctx context.Context, req MigrateRequest) (cluster
 			}
 			return cluster.MigrationRecord{}, fmt.Errorf("%w: cannot migrate %s to %s: %s", cluster.ErrInvalid, l.c.Name, to, why)
 		}
-	} else {
-		to, err = policy.Place(info(l), src, v.hosts, v.counts(), co.imageProbe(ctx, l.c.ImageID))
-		if err != nil {
-			return cluster.MigrationRecord{}, fmt.Errorf("%w: %v", cluster.ErrInvalid, err)
+		if err := co.confirm(ctx, l.host, map[string][]located{to: {l}})[to]; err != nil {
+			return cluster.MigrationRecord{}, fmt.Errorf("migrate %s to %s: %w", l.c.Name, to, err)
 		}
+	} else if to, err = co.place(ctx, v, l); err != nil {
+		return cluster.MigrationRecord{}, err
 	}
 	rec, err := co.record(ctx, l, to, cluster.MigrationRecord{Method: req.Method})
 	if err != nil {
@@ -672,11 +706,32 @@ func (co *Coordinator) Migrate(ctx context.Context, req MigrateRequest) (cluster
 	return rec, nil
 }
 
-// imageProbe asks hosts whether they hold an image (placement prefers them).
-func (co *Coordinator) imageProbe(ctx context.Context, imageID string) func(string) bool {
-	return func(host string) bool {
-		ok, err := co.hasImage(ctx, host, imageID)
-		return err == nil && ok
+// maxPlaceAttempts bounds how many targets one placement asks to accept.
+const maxPlaceAttempts = 3
+
+// place picks a target for l (policy.Place on the view) and has it confirm;
+// a target that refuses is left out and the next one asked.
+func (co *Coordinator) place(ctx context.Context, v view, l located) (string, error) {
+	src, _ := v.host(l.host)
+	hosts := slices.Clone(v.hosts)
+	var refused []string
+	for {
+		to, err := policy.Place(info(l), src, hosts, v.counts(), v.imageHolders(l.c.ImageID))
+		if err != nil {
+			if len(refused) > 0 {
+				err = fmt.Errorf("%v; refused: %s", err, strings.Join(refused, "; "))
+			}
+			return "", fmt.Errorf("%w: %v", cluster.ErrInvalid, err)
+		}
+		rerr := co.confirm(ctx, l.host, map[string][]located{to: {l}})[to]
+		if rerr == nil {
+			return to, nil
+		}
+		refused = append(refused, refusedReason(rerr))
+		if len(refused) >= maxPlaceAttempts {
+			return "", fmt.Errorf("migrate %s: %d targets refused: %w", l.c.Name, len(refused), rerr)
+		}
+		hosts = slices.DeleteFunc(hosts, func(h policy.HostLoad) bool { return h.Name == to })
 	}
 }
 
@@ -751,11 +806,19 @@ func (co *Coordinator) Drain(ctx context.Context, req DrainRequest) (DrainResult
 	if !co.leading() {
 		return DrainResult{}, ErrNotLeader
 	}
-	v := co.snapshot(ctx)
-	src, ok := v.host(req.Host)
+	m, ok := co.member(req.Host)
 	if !ok {
 		return DrainResult{}, fmt.Errorf("%w: no host %s in the cluster", cluster.ErrNotFound, req.Host)
 	}
+	// A drain moves what the host runs now, not what it last reported (a
+	// host that is dead or gone has nothing that can move).
+	if (m.Status == cluster.StatusAlive || m.Status == cluster.StatusSuspect) && m.Engine != cluster.EngineNone {
+		if err := co.store.RefreshReports(ctx, []string{req.Host}, drainReportWait); err != nil {
+			return DrainResult{}, fmt.Errorf("drain %s: cannot list its containers: %w", req.Host, err)
+		}
+	}
+	v := co.snapshot(ctx)
+	src, _ := v.host(req.Host)
 	if err, ok := v.errs[req.Host]; ok {
 		return DrainResult{}, fmt.Errorf("drain %s: cannot list its containers: %w", req.Host, err)
 	}
@@ -807,12 +870,20 @@ func (co *Coordinator) Drain(ctx context.Context, req DrainRequest) (DrainResult
 		}
 		return res, nil
 	}
+	// The plan came from reports that may be seconds old: every target
+	// confirms before anything is recorded (accept.go).
+	moves, refused := co.confirmMoves(ctx, v, req.Host, plan.Moves, hosts, func(cs []policy.ContainerInfo, hs []policy.HostLoad) []policy.Move {
+		return policy.PlanEvacuation(co.cfg.Now(), policy.Trigger{Host: req.Host, Deadline: deadline}, cs, hs, model).Moves
+	})
+	for _, id := range slices.Sorted(maps.Keys(refused)) {
+		res.Moves = append(res.Moves, DrainMove{Container: id, Name: names[id], Skipped: refused[id]})
+	}
 	yes := true
 	if err := co.store.SetHost(ctx, cluster.SetHostRequest{Name: req.Host, Cordoned: &yes, Draining: &yes,
 		Reason: "drain: " + req.Reason, At: co.cfg.Now().UTC()}); err != nil {
 		return res, fmt.Errorf("cordon %s: %w", req.Host, err)
 	}
-	for _, mv := range plan.Moves {
+	for _, mv := range moves {
 		l := located{host: req.Host}
 		for _, x := range v.containers {
 			if x.c.ID == mv.Container {

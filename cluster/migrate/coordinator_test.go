@@ -34,7 +34,15 @@ type fakeStore struct {
 	// that timed out).
 	failPut func(cluster.MigrationRecord) bool
 	changed chan struct{}
+	// inventory is the hosts' container reports (newWorld: what each
+	// host's engine lists now, as if reports were never stale).
+	inventory func() []cluster.HostContainers
 }
+
+func (s *fakeStore) Inventory() []cluster.HostContainers { return s.inventory() }
+
+// RefreshReports: the fake's reports are always fresh.
+func (s *fakeStore) RefreshReports(context.Context, []string, time.Duration) error { return nil }
 
 func (s *fakeStore) StateChanged() <-chan struct{} { return s.changed }
 
@@ -238,14 +246,6 @@ func (w *world) Stream(ctx context.Context, host, path string, in any) (io.ReadC
 	return io.NopCloser(rec.Body), nil
 }
 
-func (w *world) Containers(ctx context.Context, host string) ([]engine.Container, error) {
-	h, err := w.host(host)
-	if err != nil {
-		return nil, err
-	}
-	return h.eng.List(ctx)
-}
-
 // streamer is the source's transfer client: it pipes produce into the
 // target's handler, as the SSH stream does (without the network), naming
 // the source as the authenticated sender.
@@ -281,7 +281,21 @@ func newWorld(t *testing.T, names ...string) *world {
 		w.store.members = append(w.store.members, cluster.Member{Name: n, Status: cluster.StatusAlive, Engine: "fake", Arch: "amd64",
 			CRIUVersion: "4.2.1", MemoryTotal: 8 << 30, TransferAddr: n})
 	}
+	w.store.inventory = w.reports
 	return w
+}
+
+// reports lists every host's engine, down or not: a dead host's last
+// report stays in the replicated state.
+func (w *world) reports() []cluster.HostContainers {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []cluster.HostContainers
+	for name, h := range w.hosts {
+		cs, _ := h.eng.List(context.Background())
+		out = append(out, cluster.HostContainers{Host: name, Containers: cs})
+	}
+	return out
 }
 
 // leader runs a coordinator term until the test ends (or stop is called).

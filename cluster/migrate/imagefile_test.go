@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/engine/enginetest"
 	"github.com/edgemigrate/orchestrate/internal/linkcut"
 )
@@ -61,11 +62,15 @@ func TestImagePushResumesAfterCutAtHalf(t *testing.T) {
 	dst := &bigImages{Fake: enginetest.NewFake(), payload: make([]byte, len(payload))}
 	log := slog.New(slog.DiscardHandler)
 	target := NewAgent("h2", dst, nil, log)
+	// The target takes the image only for a migration the cluster records
+	// from the sender (the pair's client) to itself.
+	target.SetAuthority(&pairAuth{rec: cluster.MigrationRecord{ID: "m1", Image: img,
+		From: linkcut.ClientNode, To: "h2", Phase: Planned}})
 	target.SetPrecopy(PrecopyConfig{Dir: filepath.Join(dir, "precopy")})
 	target.Register(imgMux{}, pair.Server)
 	source := NewAgent("h1", src, pair.Client, log)
 	source.SetImageStage(filepath.Join(dir, "stage"))
-	st, err := source.sendImage(context.Background(), ImageRequest{Image: img, TargetHost: "h2", TargetAddr: pair.Addr})
+	st, err := source.sendImage(context.Background(), ImageRequest{Migration: "m1", Image: img, TargetHost: "h2", TargetAddr: pair.Addr})
 	if err != nil {
 		t.Fatal(err)
 	}

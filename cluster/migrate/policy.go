@@ -100,6 +100,10 @@ func (co *Coordinator) snapshotBefore(ctx context.Context, t policy.Trigger) {
 	if sb, ok := co.Snapshots.(SnapshotBudgeter); ok {
 		b = sb.SnapshotBudget()
 	}
+	// What the host runs now, not what it last reported.
+	if err := co.store.RefreshReports(ctx, []string{t.Host}, drainReportWait); err != nil {
+		co.log.Warn("fresh container report before the snapshots", "host", t.Host, "err", err)
+	}
 	var targets []snapTarget
 	for _, l := range co.snapshot(ctx).containers {
 		if l.host == t.Host && l.c.Running {
@@ -221,10 +225,16 @@ func (co *Coordinator) Rebalance(ctx context.Context, dryRun bool) (RebalanceRes
 	}
 	res.SpreadAfter = policy.Spread(after)
 	batch := newID()
+	var refused map[string]string
+	if !dryRun { // the targets confirm before anything is recorded (accept.go)
+		_, refused = co.confirmMoves(ctx, v, "", moves, v.hosts, nil)
+	}
 	for _, mv := range moves {
 		l := byID[mv.Container]
 		dm := DrainMove{Container: mv.Container, Name: l.c.Name, To: mv.To}
-		if !dryRun {
+		if why, ok := refused[mv.Container]; ok {
+			dm.Skipped = why
+		} else if !dryRun {
 			rec, err := co.record(ctx, l, mv.To, cluster.MigrationRecord{Batch: batch, Parallel: 1, Rebalance: true})
 			if err != nil {
 				dm.Skipped = err.Error()

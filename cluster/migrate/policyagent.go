@@ -48,6 +48,9 @@ type PolicyAgent struct {
 	Store LockStore
 	Lead  Leadership
 	Log   *slog.Logger
+	// Steps verifies the leader's signature on the steps it orders here
+	// (the retry of a kept checkpoint); nil refuses them.
+	Steps StepGuard
 
 	// Spot is the notice watcher; nil when policy.spot.provider is none.
 	Spot policy.Source

@@ -245,7 +245,7 @@ func (h *rbHost) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	rcfg := reboot.DefaultConfig()
 	rcfg.Dir, rcfg.Host, rcfg.Logger = h.dir, "h1", slog.New(slog.DiscardHandler)
-	h.pa = &PolicyAgent{Host: "h1", Store: h.store, Lead: h.lead, Log: slog.New(slog.DiscardHandler), Reboot: h.cfg,
+	h.pa = &PolicyAgent{Host: "h1", Store: h.store, Lead: h.lead, Steps: hostAuth{host: "h1"}, Log: slog.New(slog.DiscardHandler), Reboot: h.cfg,
 		Checker:       policy.CheckerFunc(func(context.Context) (bool, string, error) { return h.required.Load(), "sentinel file exists", nil }),
 		CheckInterval: 50 * time.Millisecond, RetryAfter: time.Hour, Dir: h.dir,
 		Local: reboot.NewStore(rcfg, h.eng), Containers: h.eng,

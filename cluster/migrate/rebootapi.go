@@ -58,12 +58,25 @@ type KeptRequest struct {
 	ID string `json:"id"`
 }
 
+// StepGuard lets through only the steps the current leader signed
+// (cluster.Cluster.LeaderStep).
+type StepGuard interface {
+	LeaderStep(h http.HandlerFunc) http.HandlerFunc
+}
+
 // RegisterReboot adds the host's reboot routes:
 //
 //	POST /v1/agent/reboot               RebootRequest -> RebootPlan
 //	GET  /v1/agent/reboot               RebootStatus
 //	GET  /v1/agent/checkpoints          []reboot.Entry (kept after a failed restore)
 //	POST /v1/agent/checkpoints/restore  KeptRequest -> engine.Container
+//
+// Who may call them: a reboot of this host (anything but a dry run) is
+// asked for over the agent's local socket only, by root on this host; over
+// the cluster's TLS API the token proves membership, and no member may
+// reboot another host. Retrying a kept checkpoint is a step the leader
+// orders (`orchestrate restore ID` from any host goes through it) and
+// carries its signature (p.Steps). The GET routes change nothing.
 func (p *PolicyAgent) RegisterReboot(mux Mux) {
 	p.init()
 	mux.HandleFunc("POST /v1/agent/reboot", func(w http.ResponseWriter, r *http.Request) {
@@ -74,6 +87,10 @@ func (p *PolicyAgent) RegisterReboot(mux Mux) {
 		}
 		if len(req.Command) > 0 && !localSocket(r) {
 			writeErr(w, fmt.Errorf("%w: a reboot command can only be given over the agent's local socket", cluster.ErrInvalid))
+			return
+		}
+		if !req.DryRun && !localSocket(r) {
+			writeErr(w, fmt.Errorf("%w: a reboot of %s is asked for over its agent's local socket (orchestrate reboot on the host), not over the cluster's API", cluster.ErrForbidden, p.Host))
 			return
 		}
 		plan, err := p.Request(r.Context(), req)
@@ -97,7 +114,7 @@ func (p *PolicyAgent) RegisterReboot(mux Mux) {
 		}
 		writeJSON(w, emptyIfNil(kept))
 	})
-	mux.HandleFunc("POST /v1/agent/checkpoints/restore", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/agent/checkpoints/restore", p.leaderStep(func(w http.ResponseWriter, r *http.Request) {
 		var req KeptRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.ID == "" {
 			writeErr(w, fmt.Errorf("%w: want {\"id\": CHECKPOINT}", cluster.ErrInvalid))
@@ -118,7 +135,15 @@ func (p *PolicyAgent) RegisterReboot(mux Mux) {
 		}
 		p.event(r.Context(), EventReboot, "kept checkpoint restored", c.Name, map[string]string{"checkpoint": req.ID, "container": c.Name})
 		writeJSON(w, c)
-	})
+	}))
+}
+
+// leaderStep wraps h with p.Steps; without one every call is refused.
+func (p *PolicyAgent) leaderStep(h http.HandlerFunc) http.HandlerFunc {
+	if p.Steps == nil {
+		return func(w http.ResponseWriter, r *http.Request) { writeErr(w, errNoAuthority) }
+	}
+	return p.Steps.LeaderStep(h)
 }
 
 func emptyIfNil[T any](s []T) []T {

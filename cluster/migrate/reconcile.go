@@ -53,7 +53,9 @@ func (a *Agent) ReconcileLoop(ctx context.Context, lead Leadership, interval tim
 	for {
 		if cl, err := lead.LeaderClient(); err == nil {
 			var recs []cluster.MigrationRecord
-			if err := cl.Do(ctx, http.MethodGet, "/v1/migrations", nil, &recs); err == nil {
+			// Only this host's records: a hundred agents asking for all of
+			// them every interval would load the leader for nothing.
+			if err := cl.Do(ctx, http.MethodGet, "/v1/migrations"+(cluster.HistoryQuery{Host: a.host}).Encode(), nil, &recs); err == nil {
 				a.Reconcile(ctx, recs)
 			}
 		} else if !sleepCtx(ctx, time.Second) {

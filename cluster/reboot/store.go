@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/pause"
 	"github.com/edgemigrate/orchestrate/policy"
 )
 
@@ -363,7 +364,8 @@ func (s *Store) saveOne(ctx context.Context, m *Manifest, e *Entry) error {
 		if err != nil {
 			return fmt.Errorf("checkpoint %s: %w", e.Name, err)
 		}
-		st, err := s.eng.Checkpoint(ctx, c.ID, w, engine.CheckpointOptions{Keep: true, TCPEstablished: e.TCPEstablished})
+		st, err := s.eng.Checkpoint(ctx, c.ID, pause.Writer(ctx, pause.RebootSave+"."+e.Name, w), // test builds wait there
+			engine.CheckpointOptions{Keep: true, TCPEstablished: e.TCPEstablished})
 		if err != nil {
 			w.abort()
 			// The engine may be finishing a checkpoint an earlier run of
@@ -519,7 +521,8 @@ func (s *Store) restoreEntry(ctx context.Context, dir string, e Entry) (engine.C
 		return engine.Container{}, engine.Stats{}, fmt.Errorf("restore %s: %w", e.Name, err)
 	}
 	defer r.Close()
-	c, st, err := s.eng.Restore(ctx, r, engine.RestoreOptions{TCPEstablished: e.TCPEstablished, Local: true})
+	c, st, err := s.eng.Restore(ctx, pause.Reader(ctx, pause.RebootRestore+"."+e.Name, r), // test builds wait there
+		engine.RestoreOptions{TCPEstablished: e.TCPEstablished, Local: true})
 	if err != nil {
 		// An engine still finishing a restore of an earlier run refuses
 		// this one by name; its copy counts if it runs and matches.

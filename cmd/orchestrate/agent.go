@@ -38,8 +38,11 @@ which wins over the file.`,
 			cc := cfg.ClusterConfig()
 			cc.Secret, cc.Logger = secret, logger
 			var eng engine.Engine
-			if cfg.Engine.Type != "none" {
-				if eng, err = newEngine(ctx, cfg, logger); err != nil {
+			if cfg.Engine.Type != cluster.EngineNone { // none: a witness, gossip and raft only
+				if eng, err = newTestEngine(cfg, logger); err == nil && eng == nil {
+					eng, err = newEngine(ctx, cfg, logger)
+				}
+				if err != nil {
 					return err
 				}
 				cc.Engine = eng

@@ -126,8 +126,12 @@ func newPSCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ps",
 		Short: "List containers across the cluster",
-		Long:  "List containers across the cluster. The agent asks every alive member; hosts that do not answer are reported on stderr.",
-		Args:  args(cobra.NoArgs),
+		Long: `List containers across the cluster, from the container reports every agent
+writes into the replicated state: no host is asked. A report is at most one
+raft commit old for changes orchestrate made (migrations), and at most
+cluster.stats_interval (default 10 s) old for changes made outside it (podman
+run, a crash). Dead hosts and hosts that have not reported are named on stderr.`,
+		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := f.client()
 			if err != nil {

@@ -350,13 +350,14 @@ func newCordonCmd(on bool) *cobra.Command {
 
 func newMigrationsCmd() *cobra.Command {
 	var f clientFlags
+	var pg pageFlags
 	cmd := &cobra.Command{
 		Use:   "migrations",
-		Short: "List migrations with their phase, downtime, bytes and error",
+		Short: "List migrations with their phase, downtime, bytes and error (the newest 100; see --limit, --since)",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var recs []cluster.MigrationRecord
-			if err := f.get(cmd, "/v1/migrations", &recs); err != nil {
+			if err := pg.read(cmd, &f, "/v1/migrations", &recs); err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -377,6 +378,7 @@ func newMigrationsCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd)
+	pg.add(cmd, "migrations")
 	return cmd
 }
 
@@ -393,13 +395,14 @@ type eventJSON struct {
 
 func newEventsCmd() *cobra.Command {
 	var f clientFlags
+	var pg pageFlags
 	cmd := &cobra.Command{
 		Use:   "events",
-		Short: "Show policy triggers and the actions taken (the replicated event log)",
+		Short: "Show policy triggers and the actions taken (the replicated event log; the newest 100, see --limit, --since)",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var evs []cluster.Event
-			if err := f.get(cmd, "/v1/events", &evs); err != nil {
+			if err := pg.read(cmd, &f, "/v1/events", &evs); err != nil {
 				return err
 			}
 			rows := make([]eventJSON, 0, len(evs))
@@ -423,6 +426,7 @@ func newEventsCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd)
+	pg.add(cmd, "events")
 	return cmd
 }
 

@@ -24,8 +24,9 @@ func newRebootCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "reboot [--local|--drain|--auto] [--dry-run] [--command CMD]",
 		Short: "Reboot this host and keep its containers' state",
-		Long: `Reboot the host whose agent this command talks to (the local one by default),
-for a kernel upgrade, keeping its containers' state:
+		Long: `Reboot this host, for a kernel upgrade, keeping its containers' state. The
+command talks to the agent's local socket: an agent refuses a reboot asked
+for over the cluster's TLS API (--dry-run and --status work from anywhere).
 
   --drain  live-migrate every movable container to other hosts first
   --local  checkpoint every movable container to this host's disk

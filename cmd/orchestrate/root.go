@@ -19,7 +19,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newAgentCmd(), newMembersCmd(), newPSCmd(), newKeygenCmd(), newConfigCmd(), newVersionCmd())
+	root.AddCommand(newAgentCmd(), newMembersCmd(), newPSCmd(), newKeygenCmd(), newMetricsTokenCmd(), newConfigCmd(), newVersionCmd())
 	root.AddCommand(newMigrateCmd(), newDrainCmd(), newCordonCmd(true), newCordonCmd(false), newMigrationsCmd(), newEventsCmd(), newRebalanceCmd(), newStatusCmd())
 	root.AddCommand(newCheckpointCmd(), newSnapshotsCmd(), newInspectCmd())
 	root.AddCommand(newUICmd(), newRebootCmd(), newRestoreCmd())

@@ -64,10 +64,11 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	co.Metrics = migrate.NewMetrics(reg)
-	reg.MustRegister(migrate.ClusterCollector{C: c})
+	reg.MustRegister(migrate.ClusterCollector{C: c}, netCollector{c})
 	c.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	registerDebug(c)
 
-	pa := &migrate.PolicyAgent{Host: cfg.Node.Name, Store: c, Lead: c, Log: logger.With("part", "policy"),
+	pa := &migrate.PolicyAgent{Host: cfg.Node.Name, Store: c, Lead: c, Steps: c, Log: logger.With("part", "policy"),
 		Reboot: cfg.RebootConfig(), CheckInterval: cfg.Policy.Reboot.CheckInterval, Dir: filepath.Join(cfg.Node.DataDir, "reboot")}
 	pa.Checker = policy.NewRebootChecker(pa.Reboot)
 	if eng != nil {
@@ -140,6 +141,6 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		copier = copies.NewAgent(cpcfg, c, nil, nil, nil)
 	}
 	copier.Register(c)
-	copies.NewService(c, copier).Register(c)
+	copies.NewService(c, copier).Register(c, int64(cfg.Transfer.MaxFileBytes))
 	return g.Wait()
 }

@@ -104,6 +104,18 @@ func (f *Fake) Run(name, image string, memBytes int64, labels map[string]string)
 	return c
 }
 
+// RunReported starts a container that reports memBytes of memory use but
+// carries only payload bytes of "memory" in its checkpoints: scale tests
+// place thousands of sizeable containers without allocating their memory.
+func (f *Fake) RunReported(name, image string, memBytes int64, payload int, labels map[string]string) engine.Container {
+	c := f.Run(name, image, int64(payload), labels)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fc := f.containers[c.ID]
+	fc.c.MemoryBytes = memBytes
+	return fc.c
+}
+
 // Memory returns a copy of a container's memory, so tests can compare it
 // before and after a round trip.
 func (f *Fake) Memory(id string) ([]byte, error) {

@@ -113,7 +113,7 @@ type Change struct {
 type EventView struct {
 	At       time.Time `json:"at"`
 	Kind     string    `json:"kind"`
-	Category string    `json:"category"` // spot, maintenance, reboot, rebalance, evacuation, snapshot, other
+	Category string    `json:"category"` // spot, maintenance, reboot, rebalance, evacuation, drain, snapshot, other
 	Host     string    `json:"host,omitempty"`
 	ID       string    `json:"id"`
 	Action   string    `json:"action,omitempty"`
@@ -319,7 +319,8 @@ func quantile(sorted []float64, q float64) float64 {
 
 // EventCategory sorts an event kind into what the events page filters by:
 // the trigger that caused it (spot, maintenance, reboot, rebalance), an
-// evacuation the leader ran, a snapshot taken before one, or other.
+// evacuation the leader ran, a drain an operator (or a reboot) asked for, a
+// snapshot taken before an evacuation, or other.
 func EventCategory(kind string) string {
 	k := strings.TrimPrefix(kind, migrate.EventTrigger+"/")
 	switch {
@@ -333,6 +334,8 @@ func EventCategory(kind string) string {
 		return "rebalance"
 	case k == migrate.EventEvacuate:
 		return "evacuation"
+	case k == migrate.EventDrain:
+		return "drain"
 	case k == migrate.EventSnapshot:
 		return "snapshot"
 	}

@@ -144,6 +144,7 @@ func TestEventCategory(t *testing.T) {
 		"rebalance":                        "rebalance",
 		"trigger/rebalance-schedule":       "rebalance",
 		"evacuate":                         "evacuation",
+		"drain":                            "drain",
 		"forensics/snapshot":               "snapshot",
 		"something-new":                    "other",
 	} {

@@ -3,7 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -65,6 +67,22 @@ func memberAPI(t *testing.T, c *simhost.Cluster, from *simhost.AgentHost) (*http
 	return &http.Client{Transport: tr, Timeout: 20 * time.Second}, cluster.APIToken([]byte(strings.TrimSpace(string(secret))))
 }
 
+// fileSum is a file's sha256 (hex) and size.
+func fileSum(t *testing.T, path string) (string, int64) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n
+}
+
 func post(t *testing.T, hc *http.Client, token, url string, body []byte) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
@@ -80,9 +98,11 @@ func post(t *testing.T, hc *http.Client, token, url string, body []byte) (int, s
 
 // A member is only a member: with the cluster secret and its own SSH key it
 // cannot make another host restore a checkpoint no migration record calls
-// for (neither a Podman nor a Docker host), nor order the steps only the
-// leader orders, nor commit a malformed entry to raft. Every refusal leaves
-// the victims as they were.
+// for (neither a Podman nor a Docker host), nor have it start an archive
+// the member put into its spool, nor order the steps only the leader
+// orders (migration steps, copies, a kept checkpoint's retry, forensic
+// checkpoints), nor reboot it, nor commit a malformed entry to raft. Every
+// refusal leaves the victims as they were.
 func TestE2EMemberCannotForgeSteps(t *testing.T) {
 	engines := []string{"podman", "podman", "docker"}
 	c := simhost.NewClusterEngines(t, engines...)
@@ -163,21 +183,61 @@ func TestE2EMemberCannotForgeSteps(t *testing.T) {
 		t.Errorf("the docker victim holds a1 (%s)", st)
 	}
 
+	// The attacker puts its archive into each victim's spool over SFTP,
+	// which any member may do, to have the victim start it as a copy.
+	sum, size := fileSum(t, archive)
+	for _, v := range []*simhost.AgentHost{victim, dockerVictim} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, err := cl.Upload(ctx, v.IP+":7922", archive, "copy-evil.tar")
+		cancel()
+		if err != nil {
+			t.Fatalf("upload into %s's spool: %v", v.Name, err)
+		}
+	}
+
 	// Steps only the leader orders, with the token but without the
 	// leader's signature: refused, and w1 keeps running on the victim.
 	hc, token := memberAPI(t, c, attacker)
 	w1ID := strings.TrimSpace(victim.MustRun("podman", "inspect", "--format", "{{.Id}}", "w1"))
-	for path, body := range map[string]any{
-		"/v1/agent/abort":       map[string]string{"container": w1ID, "migration": done.ID},
-		"/v1/agent/remove":      map[string]string{"container": w1ID, "migration": done.ID},
-		"/v1/agent/migrate-out": map[string]string{"migration": done.ID, "container": w1ID, "target_addr": attacker.IP + ":7922"},
-		"/v1/agent/push-image":  map[string]string{"migration": done.ID, "image": simhost.WorkloadImage, "target_addr": attacker.IP + ":7922"},
+	restoreEvil := map[string]any{"spool": "copy-evil.tar", "size": size, "sha256": sum, "names": []string{"evil"}}
+	for _, st := range []struct {
+		v    *simhost.AgentHost
+		path string
+		body any
+	}{
+		{victim, "/v1/agent/abort", map[string]string{"container": w1ID, "migration": done.ID}},
+		{victim, "/v1/agent/remove", map[string]string{"container": w1ID, "migration": done.ID}},
+		{victim, "/v1/agent/migrate-out", map[string]string{"migration": done.ID, "container": w1ID, "target_addr": attacker.IP + ":7922"}},
+		{victim, "/v1/agent/push-image", map[string]string{"migration": done.ID, "image": simhost.WorkloadImage, "target_addr": attacker.IP + ":7922"}},
+		// Copies: the spooled archive restored directly; images.
+		{victim, "/v1/agent/copies/restore", restoreEvil},
+		{dockerVictim, "/v1/agent/copies/restore", restoreEvil},
+		{victim, "/v1/agent/copies/load-image", map[string]any{"image": "evil:1", "spool": "copy-evil.tar", "size": size, "sha256": sum}},
+		{victim, "/v1/agent/copies/push-image", map[string]string{"image": simhost.WorkloadImage, "target_host": attacker.Name, "spool": "x.tar"}},
+		{victim, "/v1/agent/copies/stage-image", map[string]string{"image": "evil:1"}},
+		// The kept-checkpoint retry of a local reboot.
+		{victim, "/v1/agent/checkpoints/restore", map[string]string{"id": "kept-1"}},
+		// Forensics: w1 stopped and its memory streamed out, snapshots,
+		// images.
+		{victim, "/v1/agent/forensics/checkpoint", map[string]any{"container": w1ID, "leave_running": false}},
+		{victim, "/v1/agent/forensics/snapshot", map[string]any{"container": w1ID, "store_host": attacker.Name}},
+		{victim, "/v1/agent/forensics/image", map[string]any{"container": w1ID, "image": "evil", "archive": true}},
 	} {
-		b, _ := json.Marshal(body)
-		code, out := post(t, hc, token, "https://"+victim.IP+":7948"+path, b)
-		if code != http.StatusForbidden {
-			t.Errorf("%s: %d %s, want 403", path, code, out)
+		b, _ := json.Marshal(st.body)
+		code, out := post(t, hc, token, "https://"+st.v.IP+":7948"+st.path, b)
+		if code != http.StatusForbidden || len(out) > 4096 {
+			t.Errorf("%s on %s: %d %.300s", st.path, st.v.Name, code, out)
 		}
+	}
+	// A reboot of another host over the API.
+	if code, out := post(t, hc, token, "https://"+victim.IP+":7948/v1/agent/reboot", []byte(`{"mode":"local"}`)); code != http.StatusForbidden {
+		t.Errorf("reboot over the API: %d %s", code, out)
+	}
+	if victim.Exists("evil") {
+		t.Error("the podman victim started the spooled archive")
+	}
+	if st := dockerVictim.DockerState("evil"); st != "" {
+		t.Errorf("the docker victim started the spooled archive (%s)", st)
 	}
 	// A malformed raft entry, and a forged migration record.
 	for name, b := range map[string][]byte{

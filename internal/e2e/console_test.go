@@ -114,8 +114,13 @@ func TestE2EConsoleDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	nav("events", `main[data-page="events"] tbody tr`)
-	if err := tab.Do(10*time.Second, chromedp.Poll[chromedp.Void](`document.querySelectorAll('main[data-page="events"] tbody tr').length >= 2`)); err != nil {
-		t.Errorf("the events page does not show the rebalance and the reboot trigger: %v", err)
+	if err := tab.Do(10*time.Second, chromedp.Poll[chromedp.Void](`document.querySelectorAll('main[data-page="events"] tbody tr').length >= 3`)); err != nil {
+		t.Errorf("the events page does not show the drain, the rebalance and the reboot trigger: %v", err)
+	}
+	// The drain confirmed on the hosts page is an event of its own.
+	drainRow := `[...document.querySelectorAll('main[data-page="events"] tbody tr')].some((r) => r.cells[2].textContent === "drain" && r.cells[3].textContent === "` + h1.Name + `" && r.cells[5].textContent.includes("2 to move"))`
+	if err := tab.Do(10*time.Second, chromedp.Poll[chromedp.Void](drainRow)); err != nil {
+		t.Errorf("the events page does not show the drain of %s: %v", h1.Name, err)
 	}
 	shot("events")
 	nav("downtime", `.chart svg rect.bar-done`)

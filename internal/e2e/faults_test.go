@@ -245,7 +245,9 @@ func oneClock(t *testing.T, c *simhost.Cluster) {
 }
 
 // startMigration asks the leader to migrate name to dst, retrying while
-// an election is under way.
+// an election is under way or while a leader that restarted in the last
+// cell has not yet heard the target's gossip (it refuses a target it does
+// not see alive).
 func startMigration(t *testing.T, r cellRoles, name string) migrationRow {
 	t.Helper()
 	var rec migrationRow
@@ -254,7 +256,7 @@ func startMigration(t *testing.T, r cellRoles, name string) migrationRow {
 		if err = r.leader.JSON(&rec, "migrate", name, "--to", r.dst.Name, "--no-wait"); err == nil {
 			return rec
 		}
-		if !strings.Contains(err.Error(), "leader") || time.Now().After(deadline) {
+		if !(strings.Contains(err.Error(), "leader") || strings.Contains(err.Error(), "not alive")) || time.Now().After(deadline) {
 			t.Fatal(err)
 		}
 		time.Sleep(500 * time.Millisecond)

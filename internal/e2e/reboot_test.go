@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgemigrate/orchestrate/internal/pause"
 	"github.com/edgemigrate/orchestrate/internal/simhost"
 )
 
@@ -284,11 +285,15 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 			Labels: map[string]string{"orchestrate.priority": fmt.Sprint(10 - i)}})
 		reps[name] = h.WaitReport(ports[name], 10*time.Second)
 	}
+	// Kill the agent while the second container's checkpoint is being
+	// written: the save waits at a pause point (test builds) with its
+	// first MiB in the partial file.
+	saving := armPause(t, h, pause.RebootSave+"."+names[1])
 	if out, errOut, code := h.CLI("reboot", "--local", "--no-wait"); code != 0 {
 		t.Fatalf("reboot: exit %d\n%s%s", code, out, errOut)
 	}
-	// Kill the agent while the second container's checkpoint is being written.
-	waitUntil(t, 60*time.Second, func() error {
+	waitFile(t, saving+".reached", 60*time.Second)
+	waitUntil(t, 10*time.Second, func() error {
 		m, err := readManifest(h)
 		if err != nil || len(m.Entries) < 2 || m.Entries[0].State != "saved" {
 			return fmt.Errorf("manifest %v (%v)", manifestStates(m), err)
@@ -300,6 +305,7 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 		return nil
 	})
 	h.StopAgent(syscall.SIGKILL)
+	os.Remove(saving)
 	m, _ := readManifest(h)
 	t.Logf("agent killed mid-checkpoint: %s", manifestStates(m))
 	h.StartAgent()
@@ -312,9 +318,12 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 	bad := m.Entries[1]
 	flipArchiveByte(t, filepath.Join(rebootDir(h), "save", bad.File), bad.Size/2)
 	h.Reboot(t)
+	// Kill the agent while the first restore is under way (paused with its
+	// first MiB handed to the engine).
+	restoring := armPause(t, h, pause.RebootRestore+"."+names[0])
 	h.StartAgent()
-	// Kill the agent while the first restore is under way.
-	waitUntil(t, 60*time.Second, func() error {
+	waitFile(t, restoring+".reached", 60*time.Second)
+	waitUntil(t, 10*time.Second, func() error {
 		m, err := readManifest(h)
 		if err != nil || len(m.Entries) < 3 || m.Entries[0].State != "restoring" {
 			return fmt.Errorf("manifest %v (%v)", manifestStates(m), err)
@@ -323,6 +332,7 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 	})
 	m, _ = readManifest(h)
 	h.StopAgent(syscall.SIGKILL)
+	os.Remove(restoring)
 	t.Logf("agent killed mid-restore: %s", manifestStates(m))
 	h.StartAgent()
 	for _, name := range []string{names[0], names[2]} {
@@ -371,6 +381,22 @@ func TestE2ELocalRebootFailures(t *testing.T) {
 	if st := rebootStatusOf(t, h); len(st.Kept) != 0 {
 		t.Fatalf("still kept: %+v", st.Kept)
 	}
+}
+
+// armPause arms a pause point of h's agent (test builds) and disarms it
+// when the test ends; it returns the point's file.
+func armPause(t *testing.T, h *simhost.AgentHost, point string) string {
+	t.Helper()
+	armed := filepath.Join(simhost.PauseDir(h.Name), point)
+	if err := os.MkdirAll(filepath.Dir(armed), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(armed + ".reached")
+	if err := os.WriteFile(armed, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(armed); os.Remove(armed + ".reached") })
+	return armed
 }
 
 func flipArchiveByte(t *testing.T, path string, at int64) {

@@ -9,7 +9,10 @@
 // is removed (or its ctx ends).
 package pause
 
-import "context"
+import (
+	"context"
+	"io"
+)
 
 // Points the agent has.
 const (
@@ -25,7 +28,25 @@ const (
 	// Confirming: the source's remove step, before it removes its copy;
 	// the target runs the container.
 	Confirming = "confirming"
+	// RebootSave + "." + NAME: a local reboot's save, with the first MiB of
+	// container NAME's checkpoint written to its partial file.
+	RebootSave = "reboot-save"
+	// RebootRestore + "." + NAME: the local restore after a reboot, with
+	// the first MiB of container NAME's checkpoint handed to the engine.
+	RebootRestore = "reboot-restore"
 )
 
 // At waits at point while a test holds it (test builds only).
 func At(ctx context.Context, point string) { at(ctx, point) }
+
+// Writer returns w, which in test builds waits at point once the first MiB
+// was written through it (production builds return w itself).
+func Writer(ctx context.Context, point string, w io.Writer) io.Writer {
+	return wrapWriter(ctx, point, w)
+}
+
+// Reader returns r, which in test builds waits at point once the first MiB
+// was read through it (production builds return r itself).
+func Reader(ctx context.Context, point string, r io.Reader) io.Reader {
+	return wrapReader(ctx, point, r)
+}

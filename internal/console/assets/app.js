@@ -6,7 +6,7 @@
 
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
 const STEPS = ["Planned", "Checkpointing", "Transferring", "Restoring", "Confirming", "Done"];
-const CATEGORIES = ["spot", "maintenance", "reboot", "rebalance", "evacuation", "snapshot", "other"];
+const CATEGORIES = ["spot", "maintenance", "reboot", "rebalance", "evacuation", "drain", "snapshot", "other"];
 
 const state = {
   view: null,
@@ -354,7 +354,7 @@ const pages = {
       el("button", { class: "chip" + (f === "all" ? " on" : ""), onclick: () => { state.eventFilter = "all"; render(); } }, "All", el("span", { class: "n" }, v.events.length)),
       CATEGORIES.map((c) => el("button", { class: "chip" + (f === c ? " on" : ""), onclick: () => { state.eventFilter = c; render(); } },
         c, el("span", { class: "n" }, v.triggers[c] || 0))));
-    const kind = { spot: "bad", maintenance: "warn", reboot: "warn", rebalance: "info", evacuation: "info", snapshot: "ok" };
+    const kind = { spot: "bad", maintenance: "warn", reboot: "warn", rebalance: "info", evacuation: "info", drain: "info", snapshot: "ok" };
     const rows = evs.map((e) => el("tr", {},
       el("td", { class: "mono" }, stamp(e.at)),
       el("td", {}, pill(e.category, kind[e.category])),
@@ -364,7 +364,7 @@ const pages = {
       el("td", {}, e.result || e.message || "–", e.source ? el("div", { class: "tag" }, "source: " + e.source) : null),
       el("td", {}, e.deadline ? stamp(e.deadline) : "–")));
     return [
-      header("Events & triggers", "The replicated event log: spot and maintenance notices, pending reboots, rebalancing, and the evacuations they caused."),
+      header("Events & triggers", "The replicated event log: spot and maintenance notices, pending reboots, rebalancing, the evacuations they caused, and drains asked for from the CLI, this console or a reboot."),
       el("div", { class: "cards" },
         card("Spot notices", v.triggers.spot || 0), card("Maintenance", v.triggers.maintenance || 0),
         card("Reboots", v.triggers.reboot || 0), card("Rebalancing", v.triggers.rebalance || 0)),

@@ -1,0 +1,6 @@
+//go:build !testhooks
+
+package config
+
+// testEngine: production builds have no test engines.
+func testEngine(string) bool { return false }
