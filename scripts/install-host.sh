@@ -72,16 +72,22 @@ install_packages() {
     die "apt-get install ${missing[*]} failed"
 }
 
+# criu_fits_kernel VERSION: false when CRIU VERSION is known not to work on
+# the running kernel: before 4.2 it cannot dump TCP/UDP sockets on kernels >=
+# 6.16 (criu issue 2718), and Debian 12's 3.17 fails `criu check` there too.
+criu_fits_kernel() {
+  ! { version_ge "$(uname -r | cut -d- -f1)" 6.16 && ! version_ge "$1" 4.2; }
+}
+
 # criu_ok CMD: CMD is a CRIU that passes `criu check` and is new enough for this kernel.
 criu_ok() {
-  local criu=$1 ver kernel
+  local criu=$1 ver
   [ -x "$criu" ] || command -v "$criu" >/dev/null 2>&1 || return 1
   ver=$("$criu" --version 2>/dev/null | awk '/^Version:/{print $2}') || true
   [ -n "$ver" ] || { say "CRIU at $criu does not run: $(criu_diagnose "$criu")"; return 1; }
   "$criu" check >/dev/null 2>&1 || { say "CRIU $ver at $criu on kernel $(uname -r): $(criu_diagnose "$criu")"; return 1; }
-  kernel=$(uname -r | cut -d- -f1)
-  if version_ge "$kernel" 6.16 && ! version_ge "$ver" 4.2; then
-    say "CRIU $ver at $criu cannot dump TCP/UDP sockets on kernel $kernel (needs >= 4.2)"
+  if ! criu_fits_kernel "$ver"; then
+    say "CRIU $ver at $criu cannot dump TCP/UDP sockets on kernel $(uname -r) (needs >= 4.2)"
     return 1
   fi
   say "CRIU $ver at $criu works on kernel $(uname -r)"
@@ -209,6 +215,14 @@ distribution_criu() {
   fi
   apt-cache show criu >/dev/null 2>&1 || apt-get update -qq || return 1
   apt-cache show criu >/dev/null 2>&1 || { say "the distribution has no criu package"; return 1; }
+  # A package known not to work here is not installed just to be purged again
+  # (on a fresh machine of this kind it goes straight to the private CRIU).
+  local candidate
+  candidate=$(apt-cache policy criu | awk '/Candidate:/{print $2}' | sed 's/^[0-9]*://; s/[-+~].*//')
+  if [ -n "$candidate" ] && ! criu_fits_kernel "$candidate"; then
+    say "the distribution's CRIU $candidate cannot work on kernel $(uname -r) (needs >= 4.2): not installing it"
+    return 1
+  fi
   say "trying the distribution's CRIU: apt-get install criu"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends criu >/dev/null ||
     { say "apt-get install criu failed"; return 1; }
