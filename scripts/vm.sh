@@ -49,9 +49,14 @@
 #   VM_MEM, VM_CPUS     guest size (default 1024 MiB, 1 vCPU)
 #   VM_CPU              QEMU's -cpu (default: qemu64 with x86-64-v2 and AES-NI)
 #   VM_BOOT_TIMEOUT     seconds to wait for ssh after boot (default 600)
+#   VM_OWNER_PID        `up` only: the set goes down by itself once this process
+#                       is gone (the Go tests pass their own pid)
 #
 # Every QEMU process, tap, namespace and overlay of a set of guests goes with
-# `down`; `up` and `test` call it themselves when they fail or are interrupted.
+# `down`; `up` and `test` call it themselves when they fail or are interrupted,
+# and a set with an owner (VM_OWNER_PID) goes within seconds of its owner's
+# end, however that came (a Go test binary killed by -timeout, Ctrl-C or
+# SIGKILL runs no cleanup of its own, and QEMU, daemonized, would outlive it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -424,6 +429,7 @@ cmd_up() {
   mkdir -p "$RUN" "$DATA"
   chmod 0700 "$RUN" "$DATA"
   touch "$RUN/up"
+  if [ -n "${VM_OWNER_PID:-}" ]; then start_reaper "$VM_OWNER_PID"; fi
   # Per run: this checkout's install, a secret, an ssh key, the workload image.
   rm -rf "$RUN/stage"
   make --no-print-directory install DESTDIR="$RUN/stage" >"$RUN/install.log" 2>&1 ||
@@ -444,6 +450,26 @@ cmd_up() {
   echo "$n" >"$RUN/up"
   say "$n guest(s) up in $(($(date +%s) - start)) s"
   trap - ERR INT TERM
+}
+
+# start_reaper OWNER: a watcher, in a session of its own (Ctrl-C and a killed
+# process group leave it alone), that takes this set down once OWNER has
+# exited. It stops watching when the set goes down otherwise: RUN/owner holds
+# a token of this set, which `down` removes and a later `up` replaces.
+start_reaper() {
+  local owner=$1 token
+  [[ $owner =~ ^[0-9]+$ ]] && kill -0 "$owner" 2>/dev/null || die "VM_OWNER_PID '$owner' is not a running process"
+  token=$owner.$(date +%s%N)
+  echo "$token" >"$RUN/owner"
+  # shellcheck disable=SC2016
+  setsid bash -c '
+    while kill -0 "$1" 2>/dev/null; do
+      [ "$(cat "$2" 2>/dev/null)" = "$3" ] || exit 0
+      sleep 2
+    done
+    [ "$(cat "$2" 2>/dev/null)" = "$3" ] || exit 0
+    exec env OSIM_TAG="$4" bash "$5" down' \
+    vm-reaper "$owner" "$RUN/owner" "$token" "$TAG" "$PWD/scripts/vm.sh" </dev/null >/dev/null 2>&1 &
 }
 
 cmd_shape() {

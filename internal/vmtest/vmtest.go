@@ -3,7 +3,8 @@
 // the agent, a kernel that tracks dirty pages, Debian's own CRIU).
 //
 // A Set is one `vm.sh up N`; t.Cleanup runs `vm.sh down`, also when the test
-// fails, and `vm.sh test` (make vm-test) tears down on Ctrl-C as well. Tests
+// fails, and vm.sh itself takes the set down once the test binary is gone,
+// however it ended (a -timeout panic or Ctrl-C runs no t.Cleanup). Tests
 // run only when asked: ORCHESTRATE_VM_TESTS=all runs every VM test,
 // ORCHESTRATE_VM_TESTS=reboot (or ORCHESTRATE_REQUIRE_HOSTS=1, as in `make
 // test`) the reboot test alone. Guests run under emulation, so every step is
@@ -74,7 +75,9 @@ func Up(t testing.TB, n int, configAppend string) *Set {
 	t.Logf("guest image ready after %s", time.Since(start).Round(time.Second))
 	start = time.Now()
 	cmd := exec.Command(script(), "up", fmt.Sprint(n))
-	cmd.Env = append(os.Environ(), "VM_CONFIG_APPEND="+configAppend)
+	// The set goes down when this process ends, also when t.Cleanup never
+	// runs (killed by -timeout or Ctrl-C): vm.sh watches this pid.
+	cmd.Env = append(os.Environ(), "VM_CONFIG_APPEND="+configAppend, fmt.Sprintf("VM_OWNER_PID=%d", os.Getpid()))
 	out, err := cmd.CombinedOutput()
 	t.Cleanup(func() {
 		if t.Failed() {
