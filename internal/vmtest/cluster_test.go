@@ -236,11 +236,6 @@ func precopyReport(t *testing.T, s *Set, i int, id string) *migrate.PrecopyRepor
 		return nil
 	}
 	raw := rec["precopy"]
-	if raw == nil {
-		var extra map[string]json.RawMessage
-		_ = json.Unmarshal(rec["extra"], &extra)
-		raw = extra["precopy"]
-	}
 	var rep migrate.PrecopyReport
 	if raw == nil || json.Unmarshal(raw, &rep) != nil {
 		t.Logf("record %s has no pre-copy report: %s", id, out)
