@@ -213,7 +213,10 @@ build_stage1() {
   say "stage 1 took $(($(date +%s) - start)) s"
 }
 
-cmd_image() {
+# cmd_image runs in a subshell of its own: the cache's lock (fd 9) and the
+# stage-2 trap end with it. Held by the calling shell, the lock passed on to
+# `vm.sh test`'s go test, whose own `vm.sh image` then waited for it forever.
+cmd_image() (
   ensure_tools
   local key dir s1
   key=$(image_key)
@@ -221,7 +224,10 @@ cmd_image() {
   s1=$CACHE/stage1-$(stage1_key)
   mkdir -p "$CACHE"
   exec 9>"$CACHE/.lock"
-  flock 9
+  if ! flock -n 9; then
+    say "another image build holds $CACHE/.lock: waiting for it (at most 60 minutes)"
+    flock -w 3600 9 || die "the image lock $CACHE/.lock was not released within 60 minutes"
+  fi
   if [ -f "$dir/ok" ]; then
     echo "$dir"
     return
@@ -254,7 +260,7 @@ cmd_image() {
     -netdev "user,id=n0,net=10.99.0.0/24,host=10.99.0.2,dns=10.99.0.3,dhcpstart=10.99.0.16,hostfwd=tcp:127.0.0.1:$port-10.99.0.15:22" \
     -device virtio-net-pci,netdev=n0 \
     -serial "file:$work/stage2.console" -monitor none -display none -daemonize -pidfile "$work/qemu.pid" \
-    >"$work/qemu.log" 2>&1 || die "stage 2: QEMU failed: $(cat "$work/qemu.log")"
+    >"$work/qemu.log" 2>&1 9>&- || die "stage 2: QEMU failed: $(cat "$work/qemu.log")"
   local qpid t0
   qpid=$(cat "$work/qemu.pid")
   # shellcheck disable=SC2064
@@ -286,7 +292,7 @@ cmd_image() {
   find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name "$(basename "$s1")" -exec rm -rf {} + 2>/dev/null || true
   say "image $key built in $(($(date +%s) - start)) s"
   echo "$dir"
-}
+)
 
 # ---------------------------------------------------------------------------
 # Guests.
