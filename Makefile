@@ -5,8 +5,9 @@
 #                CRIU install from scratch (check-install), then run every test:
 #                unit, real Podman + CRIU, real SSH, multi-process clusters,
 #                simulated multi-host e2e, a real reboot of a QEMU guest
-#                (scripts/vm.sh; its image is built once and cached), and
-#                short fuzz runs
+#                (scripts/vm.sh: about 2.5 minutes; its image is built once
+#                and cached in /var/cache/orchestrate/vm, a cold build adds
+#                about 9 minutes on a quiet machine), and short fuzz runs
 #   make e2e     only the simulated multi-host end-to-end tests
 #   make bench   measurements, printed as tables (see docs/benchmarks.md); the
 #                scale harness (internal/scale: 10, 50 and 100 agents on
