@@ -112,6 +112,21 @@ type PrecopyReport struct {
 	// PreDump is the sha256 of the pre-dump archive the target holds, when
 	// CRIU pre-copied (method precopy-criu, cluster/migrate/precopy_engine.go).
 	PreDump string `json:"pre_dump,omitempty"`
+	// Pages is what the page path did, or why it did not run
+	// (cluster/migrate/fastpath.go).
+	Pages *PageReport `json:"pages,omitempty"`
+}
+
+// PageReport is what the page path did: memory pages sent while CRIU dumps,
+// then a metadata archive.
+type PageReport struct {
+	PageBytes    int64         `json:"page_bytes"`            // page session bytes CRIU sent
+	Pages        int64         `json:"pages"`                 // memory pages carried
+	WireBytes    int64         `json:"wire_bytes,omitempty"`  // on the channel, after delta and zstd
+	ArchiveBytes int64         `json:"archive_bytes"`         // the metadata archive
+	Session      time.Duration `json:"session"`               // from CRIU's connect to its CLOSE answered
+	Fallback     string        `json:"fallback,omitempty"`    // why the page path did not run
+	DeltaSaved   int64         `json:"delta_saved,omitempty"` // page bytes not sent thanks to the base
 }
 
 // PrecopyRound is one pre-copy round's numbers.
@@ -136,6 +151,10 @@ func (r *PrecopyReport) clone() *PrecopyReport {
 	if r.Final != nil {
 		f := *r.Final
 		c.Final = &f
+	}
+	if r.Pages != nil {
+		p := *r.Pages
+		c.Pages = &p
 	}
 	return &c
 }

@@ -35,6 +35,10 @@ var (
 	ErrBadArchive = errors.New("bad checkpoint archive")
 	// ErrCRIU: CRIU itself failed. The wrapping error carries CRIU's log line.
 	ErrCRIU = errors.New("criu failed")
+	// ErrNoPageServer: the page path's preconditions do not hold for this
+	// container or host (see PageMover). Nothing was done; the caller
+	// uses Checkpoint instead.
+	ErrNoPageServer = errors.New("page server path unavailable")
 )
 
 // Container is what the engine reports about one container.
@@ -66,6 +70,11 @@ type CheckpointOptions struct {
 	// Keep keeps the checkpoint on the source after the export, so that
 	// Resume can restore the container in place (migration rollback).
 	Keep bool
+	// Starting, when set, is called once right before the engine asks the
+	// runtime to checkpoint, after any wait for a host-wide lock: from
+	// here the container may freeze. Engines that cannot tell do not
+	// call it (PageMover's CheckpointPages does).
+	Starting func()
 }
 
 // Stats describes one checkpoint or restore.
@@ -174,4 +183,38 @@ type Images interface {
 // FeatureReporter reports what the engine and CRIU can do here.
 type FeatureReporter interface {
 	Features(ctx context.Context) (Features, error)
+}
+
+// PageSink carries one CRIU page-server session: conn is CRIU's own
+// connection, from the dump, which the sink forwards to a page server and
+// closes when done. Its error is the sink's own (e.g. a recording that could
+// not be written); a session the far end cut shows as CRIU's dump failing.
+type PageSink func(ctx context.Context, conn io.ReadWriteCloser) error
+
+// PageStats describe one page session as the receiving side saw it.
+type PageStats struct {
+	Bytes int64 `json:"bytes"` // protocol bytes, pages included
+	Pages int64 `json:"pages"` // memory pages carried
+}
+
+// PageMover is an optional capability: migrations whose memory pages
+// travel while CRIU dumps them, and whose restore finds them in place, so
+// that the engine's archive carries only metadata.
+//
+// Source: CheckPages before anything is done, then CheckpointPages.
+// Target, before the source freezes: PreparePages; during the dump:
+// ReceivePages; then Restore of the small archive, which keeps the
+// container's ID and finds the pages; after a failure: DiscardPages.
+// Source rollback: ReplayPages from a recording of the session, then
+// Resume.
+type PageMover interface {
+	// CheckPages says, without doing anything, whether CheckpointPages can
+	// run for the container here (an error wrapping ErrNoPageServer says
+	// why not).
+	CheckPages(ctx context.Context, id string) error
+	CheckpointPages(ctx context.Context, id string, w io.Writer, sink PageSink, opts CheckpointOptions) (Stats, error)
+	PreparePages(ctx context.Context, id string) error
+	ReceivePages(ctx context.Context, id string, conn io.ReadWriteCloser) (PageStats, error)
+	DiscardPages(ctx context.Context, id string) error
+	ReplayPages(ctx context.Context, id string, recording io.ReadSeeker) error
 }

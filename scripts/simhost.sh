@@ -6,7 +6,9 @@
 #     that lives in the namespace osim-br, with an address in 10.99.0.0/24;
 #   - a persistent mount namespace ($STATE/NAME/mnt) with a private /dev/shm,
 #     /run/runc, /run/containers/networks and /run/libpod, so that rootful
-#     Podman instances do not share locks, runtime state or IPAM (HOSTS.md);
+#     Podman instances do not share locks, runtime state or IPAM (HOSTS.md),
+#     and a private /etc/criu ($STATE/NAME/criu-etc), where runc finds the
+#     CRIU config (runc.conf) that the page path writes for one checkpoint;
 #   - its own Podman storage and configuration (CONTAINERS_CONF and
 #     CONTAINERS_STORAGE_CONF under $STATE/NAME) and its own
 #     `podman system service` on $STATE/NAME/podman.sock.
@@ -33,6 +35,9 @@
 #
 # Only addresses in 10.99.0.0/24, only inside these namespaces. Nothing is routed
 # anywhere else: the namespaces have no default route.
+#
+# OSIM_DISK_MIB, when set for `up`, puts the host's data directory (Podman's
+# storage, volumes) on a tmpfs of that size: a small disk that tests can fill.
 #
 # OSIM_TAG (a few lowercase letters or digits) keeps separate sets of hosts
 # apart on one machine: its own state directories, bridge and namespace names
@@ -164,16 +169,19 @@ start_docker() {
 }
 
 # make_mntns NAME: the host's persistent mount namespace with its private
-# runtime directories (a fresh /dev/shm, /run/runc, IPAM, libpod's /run).
+# runtime directories (a fresh /dev/shm, /run/runc, IPAM, libpod's /run)
+# and its own /etc/criu (runc.conf).
 make_mntns() {
   local d=$STATE/$1
   touch "$d/mnt"
+  mkdir -p "$d/criu-etc" /etc/criu
   unshare --mount="$d/mnt" --propagation private sh -ec "
     mount -t tmpfs -o mode=1777,size=1g tmpfs /dev/shm
     mkdir -p /run/runc /run/containers/networks /run/libpod
     mount --bind '$d/runc' /run/runc
     mount --bind '$d/networks' /run/containers/networks
     mount --bind '$d/libpod' /run/libpod
+    mount --bind '$d/criu-etc' /etc/criu
   "
 }
 
@@ -238,6 +246,11 @@ cmd_up() {
   [ ! -e "$d/mnt" ] || die "host $name already exists (simhost.sh down $name)"
   ensure_state
   ensure_bridge
+  if [ -n "${OSIM_DISK_MIB:-}" ]; then
+    [[ $OSIM_DISK_MIB =~ ^[0-9]+$ ]] || die "OSIM_DISK_MIB '$OSIM_DISK_MIB' must be a number"
+    mkdir -p "$data"
+    mount -t tmpfs -o "size=${OSIM_DISK_MIB}m,mode=0700" tmpfs "$data"
+  fi
   mkdir -p "$d/tmp" "$d/runc" "$d/networks" "$d/libpod" "$d/netconf" "$d/run" "$data/storage" "$data/volumes" "$data/static"
 
   # Network: veth pair, host end eth0 in osim-NAME, bridge end in osim-br.

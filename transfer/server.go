@@ -121,6 +121,9 @@ type Server struct {
 	wg       sync.WaitGroup
 	done     chan struct{}
 	once     sync.Once
+
+	// pageHandlers serve page channels (pages.go); guarded by mu.
+	pageHandlers map[string]PageHandler
 }
 
 // NewServer checks cfg and opens the spool directory (creating it 0700).
@@ -155,6 +158,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		handlers: map[string]Handler{}, conns: map[net.Conn]struct{}{},
 		lns: map[net.Listener]struct{}{}, done: make(chan struct{}),
 	}
+	s.pageHandlers = map[string]PageHandler{}
 	if cfg.SpoolDir != "" {
 		if err := safefs.PrivateDir(cfg.SpoolDir); err != nil {
 			return nil, fmt.Errorf("transfer server: spool: %w", err)
@@ -341,7 +345,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	// cannot tie up the agent with thousands of them).
 	var open atomic.Int32
 	for nc := range chans {
-		if t := nc.ChannelType(); (t == StreamChannelType || t == "session") && int(open.Load()) >= s.cfg.MaxChannels {
+		if t := nc.ChannelType(); (t == StreamChannelType || t == PageChannelType || t == "session") && int(open.Load()) >= s.cfg.MaxChannels {
 			nc.Reject(ssh.ResourceShortage, fmt.Sprintf("at most %d channels per connection", s.cfg.MaxChannels))
 			continue
 		}
@@ -358,6 +362,18 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 				defer wg.Done()
 				defer open.Add(-1)
 				s.serveStream(ctx, log, ch, func() { sc.Close() })
+			}()
+		case PageChannelType:
+			ch, creqs, err := nc.Accept()
+			if err != nil {
+				continue
+			}
+			open.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer open.Add(-1)
+				s.servePages(ctx, log, ch, creqs, func() { sc.Close() })
 			}()
 		case "session":
 			if s.root == nil {

@@ -80,6 +80,9 @@ type Agent struct {
 	locks   map[string]*sync.Mutex    // by container ID
 	runs    map[string]*outRun        // migrate-out runs by migration ID
 	methods map[string]TransferMethod // by name
+	// defMethod is the method a record that names none gets ("":
+	// MethodDirect); SetPages makes it the page path.
+	defMethod string
 }
 
 // NewAgent returns the agent-side steps for host.
@@ -221,6 +224,36 @@ type TargetRegistrar interface {
 	RegisterTarget(streams StreamHandlers)
 }
 
+// StepHooks is implemented by transfer methods that keep state on a host
+// beside the container (the page path: a recording of the memory on the
+// source, a page directory on the target). The agent calls them from its
+// record-scoped, leader-signed steps, after the step was authorised, with
+// the record that authorised it and the container's lock held; they never
+// act beyond that record's container.
+type StepHooks interface {
+	// BeforeResume readies the record's stopped source copy for Resume
+	// (a rollback); its error fails the resume, which the leader retries.
+	BeforeResume(ctx context.Context, m cluster.MigrationRecord) error
+	// SourceSettled: the record's source copy was removed, or runs again.
+	SourceSettled(m cluster.MigrationRecord)
+	// Aborted: the target holds no copy of the record's container any
+	// more (abort, or Reconcile after a rollback it missed).
+	Aborted(ctx context.Context, m cluster.MigrationRecord)
+}
+
+// hooks returns the registered methods' step hooks.
+func (a *Agent) hooks() []StepHooks {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []StepHooks
+	for _, m := range a.methods {
+		if h, ok := m.(StepHooks); ok {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // OutJob is one migrate-out as a transfer method sees it.
 type OutJob struct {
 	Req       OutRequest
@@ -229,19 +262,39 @@ type OutJob struct {
 
 	emit   func(Progress)
 	frozen time.Time // monotonic: when Frozen was called
+	// method is the method that runs: the one asked for, or the one it
+	// fell back to before the freeze (UseMethod); ahead is its report as
+	// it stands at the freeze (Ahead). Both go to the leader with the
+	// freeze, so that the record names them even if the final report
+	// never reaches a leader.
+	method    string
+	ahead     *PrecopyReport
+	streaming sync.Once
 }
 
+// Ahead sets the report the record holds from the freeze on (the final
+// line replaces it).
+func (j *OutJob) Ahead(rep *PrecopyReport) { j.ahead = rep }
+
+// UseMethod says that the job runs as method name from here on (a method
+// that falls back to another before the freeze).
+func (j *OutJob) UseMethod(name string) { j.method = name }
+
 // Frozen reports that the container is about to freeze: downtime runs from
-// here, and from here a failure has something to undo.
+// here, and from here a failure has something to undo. The line names the
+// method and its report so far.
 func (j *OutJob) Frozen() {
 	if j.frozen.IsZero() {
 		j.frozen = time.Now()
-		j.emit(Progress{Kind: EvFrozen})
+		j.emit(Progress{Kind: EvFrozen, Method: j.method, Precopy: j.ahead})
 	}
 }
 
-// Streaming reports that the container's state is crossing to the target.
-func (j *OutJob) Streaming() { j.emit(Progress{Kind: EvStreaming}) }
+// Streaming reports that the container's state is crossing to the target,
+// with the method that carries it (once; later calls do nothing).
+func (j *OutJob) Streaming() {
+	j.streaming.Do(func() { j.emit(Progress{Kind: EvStreaming, Method: j.method}) })
+}
 
 // Received reports that the target has all of it and is restoring.
 func (j *OutJob) Received(bytes int64, ckpt engine.Stats) {
@@ -254,8 +307,9 @@ func (j *OutJob) Report(rep *PrecopyReport) { j.emit(Progress{Kind: progPrecopy,
 // OutResult is what a transfer method reports once the target runs the
 // container.
 type OutResult struct {
-	// Method is the method's name (set by the caller); a method reports
-	// its variants in its report (MethodDirect: Precopy.Method).
+	// Method is the method's name (set by the caller: the job's, see
+	// OutJob.UseMethod); a method reports its variants in its report
+	// (Precopy.Method).
 	Method      string
 	Bytes       int64
 	Compression string
@@ -273,11 +327,14 @@ func (a *Agent) RegisterMethod(m TransferMethod) {
 }
 
 func (a *Agent) method(name string) (TransferMethod, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if name == "" {
+		name = a.defMethod
+	}
 	if name == "" {
 		name = MethodDirect
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	m, ok := a.methods[name]
 	return m, ok
 }
@@ -440,8 +497,9 @@ func (a *Agent) runOut(ctx context.Context, req OutRequest, emit func(Progress))
 			return
 		}
 	}
+	job.method = method.Name()
 	res, err := method.Transfer(ctx, job)
-	res.Method = method.Name()
+	res.Method = job.method
 	if err != nil {
 		fail(err, res.Precopy)
 		return
@@ -460,10 +518,18 @@ type directMethod struct{ a *Agent }
 func (directMethod) Name() string { return MethodDirect }
 
 func (m directMethod) Transfer(ctx context.Context, job *OutJob) (OutResult, error) {
-	a, c, req := m.a, job.Container, job.Req
 	// Pre-copy while the container runs; base is nil for a full transfer.
-	base, pre := a.precopyOut(ctx, c, req, job.emit, job.Log)
+	base, pre := m.a.precopyOut(ctx, job.Container, job.Req, job.emit, job.Log)
+	return m.a.streamOut(ctx, job, base, pre)
+}
+
+// streamOut is the direct method's final step, after pre-copy (base is the
+// target's pre-copied archive, nil for a full transfer): the checkpoint
+// streams into the target's restore.
+func (a *Agent) streamOut(ctx context.Context, job *OutJob, base *delta.Index, pre *PrecopyReport) (OutResult, error) {
+	c, req := job.Container, job.Req
 	job.Log.Info("transfer method", "method", pre.Method, "reason", pre.Reason, "link_mbit", int(pre.LinkBps*8/1e6), "fallback", pre.Fallback)
+	job.Ahead(pre.clone())
 	hdr := transfer.StreamHeader{Kind: KindRestore, ID: req.Migration, Meta: map[string]string{"container": c.ID, "name": c.Name}}
 	if base != nil {
 		hdr.Kind, hdr.Meta["base"] = KindDeltaRestore, hex.EncodeToString(sumOf(base))
@@ -697,32 +763,50 @@ func (a *Agent) state(ctx context.Context, id string) (ContainerState, error) {
 // resume rolls the source back: the container runs again from its kept
 // checkpoint (a running container is left alone).
 func (a *Agent) resume(ctx context.Context, req ContainerRequest) (ContainerState, error) {
-	if _, err := a.authorised(ctx, "resume", req.Migration, a.asSource(req.Container, resumePhases...)); err != nil {
+	m, err := a.authorised(ctx, "resume", req.Migration, a.asSource(req.Container, resumePhases...))
+	if err != nil {
 		return ContainerState{}, err
+	}
+	for _, h := range a.hooks() {
+		if err := h.BeforeResume(ctx, m); err != nil {
+			return ContainerState{}, err
+		}
 	}
 	if err := a.eng.Resume(ctx, req.Container); err != nil {
 		return ContainerState{}, err
 	}
 	a.log.Info("resumed after rollback", "container", req.Container, "migration", req.Migration)
-	return a.state(ctx, req.Container)
+	st, err := a.state(ctx, req.Container)
+	if err == nil && st.Running {
+		for _, h := range a.hooks() {
+			h.SourceSettled(m)
+		}
+	}
+	return st, err
 }
 
 // remove finalises the source: it removes the stopped copy, and refuses to
 // remove a running one (that would lose the container).
 func (a *Agent) remove(ctx context.Context, req ContainerRequest) (ContainerState, error) {
-	if _, err := a.authorised(ctx, "remove", req.Migration, a.asSource(req.Container, removePhases...)); err != nil {
+	m, err := a.authorised(ctx, "remove", req.Migration, a.asSource(req.Container, removePhases...))
+	if err != nil {
 		return ContainerState{}, err
 	}
 	pause.At(ctx, pause.Confirming) // test builds only
 	st, err := a.state(ctx, req.Container)
-	if err != nil || !st.Exists {
+	if err != nil {
 		return st, err
 	}
 	if st.Running {
 		return st, fmt.Errorf("container %s runs on %s: refusing to remove a running source copy", req.Container, a.host)
 	}
-	if err := a.eng.Remove(ctx, st.Container.ID); err != nil {
-		return st, err
+	if st.Exists {
+		if err := a.eng.Remove(ctx, st.Container.ID); err != nil {
+			return st, err
+		}
+	}
+	for _, h := range a.hooks() {
+		h.SourceSettled(m)
 	}
 	return ContainerState{}, nil
 }
@@ -730,10 +814,16 @@ func (a *Agent) remove(ctx context.Context, req ContainerRequest) (ContainerStat
 // abort cleans the target after a failed migration: any copy of the
 // container here goes, running or not (the source's copy is the one kept).
 func (a *Agent) abort(ctx context.Context, req ContainerRequest) (ContainerState, error) {
-	if _, err := a.authorised(ctx, "abort", req.Migration, a.asTarget(req.Container, abortPhases...)); err != nil {
+	m, err := a.authorised(ctx, "abort", req.Migration, a.asTarget(req.Container, abortPhases...))
+	if err != nil {
 		return ContainerState{}, err
 	}
 	a.bases.drop(req.Migration)
+	defer func() {
+		for _, h := range a.hooks() {
+			h.Aborted(ctx, m)
+		}
+	}()
 	st, err := a.state(ctx, req.Container)
 	if err != nil || !st.Exists {
 		return st, err

@@ -162,6 +162,17 @@ func (a *Agent) enginePrecopy(ctx context.Context, c engine.Container, req OutRe
 	return true
 }
 
+// afterEnginePrecopy says why the page path should not follow pre-copy
+// ("": it may). Once CRIU pre-dumped to the target, the final dump writes
+// only the pages written since, against the pre-dump it keeps on this host;
+// the page path dumps every page again and the pre-dump would go to waste.
+func afterEnginePrecopy(pre *PrecopyReport) string {
+	if pre.Method == MethodEngine && pre.PreDump != "" {
+		return "CRIU pre-dumped to the target: its final dump (only the pages written since) goes export/import"
+	}
+	return ""
+}
+
 // finalHeader turns the final round's header into an engine pre-copy one
 // when the pre-dump reached the target.
 func (a *Agent) finalHeader(rep *PrecopyReport, hdr *transfer.StreamHeader) {

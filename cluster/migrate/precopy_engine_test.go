@@ -172,3 +172,20 @@ func TestEnginePrecopyFinalFails(t *testing.T) {
 		t.Fatalf("pre-dump left on the target: %v", files)
 	}
 }
+
+func TestAfterEnginePrecopy(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pre  PrecopyReport
+		want bool // the page path is skipped
+	}{
+		{"CRIU pre-dump at the target", PrecopyReport{Method: MethodEngine, PreDump: "ab12"}, true},
+		{"the target lost the pre-dump", PrecopyReport{Method: MethodFallback}, false},
+		{"content pre-copy", PrecopyReport{Method: MethodContent}, false},
+		{"no pre-copy", PrecopyReport{Method: MethodDirect}, false},
+	} {
+		if got := afterEnginePrecopy(&tc.pre) != ""; got != tc.want {
+			t.Errorf("%s: skip page path %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

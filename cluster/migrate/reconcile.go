@@ -39,6 +39,17 @@ func (a *Agent) Reconcile(ctx context.Context, recs []cluster.MigrationRecord) [
 			if err := a.eng.Remove(ctx, st.Container.ID); err == nil {
 				removed = append(removed, st.Container.Name)
 				a.log.Warn("removed a copy the records say belongs elsewhere", "container", st.Container.Name, "migration", r.ID, "phase", r.Phase)
+				st.Exists = false
+			}
+		}
+		// What a transfer method kept beside the copy goes with it.
+		if err == nil && !st.Exists {
+			for _, h := range a.hooks() {
+				if r.Phase == RolledBack {
+					h.Aborted(ctx, r)
+				} else {
+					h.SourceSettled(r)
+				}
 			}
 		}
 		unlock()

@@ -45,10 +45,11 @@ func toJSON(m cluster.MigrationRecord) migrationJSON {
 		Compression: m.Compression, Method: methodOf(m), BytesSaved: saved, Error: m.Error}
 }
 
-// methodOf is the transfer method that ran, with the direct method's
-// variant (direct, precopy-content, full-after-precopy).
+// methodOf is the transfer method that ran, as the built-in methods' variant
+// (direct, precopy-content, full-after-precopy; pages,
+// precopy-content+pages, pages-after-precopy).
 func methodOf(m cluster.MigrationRecord) string {
-	if m.Precopy != nil && m.Precopy.Method != "" && (m.Method == "" || m.Method == migrate.MethodDirect) {
+	if m.Precopy != nil && m.Precopy.Method != "" && (m.Method == "" || m.Method == migrate.MethodDirect || m.Method == migrate.MethodPages) {
 		return m.Precopy.Method
 	}
 	return m.Method
@@ -214,7 +215,8 @@ resumed on its source. Exit 0 when it moved, 1 when it did not.`,
 	}
 	cmd.Flags().StringVar(&to, "to", "", "target host (default: the leader's choice)")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the migration is recorded")
-	cmd.Flags().StringVar(&method, "method", "", "transfer method (default: the source's, "+migrate.MethodDirect+", which judges pre-copy)")
+	cmd.Flags().StringVar(&method, "method", "", "transfer method: "+migrate.MethodPages+" (memory pages cross while CRIU dumps; never falls back) or "+
+		migrate.MethodDirect+" (Podman's export and import); default: the source's, "+migrate.MethodPages+" where it can run, else "+migrate.MethodDirect+" (both judge pre-copy)")
 	f.add(cmd)
 	return cmd
 }

@@ -20,7 +20,7 @@ import (
 
 var (
 	routeLit   = regexp.MustCompile(`"(GET|POST|PUT|PATCH|DELETE) (/[^" ]*)"`)
-	streamReg  = regexp.MustCompile(`streams\.Handle\((\w+),`)
+	streamReg  = regexp.MustCompile(`(?:streams\.Handle|\.HandlePages)\((\w+),`) // streams and page channels
 	constLit   = regexp.MustCompile(`(?m)^\s*(?:const\s+)?(\w+)\s*=\s*"([^"]*)"`)
 	backticked = regexp.MustCompile("`([^`]+)`")
 )

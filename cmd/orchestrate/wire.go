@@ -124,6 +124,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		pc := migrate.DefaultPrecopyConfig()
 		pc.Dir, pc.MaxBaseBytes = filepath.Join(cfg.Node.DataDir, "precopy"), int64(cfg.Transfer.MaxFileBytes)
 		ma.SetPrecopy(pc)
+		ma.SetPages(migrate.PagesConfig{Dir: filepath.Join(cfg.Node.DataDir, "pages")})
 		ma.SetImageStage(filepath.Join(cfg.Node.DataDir, "stage"))
 		ma.SetAuthority(c)
 		ma.Register(c, srv)

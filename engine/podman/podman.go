@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -57,6 +58,21 @@ type Config struct {
 	Logger *slog.Logger
 	// ConnectTimeout bounds the first ping of the service.
 	ConnectTimeout time.Duration
+	// CRIUConfigDir is where runc looks for CRIU's config file
+	// (runc.conf); the page path writes it there (pages.go).
+	CRIUConfigDir string
+	// ListenPages opens the loopback listener CRIU's page-server
+	// connection comes to; it must be in the network namespace of the
+	// service's runc. Nil: TCP on 127.0.0.1, a free port.
+	ListenPages func() (net.Listener, error)
+	// PageStall ends a page session that makes no progress this long
+	// (a cut link). Zero: 10 s.
+	PageStall time.Duration
+	// CLI is the command line of the podman client acting on the same
+	// storage as the service, for the one step the service's API lacks
+	// (`container cleanup` after a checkpoint whose service died,
+	// interrupted.go). Nil: "podman".
+	CLI []string
 	// Policy is this host's restore policy (policy.go); the zero value
 	// refuses privileged containers, host binds, devices and added
 	// capabilities.
@@ -70,6 +86,10 @@ func DefaultConfig() Config {
 		CRIU:           "criu",
 		Logger:         slog.Default(),
 		ConnectTimeout: 10 * time.Second,
+		CRIUConfigDir:  "/etc/criu",
+		ListenPages:    func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") },
+		PageStall:      10 * time.Second,
+		CLI:            []string{"podman"},
 	}
 }
 
@@ -84,6 +104,12 @@ type Engine struct {
 	featOnce sync.Once
 	feat     engine.Features
 	featErr  error
+
+	storeMu     sync.Mutex
+	graphRoot   string // from the service's info, once
+	graphDriver string
+
+	pages pageGate // page-path checkpoints (pages.go)
 }
 
 var _ engine.Engine = (*Engine)(nil)
@@ -103,6 +129,18 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = def.ConnectTimeout
 	}
+	if cfg.CRIUConfigDir == "" {
+		cfg.CRIUConfigDir = def.CRIUConfigDir
+	}
+	if cfg.ListenPages == nil {
+		cfg.ListenPages = def.ListenPages
+	}
+	if cfg.PageStall <= 0 {
+		cfg.PageStall = def.PageStall
+	}
+	if len(cfg.CLI) == 0 {
+		cfg.CLI = def.CLI
+	}
 	pingCtx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
 	// The bindings keep the connection in the context; it must outlive
@@ -115,7 +153,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to podman at %s: %w", cfg.Socket, err)
 	}
-	return &Engine{cfg: cfg, connCtx: connCtx, conn: conn, log: cfg.Logger.With("engine", "podman")}, nil
+	e := &Engine{cfg: cfg, connCtx: connCtx, conn: conn, log: cfg.Logger.With("engine", "podman")}
+	e.removeStaleRuncConf(ctx)
+	return e, nil
 }
 
 // callCtx has the caller's deadline and cancellation and the bindings'
@@ -240,11 +280,24 @@ func (s *stickyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// restoreReport is one element of the libpod restore response.
+// restoreReport is one element of the libpod restore response
+// (entities.RestoreReport; durations in µs).
 type restoreReport struct {
 	Err             any    `json:"Err"`
 	ID              string `json:"Id"`
-	RuntimeDuration int64  `json:"RuntimeDuration"`
+	RuntimeDuration int64  `json:"runtime_restore_duration"`
+	CRIU            *struct {
+		RestoreTime int64 `json:"restore_time"`
+	} `json:"criu_statistics"`
+}
+
+// restoreTime is CRIU's own restore time when the service reports it, else
+// the runtime's (runc restore).
+func (r restoreReport) restoreTime() time.Duration {
+	if r.CRIU != nil && r.CRIU.RestoreTime > 0 {
+		return time.Duration(r.CRIU.RestoreTime) * time.Microsecond
+	}
+	return time.Duration(r.RuntimeDuration) * time.Microsecond
 }
 
 // Restore implements engine.Restorer. It streams r into the service. On any
@@ -306,7 +359,8 @@ func (e *Engine) Restore(ctx context.Context, r io.Reader, opts engine.RestoreOp
 		return fail(err)
 	}
 	st.Duration = time.Since(start)
-	st.RestoreTime = time.Duration(rep.RuntimeDuration) * time.Microsecond
+	st.RestoreTime = rep.restoreTime()
+	e.pagesTaken(ctx, rep.ID)
 	c, err := e.Inspect(ctx, rep.ID)
 	if err != nil {
 		return engine.Container{}, st, fmt.Errorf("restore: inspect restored %s: %w", rep.ID, err)
@@ -377,7 +431,11 @@ func (e *Engine) Resume(ctx context.Context, id string) error {
 		return nil
 	}
 	if !c.Checkpointed {
-		return fmt.Errorf("resume %s: %w (state %s)", id, engine.ErrNoCheckpoint, c.State)
+		// Podman may have died during the checkpoint, after CRIU
+		// finished (interrupted.go).
+		if err := e.finishInterrupted(ctx, c.ID); err != nil {
+			return fmt.Errorf("resume %s: %w (state %s): %v", id, engine.ErrNoCheckpoint, c.State, err)
+		}
 	}
 	q := url.Values{}
 	q.Set("keep", "false")
@@ -485,33 +543,48 @@ func (e *Engine) memory(ctx context.Context, ids []string) map[string]int64 {
 	return out
 }
 
-// Inspect implements engine.Lister.
-func (e *Engine) Inspect(ctx context.Context, id string) (engine.Container, error) {
+// inspectData is the part of libpod's inspect the engine reads.
+type inspectData struct {
+	ID        string    `json:"Id"`
+	Name      string    `json:"Name"`
+	Image     string    `json:"Image"`
+	ImageName string    `json:"ImageName"`
+	Created   time.Time `json:"Created"`
+	StaticDir string    `json:"StaticDir"`
+	State     struct {
+		Status       string    `json:"Status"`
+		Running      bool      `json:"Running"`
+		Checkpointed bool      `json:"Checkpointed"`
+		StartedAt    time.Time `json:"StartedAt"`
+		RestoredAt   time.Time `json:"RestoredAt"`
+	} `json:"State"`
+	Config struct {
+		Labels      map[string]string `json:"Labels"`
+		Annotations map[string]string `json:"Annotations"`
+	} `json:"Config"`
+}
+
+func (e *Engine) inspect(ctx context.Context, id string) (inspectData, error) {
+	var d inspectData
 	resp, err := e.do(ctx, http.MethodGet, "/containers/"+url.PathEscape(id)+"/json", nil, nil)
 	if err != nil {
-		return engine.Container{}, fmt.Errorf("inspect %s: %w", id, err)
+		return d, fmt.Errorf("inspect %s: %w", id, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return engine.Container{}, fmt.Errorf("container %s: %w", id, responseError(resp))
-	}
-	var d struct {
-		ID        string    `json:"Id"`
-		Name      string    `json:"Name"`
-		Image     string    `json:"Image"`
-		ImageName string    `json:"ImageName"`
-		Created   time.Time `json:"Created"`
-		State     struct {
-			Status       string `json:"Status"`
-			Running      bool   `json:"Running"`
-			Checkpointed bool   `json:"Checkpointed"`
-		} `json:"State"`
-		Config struct {
-			Labels map[string]string `json:"Labels"`
-		} `json:"Config"`
+		return d, fmt.Errorf("container %s: %w", id, responseError(resp))
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
-		return engine.Container{}, fmt.Errorf("inspect %s: decode: %w", id, err)
+		return d, fmt.Errorf("inspect %s: decode: %w", id, err)
+	}
+	return d, nil
+}
+
+// Inspect implements engine.Lister.
+func (e *Engine) Inspect(ctx context.Context, id string) (engine.Container, error) {
+	d, err := e.inspect(ctx, id)
+	if err != nil {
+		return engine.Container{}, err
 	}
 	return engine.Container{
 		ID: d.ID, Name: d.Name, Image: d.ImageName, ImageID: d.Image, State: d.State.Status,

@@ -130,6 +130,13 @@ func (e *Engine) checkpointQuery(ctx context.Context, id string, w io.Writer, q 
 	if !c.Running {
 		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w (state %s)", id, engine.ErrNotRunning, c.State)
 	}
+	// Never while runc.conf sends CRIU to another checkpoint's page server
+	// (pre-dumps and with-previous dumps included).
+	unlock, err := e.sharedCRIULock(ctx)
+	if err != nil {
+		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, err)
+	}
+	defer unlock()
 	resp, err := e.do(ctx, http.MethodPost, "/containers/"+url.PathEscape(c.ID)+"/checkpoint", q, nil)
 	if err != nil {
 		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, err)

@@ -166,6 +166,8 @@ func TestE2EMemberCannotForgeSteps(t *testing.T) {
 		{"restore to podman, a finished record", victim, transfer.StreamHeader{Kind: "restore", ID: done.ID, Meta: map[string]string{"container": a1ID, "name": "a1"}}},
 		{"restore to podman, a finished record's own container", victim, transfer.StreamHeader{Kind: "restore", ID: done.ID, Meta: map[string]string{"container": done.Container, "name": "w1"}}},
 		{"restore to docker, no record", dockerVictim, transfer.StreamHeader{Kind: "restore", ID: "forged", Meta: map[string]string{"container": a1ID, "name": "a1"}}},
+		{"page-path archive to podman, no record", victim, transfer.StreamHeader{Kind: "pages-restore", ID: "forged", Meta: map[string]string{"container": a1ID, "name": "a1"}}},
+		{"page-path archive to podman, a finished record's own container", victim, transfer.StreamHeader{Kind: "pages-restore", ID: done.ID, Meta: map[string]string{"container": done.Container, "name": "w1"}}},
 		{"pre-copy to docker", dockerVictim, transfer.StreamHeader{Kind: "precopy", ID: "forged", Meta: map[string]string{"container": a1ID}}},
 		{"image to docker", dockerVictim, transfer.StreamHeader{Kind: "image", ID: "evil:1", Meta: map[string]string{"migration": done.ID}}},
 	} {
@@ -175,6 +177,31 @@ func TestE2EMemberCannotForgeSteps(t *testing.T) {
 		} else {
 			t.Logf("%s: refused: %v", tc.name, err)
 		}
+	}
+	// Page channels: the victim would prepare a checkpoint directory for
+	// the container and run CRIU's page server on what arrives.
+	for _, tc := range []struct {
+		name string
+		h    transfer.StreamHeader
+	}{
+		{"page channel, no record", transfer.StreamHeader{Kind: "pages", ID: "forged", Meta: map[string]string{"container": a1ID}}},
+		{"page channel, a finished record's own container", transfer.StreamHeader{Kind: "pages", ID: done.ID, Meta: map[string]string{"container": done.Container}}},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		pc, err := cl.OpenPages(ctx, victim.IP+":7922", tc.h)
+		cancel()
+		if err == nil {
+			pc.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "forbidden") {
+			t.Errorf("%s: %v, want forbidden", tc.name, err)
+		} else {
+			t.Logf("%s: refused: %v", tc.name, err)
+		}
+	}
+	graphRoot := strings.TrimSpace(victim.MustRun("podman", "info", "--format", "{{.Store.GraphRoot}}"))
+	if _, err := victim.Run("test", "-e", filepath.Join(graphRoot, "overlay-containers", a1ID)); err == nil {
+		t.Error("a refused page channel left a directory for a1 on the podman victim")
 	}
 	if victim.Exists("a1") {
 		t.Error("the podman victim holds a1")

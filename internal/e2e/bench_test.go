@@ -3,8 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,7 +23,8 @@ import (
 // ORCHESTRATE_BENCH_SIZES (plain link, default "64,256,1024"),
 // ORCHESTRATE_BENCH_SHAPED_SIZES (100 Mbit/s, default "64,256": 1 GiB takes
 // minutes per run there) and ORCHESTRATE_BENCH_REPEATS (default 3) tune it;
-// ORCHESTRATE_BENCH_DRAIN=0 skips the drain rows.
+// ORCHESTRATE_BENCH_DRAIN=0 skips the drain rows;
+// ORCHESTRATE_BENCH_SHAPED_SIZES=none skips the shaped link altogether.
 func TestBenchMigration(t *testing.T) {
 	if os.Getenv("ORCHESTRATE_BENCH") == "" {
 		t.Skip("set ORCHESTRATE_BENCH=1 (make bench)")
@@ -36,6 +35,9 @@ func TestBenchMigration(t *testing.T) {
 			s = def
 		}
 		var out []int
+		if s == "none" {
+			return nil
+		}
 		for _, f := range strings.Split(s, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(f))
 			if err != nil {
@@ -55,9 +57,12 @@ func TestBenchMigration(t *testing.T) {
 	}
 	c := simhost.NewCluster(t, 3)
 	h1, h2 := c.Hosts[0], c.Hosts[1]
-	ssh := newSSHPair(t, h1, h2)
+	ssh := simhost.NewSSHPair(t, h2.Host)
 	var rows []string
 	for _, link := range []string{"veth", "100mbit"} {
+		if len(sizes[link]) == 0 {
+			continue
+		}
 		if link != "veth" {
 			for _, h := range []*simhost.AgentHost{h1, h2} {
 				if out, err := runScript("shape", h.Name, link); err != nil {
@@ -66,12 +71,16 @@ func TestBenchMigration(t *testing.T) {
 			}
 		}
 		for _, mib := range sizes[link] {
-			var manual, orch []time.Duration
+			var manual, orch, criu []time.Duration
+			methods := map[string]int{}
 			for i := 0; i < repeats; i++ {
 				manual = append(manual, manualMove(t, ssh, h1, h2, mib, i))
-				orch = append(orch, orchestrateMove(t, h1, h2, mib, i))
+				m := orchestrateMove(t, h1, h2, mib, i)
+				orch, criu = append(orch, m.gap), append(criu, m.criu)
+				methods[m.method]++
 			}
-			rows = append(rows, row(fmt.Sprintf("%d MiB, %s", mib, link), manual, orch))
+			rows = append(rows, row(fmt.Sprintf("%d MiB, %s", mib, link), manual, orch)+
+				fmt.Sprintf(" %s | %.2f | %s |", minMed(criu), med(orch).Seconds()/med(criu).Seconds(), methodList(methods)))
 		}
 		if os.Getenv("ORCHESTRATE_BENCH_DRAIN") != "0" {
 			var manual, orch []time.Duration
@@ -79,15 +88,15 @@ func TestBenchMigration(t *testing.T) {
 				manual = append(manual, manualDrain(t, ssh, h1, h2, 8, 64, i))
 				orch = append(orch, orchestrateDrain(t, c, h1, 8, 64, i))
 			}
-			rows = append(rows, row(fmt.Sprintf("drain 8 x 64 MiB, %s (total time)", link), manual, orch))
+			rows = append(rows, row(fmt.Sprintf("drain 8 x 64 MiB, %s (total time)", link), manual, orch)+" | | |")
 		}
 		for _, h := range []*simhost.AgentHost{h1, h2} {
 			_, _ = runScript("shape", h.Name, "off")
 		}
 	}
 	fmt.Printf("\nMigration downtime as the application saw it (its longest gap between ticks), min / median of %d:\n\n", repeats)
-	fmt.Println("| case | manual pipeline | orchestrate | ratio (median) |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Println("| case | manual pipeline | orchestrate | ratio (median) | CRIU frozen + restore | gap / CRIU (median) | method |")
+	fmt.Println("|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		fmt.Println(r)
 	}
@@ -109,68 +118,38 @@ func minMed(d []time.Duration) string {
 	return fmt.Sprintf("%.2f / %.2f s", s[0].Seconds(), s[len(s)/2].Seconds())
 }
 
-// sshPair lets h1 scp to h2: an sshd in h2's namespace and a client key.
-type sshPair struct {
-	key    string
-	target string
-}
-
-func newSSHPair(t *testing.T, h1, h2 *simhost.AgentHost) sshPair {
-	t.Helper()
-	dir := simhost.StateDir(h2.Name) + "/sshd"
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []string{"host_key", "client_key"} {
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
-			t.Fatal(string(out), err)
-		}
-	}
-	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
-	_ = os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
-	conf := fmt.Sprintf("Port 22\nListenAddress %s\nHostKey %s/host_key\nAuthorizedKeysFile %s/authorized_keys\nPidFile %s/sshd.pid\nStrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\nUsePAM no\nSubsystem sftp internal-sftp\n",
-		h2.IP, dir, dir, dir)
-	_ = os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o600)
-	if out, err := h2.Run("/usr/sbin/sshd", "-f", filepath.Join(dir, "sshd_config")); err != nil {
-		t.Fatal(out, err)
-	}
-	t.Cleanup(func() {
-		if b, err := os.ReadFile(filepath.Join(dir, "sshd.pid")); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
-				_ = syscallKill(pid)
-			}
-		}
-	})
-	return sshPair{key: filepath.Join(dir, "client_key"), target: h2.IP}
-}
-
 // manualMove runs the user's pipeline for one fresh workload and returns
 // the gap the workload saw.
-func manualMove(t *testing.T, s sshPair, h1, h2 *simhost.AgentHost, mib, i int) time.Duration {
+func manualMove(t *testing.T, s simhost.SSHPair, h1, h2 *simhost.AgentHost, mib, i int) time.Duration {
 	t.Helper()
 	name := fmt.Sprintf("man%d-%d", mib, i)
 	port := simhost.Port()
 	h1.RunWorkload(simhost.Workload{Name: name, MiB: mib, Port: port})
 	waitSettled(t, h1, port)
-	manualPipeline(t, s, h1, h2, name)
+	s.ManualPipeline(t, h1.Host, h2.Host, name)
 	rep := h2.WaitReport(port, 60*time.Second)
 	h2.MustRun("podman", "rm", "-f", "-t", "0", name)
 	return time.Duration(rep.MaxGapMS) * time.Millisecond
 }
 
-func manualPipeline(t *testing.T, s sshPair, h1, h2 *simhost.AgentHost, name string) {
-	t.Helper()
-	f := simhost.DataDir(h1.Name) + "/" + name + ".tar.zst"
-	g := simhost.DataDir(h2.Name) + "/" + name + ".tar.zst"
-	h1.MustRun("podman", "container", "checkpoint", "--export", f, "--compress", "zstd", name)
-	h1.MustRun("scp", "-q", "-i", s.key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", f, "root@"+s.target+":"+g)
-	h2.MustRun("podman", "container", "restore", "--import", g)
-	h1.MustRun("podman", "rm", "-f", "-t", "0", name)
-	_ = os.Remove(f)
-	_ = os.Remove(g)
+// move is one orchestrate migration as the bench saw it: the gap the
+// workload saw, CRIU's own frozen plus restore time from the record, and
+// the method the record names.
+type move struct {
+	gap, criu time.Duration
+	method    string
 }
 
-func orchestrateMove(t *testing.T, h1, h2 *simhost.AgentHost, mib, i int) time.Duration {
+func methodList(m map[string]int) string {
+	var out []string
+	for k, n := range m {
+		out = append(out, fmt.Sprintf("%s ×%d", k, n))
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", ")
+}
+
+func orchestrateMove(t *testing.T, h1, h2 *simhost.AgentHost, mib, i int) move {
 	t.Helper()
 	name := fmt.Sprintf("orc%d-%d", mib, i)
 	port := simhost.Port()
@@ -180,8 +159,10 @@ func orchestrateMove(t *testing.T, h1, h2 *simhost.AgentHost, mib, i int) time.D
 		t.Fatalf("migrate: %s%s", out, errOut)
 	}
 	rep := h2.WaitReport(port, 60*time.Second)
+	settledMigrations(t, h1, 10*time.Second)
+	rec, pre := record(t, h1, name)
 	h2.MustRun("podman", "rm", "-f", "-t", "0", name)
-	return time.Duration(rep.MaxGapMS) * time.Millisecond
+	return move{gap: time.Duration(rep.MaxGapMS) * time.Millisecond, criu: rec.Checkpoint.FrozenTime + rec.Restore.RestoreTime, method: pre.Method}
 }
 
 // waitSettled resets the workload's longest gap once it has run a moment,
@@ -205,13 +186,13 @@ func startWorkloads(t *testing.T, h *simhost.AgentHost, prefix string, n, mib in
 
 // manualDrain moves n containers one after the other with the manual
 // pipeline and returns the total time.
-func manualDrain(t *testing.T, s sshPair, h1, h2 *simhost.AgentHost, n, mib, i int) time.Duration {
+func manualDrain(t *testing.T, s simhost.SSHPair, h1, h2 *simhost.AgentHost, n, mib, i int) time.Duration {
 	t.Helper()
 	prefix := fmt.Sprintf("md%d-", i)
 	startWorkloads(t, h1, prefix, n, mib)
 	start := time.Now()
 	for k := 0; k < n; k++ {
-		manualPipeline(t, s, h1, h2, fmt.Sprintf("%s%d", prefix, k))
+		s.ManualPipeline(t, h1.Host, h2.Host, fmt.Sprintf("%s%d", prefix, k))
 	}
 	d := time.Since(start)
 	h2.MustRun("podman", "rm", "-af", "-t", "0")

@@ -32,6 +32,10 @@ import (
 // recorded downtime is the source's own measurement, not a difference of
 // two clocks; the host keeps the skew for the whole matrix.
 
+// matrixDiskMiB is each host's disk in the matrix (a tmpfs: it costs memory
+// only as it fills).
+const matrixDiskMiB = 384
+
 // terminalBound is how long after the heal a record may take to end.
 const terminalBound = 45 * time.Second
 
@@ -49,9 +53,11 @@ type fault struct {
 }
 
 // fromStart: these faults are in place before the migration starts, and
-// last until it failed: a full disk only matters once the target's engine
-// opens its staging file, which it does as the stream starts. Their cells
-// name the phase where the failure comes; no pause point is used.
+// last until it failed: a full disk only matters once the target writes the
+// memory (the page path's page server, into the container's storage) or
+// stages the archive (export/import, in Podman's TMPDIR), which it does as
+// the transfer starts. Their cells name the phase where the failure comes;
+// no pause point is used.
 var fromStart = map[string]bool{"disk": true}
 
 // in runs a command inside h, failing t (not the test that made the host).
@@ -106,11 +112,19 @@ var faults = map[string]fault{
 			}
 		}},
 	"disk": {"target disk full",
+		// Both the host's disk (its storage, where the page path's pages
+		// go; a small tmpfs in this cluster) and Podman's TMPDIR (where
+		// an import stages its archive) are left with 4 MiB.
 		func(t *testing.T, r cellRoles) {
 			in(t, r.dst, "mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", simhost.StateDir(r.dst.Name)+"/tmp")
+			data := simhost.DataDir(r.dst.Name)
+			in(t, r.dst, "sh", "-c", "fallocate -l $(( $(df -m --output=avail "+data+" | tail -1) - 4 ))M "+data+"/fill")
 		},
 		// Lazily: the target's Podman may still hold its staging file there.
-		func(t *testing.T, r cellRoles) { in(t, r.dst, "umount", "-l", simhost.StateDir(r.dst.Name)+"/tmp") }},
+		func(t *testing.T, r cellRoles) {
+			in(t, r.dst, "rm", "-f", simhost.DataDir(r.dst.Name)+"/fill")
+			in(t, r.dst, "umount", "-l", simhost.StateDir(r.dst.Name)+"/tmp")
+		}},
 }
 
 // cells: fault crossed with phase, where the pair makes sense.
@@ -148,7 +162,8 @@ type cellResult struct {
 
 func TestE2EFaultMatrix(t *testing.T) {
 	start := time.Now()
-	c := simhost.NewCluster(t, 3)
+	// Each host's storage on a disk of its own, which the disk fault fills.
+	c := simhost.NewClusterOpts(t, 3, simhost.Options{DiskMiB: matrixDiskMiB})
 	for _, h := range c.Hosts {
 		if err := os.MkdirAll(simhost.PauseDir(h.Name), 0o755); err != nil {
 			t.Fatal(err)
@@ -303,6 +318,9 @@ func runCell(t *testing.T, c *simhost.Cluster, i int, faultName, phase string) c
 	end := waitTerminal(t, c, rec.ID, terminalBound)
 	res := cellResult{outcome: end.Phase, toTerminal: time.Since(healed), fromFault: time.Since(applied), downtimeMS: end.DowntimeMS}
 	t.Logf("%s: %s %.1f s after the heal (%s)", name, end.Phase, res.toTerminal.Seconds(), end.Error)
+	if faultName == "disk" && !strings.Contains(strings.ToLower(end.Error), "no space") {
+		t.Errorf("the cause (no space left) is not in the record: %q", end.Error)
+	}
 
 	// Exactly one running copy, with its memory, going on.
 	c.WaitFormed(60 * time.Second)
@@ -338,11 +356,17 @@ func runCell(t *testing.T, c *simhost.Cluster, i int, faultName, phase string) c
 }
 
 // scratch lists what may hold a checkpoint, a restore or a spool file on
-// a host: Podman's staging directory (the host's TMPDIR) and the agent's
-// spool.
+// a host: Podman's staging directory (the host's TMPDIR), the agent's
+// spool, the page path's recordings (source) and its page directories that
+// no container took (target: marked .orchestrate-pages in the storage).
 func scratch(h *simhost.AgentHost) []string {
 	var out []string
-	for _, dir := range []string{simhost.StateDir(h.Name) + "/tmp", simhost.DataDir(h.Name) + "/orchestrate/spool"} {
+	dirs := []string{simhost.StateDir(h.Name) + "/tmp", simhost.DataDir(h.Name) + "/orchestrate/spool", simhost.DataDir(h.Name) + "/orchestrate/pages"}
+	marks, _ := filepath.Glob(simhost.DataDir(h.Name) + "/storage/*-containers/*/.orchestrate-pages")
+	for _, m := range marks {
+		dirs = append(dirs, filepath.Dir(m))
+	}
+	for _, dir := range dirs {
 		_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
 			if err == nil && !fi.IsDir() {
 				out = append(out, p)
@@ -450,7 +474,7 @@ func recoverCluster(t *testing.T, c *simhost.Cluster) {
 		for _, p := range []string{pause.Checkpointing, pause.Transferring, pause.Restoring, pause.Confirming} {
 			os.Remove(filepath.Join(simhost.PauseDir(h.Name), p))
 		}
-		_, _ = h.Run("sh", "-c", "iptables -F INPUT; iptables -F OUTPUT; umount -l "+simhost.StateDir(h.Name)+"/tmp 2>/dev/null; true")
+		_, _ = h.Run("sh", "-c", "iptables -F INPUT; iptables -F OUTPUT; rm -f "+simhost.DataDir(h.Name)+"/fill; umount -l "+simhost.StateDir(h.Name)+"/tmp 2>/dev/null; true")
 		if _, err := os.Stat(simhost.StateDir(h.Name) + "/podman.pid"); err != nil {
 			_, _ = runScript("start-podman", h.Name)
 		}

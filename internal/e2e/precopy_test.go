@@ -105,7 +105,8 @@ func TestE2EPrecopy(t *testing.T) {
 	c := simhost.NewCluster(t, 3)
 	src, dst := roles(t, c)
 
-	// On the plain (fast) link the judgement is direct streaming.
+	// On the plain (fast) link the judgement is direct streaming, by the
+	// page path.
 	port0 := simhost.Port()
 	src.RunWorkload(simhost.Workload{Name: "pre0", MiB: 64, Port: port0})
 	before0, _ := src.ProbeReset(port0)
@@ -113,7 +114,7 @@ func TestE2EPrecopy(t *testing.T) {
 		t.Fatalf("migrate: exit %d\n%s%s", code, out, errOut)
 	}
 	continued(t, dst, port0, before0)
-	if _, pre := record(t, src, "pre0"); pre.Method != "direct" || !strings.Contains(pre.Reason, "fast") {
+	if _, pre := record(t, src, "pre0"); pre.Method != "pages" || !strings.Contains(pre.Reason, "fast") {
 		t.Fatalf("on the plain link: %+v", pre)
 	} else {
 		t.Logf("plain link: %s (%s)", pre.Method, pre.Reason)
@@ -136,10 +137,10 @@ func TestE2EPrecopy(t *testing.T) {
 	onlyOn(t, c, "pre1", dst)
 	rec, pre := record(t, src, "pre1")
 	t.Logf("pre1: %s, downtime %s, the workload saw a gap of %d ms; %+v", pre.Method, rec.Downtime, after.MaxGapMS, pre)
-	if rec.Phase != "Done" || pre.Method != "precopy-content" || len(pre.Rounds) < 2 || pre.Final == nil || pre.BytesSaved <= 0 || pre.EnginePreCopy {
+	if rec.Phase != "Done" || pre.Method != "precopy-content+pages" || len(pre.Rounds) < 2 || pre.Final == nil || pre.BytesSaved <= 0 || pre.EnginePreCopy {
 		t.Fatalf("record %+v, pre-copy %+v", rec, pre)
 	}
-	if rec.Method != "direct" || rec.Precopy.Method != "precopy-content" {
+	if rec.Method != "pages" || rec.Precopy.Method != "precopy-content+pages" {
 		t.Fatalf("method %q (%q) in the record", rec.Method, rec.Precopy.Method)
 	}
 	if len(rec.Precopy.ExtraFreezes) != len(pre.Rounds) {
@@ -158,12 +159,13 @@ func TestE2EPrecopy(t *testing.T) {
 	}
 	continued(t, dst, port2, before2)
 	onlyOn(t, c, "pre2", dst)
-	if _, pre := record(t, src, "pre2"); pre.Method != "precopy-content" {
+	if _, pre := record(t, src, "pre2"); pre.Method != "precopy-content+pages" {
 		t.Fatalf("pre2: %+v", pre)
 	}
 
 	// The target's agent restarts once the first round has arrived: its
-	// copy is gone, and the source falls back to a full transfer.
+	// copy is gone, and the source falls back to a full (compressed) page
+	// session.
 	port3 := simhost.Port()
 	src.RunWorkload(simhost.Workload{Name: "pre3", MiB: 128, Port: port3, Args: []string{"-rewrite-mibps", "2"}})
 	before3, _ := src.ProbeReset(port3)
@@ -193,7 +195,7 @@ func TestE2EPrecopy(t *testing.T) {
 	onlyOn(t, c, "pre3", dst)
 	rec3, pre3 := record(t, src, "pre3")
 	t.Logf("pre3: %s (%s), the workload saw a gap of %d ms", pre3.Method, pre3.Fallback, after3.MaxGapMS)
-	if rec3.Phase != "Done" || pre3.Method != "full-after-precopy" || pre3.Fallback == "" {
+	if rec3.Phase != "Done" || pre3.Method != "pages-after-precopy" || pre3.Fallback == "" {
 		t.Fatalf("record %+v, pre-copy %+v", rec3, pre3)
 	}
 }
@@ -237,7 +239,7 @@ func TestBenchPrecopy(t *testing.T) {
 	}
 	c := simhost.NewCluster(t, 3)
 	h1, h2 := roles(t, c)
-	ssh := newSSHPair(t, h1, h2)
+	ssh := simhost.NewSSHPair(t, h2.Host)
 	shape(t, "100mbit", h1, h2)
 	type result struct {
 		gap   time.Duration
@@ -259,7 +261,7 @@ func TestBenchPrecopy(t *testing.T) {
 			h1.MustRun("podman", "container", "checkpoint", "--export", f, "--compress", "zstd", name)
 			wire := fileSize(f)
 			g := simhost.DataDir(h2.Name) + "/" + name + ".tar.zst"
-			h1.MustRun("scp", "-q", "-i", ssh.key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", f, "root@"+ssh.target+":"+g)
+			ssh.Copy(t, h1.Host, f, g)
 			h2.MustRun("podman", "container", "restore", "--import", g)
 			h1.MustRun("podman", "rm", "-f", "-t", "0", name)
 			_ = os.Remove(f)

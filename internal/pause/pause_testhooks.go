@@ -43,41 +43,46 @@ func at(ctx context.Context, point string) {
 const afterBytes = 1 << 20
 
 func wrapWriter(ctx context.Context, point string, w io.Writer) io.Writer {
-	return &writer{ctx: ctx, point: point, w: w}
+	return &writer{w, &passed{ctx: ctx, point: point}}
 }
 
 func wrapReader(ctx context.Context, point string, r io.Reader) io.Reader {
-	return &reader{ctx: ctx, point: point, r: r}
+	return &reader{r, &passed{ctx: ctx, point: point}}
 }
 
-type writer struct {
+// passed counts a stream's bytes and waits at point when they first reach
+// afterBytes.
+type passed struct {
 	ctx   context.Context
 	point string
-	w     io.Writer
 	n     int64
 }
 
-func (w *writer) Write(p []byte) (int, error) {
-	n, err := w.w.Write(p)
-	if w.n < afterBytes && w.n+int64(n) >= afterBytes {
-		at(w.ctx, w.point)
+func (p *passed) add(n int) {
+	if p.n < afterBytes && p.n+int64(n) >= afterBytes {
+		at(p.ctx, p.point)
 	}
-	w.n += int64(n)
+	p.n += int64(n)
+}
+
+type writer struct {
+	w io.Writer
+	*passed
+}
+
+func (w *writer) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	w.add(n)
 	return n, err
 }
 
 type reader struct {
-	ctx   context.Context
-	point string
-	r     io.Reader
-	n     int64
+	r io.Reader
+	*passed
 }
 
-func (r *reader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if r.n < afterBytes && r.n+int64(n) >= afterBytes {
-		at(r.ctx, r.point)
-	}
-	r.n += int64(n)
+func (r *reader) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	r.add(n)
 	return n, err
 }

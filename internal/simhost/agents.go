@@ -88,9 +88,25 @@ func NewClusterWith(t testing.TB, n int, extra func(i int, h *Host) string) *Clu
 	return newCluster(t, engines, extra)
 }
 
+// NewClusterOpts is NewCluster whose hosts are made with o (for example a
+// small disk each, which a test can fill).
+func NewClusterOpts(t testing.TB, n int, o Options) *Cluster {
+	t.Helper()
+	engines := make([]string, n)
+	for i := range engines {
+		engines[i] = "podman"
+	}
+	return newClusterOpts(t, engines, nil, o)
+}
+
 // newCluster starts one host per entry of engines ("podman" or "docker"),
 // each with an agent of that engine type, and waits until the cluster formed.
 func newCluster(t testing.TB, engines []string, extra func(i int, h *Host) string) *Cluster {
+	t.Helper()
+	return newClusterOpts(t, engines, extra, Options{})
+}
+
+func newClusterOpts(t testing.TB, engines []string, extra func(i int, h *Host) string, o Options) *Cluster {
 	t.Helper()
 	Require(t)
 	n := len(engines)
@@ -117,7 +133,7 @@ func newCluster(t testing.TB, engines []string, extra func(i int, h *Host) strin
 					mu.Unlock()
 				}
 			}()
-			h := newHostNoFatal(t)
+			h := newHostNoFatal(t, o)
 			hosts[i], socks[i] = h, h.Socket
 			if engines[i] == "docker" {
 				socks[i] = h.StartDocker()
@@ -193,8 +209,8 @@ log:
 
 // newHostNoFatal is New for use off the test goroutine: it panics instead
 // of calling t.Fatal.
-func newHostNoFatal(t testing.TB) *Host {
-	return New(&panicTB{TB: t})
+func newHostNoFatal(t testing.TB, o Options) *Host {
+	return NewWith(&panicTB{TB: t}, o)
 }
 
 type panicTB struct{ testing.TB }

@@ -37,6 +37,10 @@ func Root() string {
 
 func script(name string) string { return filepath.Join(Root(), "scripts", name) }
 
+// PodmanCLI is the command line of the podman client inside host name (its
+// storage, its configuration), for an engine that runs outside it.
+func PodmanCLI(name string) []string { return []string{script("simhost.sh"), "exec", name, "podman"} }
+
 // Tag is OSIM_TAG: it keeps one set of simulated hosts apart from another on
 // the same machine (scripts/simhost.sh names its directories and namespaces
 // after it), so that two test runs at once do not tear down each other's
@@ -48,6 +52,10 @@ func StateDir(name string) string { return fmt.Sprintf("/run/osim%s/%s", Tag(), 
 
 // DataDir is a host's persistent directory (Podman storage, agent data).
 func DataDir(name string) string { return fmt.Sprintf("/var/lib/osim%s/%s", Tag(), name) }
+
+// CRIUConfigDir is, seen from outside the host, the directory the host sees
+// as /etc/criu (where runc finds runc.conf).
+func CRIUConfigDir(name string) string { return StateDir(name) + "/criu-etc" }
 
 // NetnsPath is the path of a host's network namespace.
 func NetnsPath(name string) string { return fmt.Sprintf("/run/netns/osim%s-%s", Tag(), name) }
@@ -89,15 +97,29 @@ type Host struct {
 	t      testing.TB
 }
 
+// Options change how New makes a host.
+type Options struct {
+	// DiskMiB, when set, puts the host's storage on a disk of that size
+	// (a tmpfs), which a test can fill.
+	DiskMiB int
+}
+
 // New creates a simulated host with a unique name and a free address,
 // loads the workload image into its Podman, and removes it all at cleanup.
-func New(t testing.TB) *Host {
+func New(t testing.TB) *Host { return NewWith(t, Options{}) }
+
+// NewWith is New with options.
+func NewWith(t testing.TB, o Options) *Host {
 	t.Helper()
 	Require(t)
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	name := "t" + hex.EncodeToString(b)
-	out, err := exec.Command(script("simhost.sh"), "up", name).CombinedOutput()
+	cmd := exec.Command(script("simhost.sh"), "up", name)
+	if o.DiskMiB > 0 {
+		cmd.Env = append(os.Environ(), fmt.Sprintf("OSIM_DISK_MIB=%d", o.DiskMiB))
+	}
+	out, err := cmd.CombinedOutput()
 	h := &Host{Name: name, t: t}
 	t.Cleanup(func() {
 		if out, err := exec.Command(script("simhost.sh"), "down", name).CombinedOutput(); err != nil {
@@ -154,6 +176,13 @@ func WorkloadImageArchive(t testing.TB) string {
 func (h *Host) LoadWorkloadImage() {
 	h.t.Helper()
 	h.MustRun("podman", "load", "-q", "-i", WorkloadImageArchive(h.t))
+}
+
+// Script runs scripts/simhost.sh with args (for example "kill-podman",
+// NAME) and returns its combined output.
+func Script(args ...string) (string, error) {
+	out, err := exec.Command(script("simhost.sh"), args...).CombinedOutput()
+	return string(out), err
 }
 
 // Command returns a command that runs inside the host.

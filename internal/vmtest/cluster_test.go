@@ -183,7 +183,9 @@ func moveOnce(t *testing.T, s *Set, name string, port, from, to int) migration {
 		t.Fatalf("%s on vm%d: %v", name, from, err)
 	}
 	start := time.Now()
-	out, err := s.SSHTimeout(from, fmt.Sprintf("orchestrate migrate %s --to vm%d -o json", name, to), 15*time.Minute)
+	// The direct method, whose pre-copy variants this compares (the page
+	// path, the default elsewhere, has none of its own on a slow link).
+	out, err := s.SSHTimeout(from, fmt.Sprintf("orchestrate migrate %s --to vm%d --method %s -o json", name, to, migrate.MethodDirect), 15*time.Minute)
 	total := time.Since(start)
 	if err != nil {
 		t.Fatalf("migrate %s: %v", name, err)
