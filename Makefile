@@ -4,12 +4,16 @@
 #   make test    install what the tests need (idempotent), prove the private
 #                CRIU install from scratch (check-install), then run every test:
 #                unit, real Podman + CRIU, real SSH, multi-process clusters,
-#                simulated multi-host e2e, and short fuzz runs
+#                simulated multi-host e2e, a real reboot of a QEMU guest
+#                (scripts/vm.sh: about 2.5 minutes; its image is built once
+#                and cached in /var/cache/orchestrate/vm, a cold build adds
+#                about 9 minutes on a quiet machine), and short fuzz runs
 #   make e2e     only the simulated multi-host end-to-end tests
 #   make bench   measurements, printed as tables (see docs/benchmarks.md); the
 #                scale harness (internal/scale: 10, 50 and 100 agents on
 #                loopback, 3 runs each, about 15 minutes) is part of it
 #   make demo    three simulated hosts, a workload, a drain
+#   make vm-test Debian 12 guests under QEMU (scripts/vm.sh): every VM test
 #   make lint    gofmt and go vet
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
@@ -26,7 +30,7 @@ FUZZ := ./engine/podman:FuzzParseDumpStats ./transfer:FuzzReadHeader ./transfer:
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts install check-install
+.PHONY: build test unit e2e bench demo lint setup fuzz clean-hosts install check-install vm-test
 
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/orchestrate ./cmd/orchestrate
@@ -52,7 +56,8 @@ check-install: setup
 # Packages run one at a time (-p 1): the integration tests measure failover
 # and detection times, which two cores shared with another package distort.
 test: setup check-install clean-hosts
-	@trap 'bash scripts/simhost.sh down-all' EXIT; \
+	@trap 'bash scripts/simhost.sh down-all; bash scripts/vm.sh down' EXIT; \
+	bash scripts/vm.sh image >/dev/null && \
 	ORCHESTRATE_REQUIRE_HOSTS=1 go test -p 1 -count=1 -timeout $(GO_TEST_TIMEOUT) ./... && \
 	go test -count=1 -tags=$(TAGS),testhooks ./internal/pause/ ./internal/clock/ && \
 	$(MAKE) --no-print-directory fuzz
@@ -78,6 +83,13 @@ bench: setup clean-hosts
 
 demo: build setup clean-hosts
 	@bash scripts/demo.sh
+
+# vm-test boots Debian 12 guests under QEMU (scripts/vm.sh; the guest image is
+# built once and cached) and runs every VM test: the agent started by systemd,
+# Debian's CRIU through install-host.sh, the engine suites inside a guest,
+# CRIU's own pre-copy measured against content pre-copy, a real reboot.
+vm-test: setup
+	bash scripts/vm.sh test
 
 # install: the binary, the systemd unit, /etc/orchestrate with an example
 # config (an existing config is never overwritten), shell completion.

@@ -108,6 +108,10 @@ type PrecopyReport struct {
 	WireBytes     int64           `json:"wire_bytes,omitempty"`  // all rounds and the final, as sent
 	Fallback      string          `json:"fallback,omitempty"`    // why a full transfer ended it
 	ExtraFreezes  []time.Duration `json:"extra_freezes,omitempty"`
+
+	// PreDump is the sha256 of the pre-dump archive the target holds, when
+	// CRIU pre-copied (method precopy-criu, cluster/migrate/precopy_engine.go).
+	PreDump string `json:"pre_dump,omitempty"`
 	// Pages is what the page path did, or why it did not run
 	// (cluster/migrate/fastpath.go).
 	Pages *PageReport `json:"pages,omitempty"`

@@ -6,7 +6,11 @@
 # apt sources and never touches libc.
 #
 #   1. Debian packages: podman, runc, conmon, netavark, openssh, zstd, busybox-static, ...
-#   2. A CRIU that works on the running kernel. If `criu check` fails, or CRIU is
+#   2. A CRIU that works on the running kernel. The distribution's own comes
+#      first: if no CRIU is installed, it installs Debian's `criu` package and
+#      keeps it when it passes `criu check` and is new enough for the kernel
+#      (on Debian 12's kernel 6.1 it is); otherwise it purges that package again.
+#      If `criu check` fails, or CRIU is
 #      older than 4.2 on a kernel >= 6.16 (criu issue 2718: TCP sockets cannot be
 #      dumped), it builds a private Debian 13 root under $CRIU_PREFIX with
 #      debootstrap and lets apt inside that root install Debian sid's CRIU: apt
@@ -29,6 +33,10 @@
 #   CRIU_PREFIX                  where a private CRIU goes (default /opt/orchestrate/criu)
 #   CRIU_WRAPPER                 the wrapper's path (default /usr/local/sbin/criu)
 #   DEBIAN_MIRROR                override the mirror read from the apt sources
+#
+# `install-host.sh --print-apt` prints the mirror and apt proxy it would use
+# (mirror=URI, proxy=URI lines) and changes nothing; scripts/vm.sh builds its
+# guests from the same mirror.
 set -euo pipefail
 
 CRIU_PREFIX=${CRIU_PREFIX:-/opt/orchestrate/criu}
@@ -41,7 +49,6 @@ PACKAGES=(podman runc conmon netavark aardvark-dns openssh-server openssh-client
 say() { printf 'install-host: %s\n' "$*"; }
 die() { printf 'install-host: error: %s\n' "$*" >&2; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "run as root: it installs packages and writes under /opt and /etc"
 
 # version_ge A B: true when dotted version A >= B.
 version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
@@ -65,16 +72,22 @@ install_packages() {
     die "apt-get install ${missing[*]} failed"
 }
 
+# criu_fits_kernel VERSION: false when CRIU VERSION is known not to work on
+# the running kernel: before 4.2 it cannot dump TCP/UDP sockets on kernels >=
+# 6.16 (criu issue 2718), and Debian 12's 3.17 fails `criu check` there too.
+criu_fits_kernel() {
+  ! { version_ge "$(uname -r | cut -d- -f1)" 6.16 && ! version_ge "$1" 4.2; }
+}
+
 # criu_ok CMD: CMD is a CRIU that passes `criu check` and is new enough for this kernel.
 criu_ok() {
-  local criu=$1 ver kernel
+  local criu=$1 ver
   [ -x "$criu" ] || command -v "$criu" >/dev/null 2>&1 || return 1
   ver=$("$criu" --version 2>/dev/null | awk '/^Version:/{print $2}') || true
   [ -n "$ver" ] || { say "CRIU at $criu does not run: $(criu_diagnose "$criu")"; return 1; }
   "$criu" check >/dev/null 2>&1 || { say "CRIU $ver at $criu on kernel $(uname -r): $(criu_diagnose "$criu")"; return 1; }
-  kernel=$(uname -r | cut -d- -f1)
-  if version_ge "$kernel" 6.16 && ! version_ge "$ver" 4.2; then
-    say "CRIU $ver at $criu cannot dump TCP/UDP sockets on kernel $kernel (needs >= 4.2)"
+  if ! criu_fits_kernel "$ver"; then
+    say "CRIU $ver at $criu cannot dump TCP/UDP sockets on kernel $(uname -r) (needs >= 4.2)"
     return 1
   fi
   say "CRIU $ver at $criu works on kernel $(uname -r)"
@@ -193,10 +206,42 @@ EOF
   mv "$CRIU_WRAPPER.tmp" "$CRIU_WRAPPER"
 }
 
+# distribution_criu: install Debian's own criu package when no CRIU is
+# installed, and keep it only when it works on this kernel. True when it does.
+distribution_criu() {
+  [ "${ORCHESTRATE_SKIP_APT:-0}" != 1 ] || return 1
+  if dpkg-query -W -f='${Status}' criu 2>/dev/null | grep -q 'install ok installed'; then
+    return 1 # installed already, and it failed the checks above
+  fi
+  apt-cache show criu >/dev/null 2>&1 || apt-get update -qq || return 1
+  apt-cache show criu >/dev/null 2>&1 || { say "the distribution has no criu package"; return 1; }
+  # A package known not to work here is not installed just to be purged again
+  # (on a fresh machine of this kind it goes straight to the private CRIU).
+  local candidate
+  candidate=$(apt-cache policy criu | awk '/Candidate:/{print $2}' | sed 's/^[0-9]*://; s/[-+~].*//')
+  if [ -n "$candidate" ] && ! criu_fits_kernel "$candidate"; then
+    say "the distribution's CRIU $candidate cannot work on kernel $(uname -r) (needs >= 4.2): not installing it"
+    return 1
+  fi
+  say "trying the distribution's CRIU: apt-get install criu"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends criu >/dev/null ||
+    { say "apt-get install criu failed"; return 1; }
+  hash -r
+  if criu_ok /usr/sbin/criu; then
+    say "using the distribution's CRIU; no private CRIU needed"
+    return 0
+  fi
+  say "the distribution's CRIU does not work here: removing it again"
+  DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq criu >/dev/null || say "apt-get purge criu failed"
+  hash -r
+  return 1
+}
+
 ensure_criu() {
   if [ "${ORCHESTRATE_PRIVATE_CRIU:-0}" != 1 ]; then
     if criu_ok "$CRIU_WRAPPER"; then return; fi
     if [ "$(command -v criu || true)" != "$CRIU_WRAPPER" ] && criu_ok criu; then return; fi
+    if distribution_criu; then return; fi
   elif criu_ok "$CRIU_WRAPPER"; then
     return
   fi
@@ -237,6 +282,12 @@ EOF
   fi
 }
 
+if [ "${1:-}" = --print-apt ]; then
+  echo "mirror=$(debian_mirror)"
+  echo "proxy=$(apt_proxy)"
+  exit 0
+fi
+[ "$(id -u)" = 0 ] || die "run as root: it installs packages and writes under /opt and /etc"
 install_packages
 ensure_criu
 ensure_podman_conf

@@ -138,6 +138,7 @@ func (a *Agent) Register(mux Mux, streams StreamHandlers) {
 		}
 	}
 	a.mu.Unlock()
+	a.registerEnginePrecopy(streams)
 	mux.HandleFunc("POST /v1/agent/migrate-out", a.leaderStep(a.migrateOut))
 	mux.HandleFunc("POST /v1/agent/push-image", a.leaderStep(a.pushImage))
 	mux.HandleFunc("POST /v1/agent/resume", a.leaderStep(a.containerStep(a.resume)))
@@ -533,6 +534,7 @@ func (a *Agent) streamOut(ctx context.Context, job *OutJob, base *delta.Index, p
 	if base != nil {
 		hdr.Kind, hdr.Meta["base"] = KindDeltaRestore, hex.EncodeToString(sumOf(base))
 	}
+	a.finalHeader(pre, &hdr)
 	var ckpt engine.Stats
 	var denc *delta.Encoder
 	result, st, err := a.sender.Stream(ctx, req.TargetAddr, hdr, func(w io.Writer) error {
@@ -551,7 +553,7 @@ func (a *Agent) streamOut(ctx context.Context, job *OutJob, base *delta.Index, p
 		}}
 		pause.At(ctx, pause.Checkpointing) // test builds only
 		var err error
-		ckpt, err = a.eng.Checkpoint(ctx, c.ID, cw, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
+		ckpt, err = a.finalCheckpoint(ctx, pre, c.ID, cw, engine.CheckpointOptions{Keep: true, TCPEstablished: true})
 		if denc != nil {
 			if err != nil {
 				denc.CloseWithError(err)

@@ -200,6 +200,9 @@ func (p *pagesMethod) Transfer(ctx context.Context, job *OutJob) (OutResult, err
 	}
 	// Pre-copy while the container runs; base is nil for a full transfer.
 	base, pre := a.precopyOut(ctx, c, job.Req, job.emit, job.Log)
+	if why == "" && !asked {
+		why = afterEnginePrecopy(pre) // precopy_engine.go
+	}
 	if why == "" {
 		res, err := p.out(ctx, job, base, pre)
 		var nr notRun

@@ -43,7 +43,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -154,7 +153,7 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 			rep.EnginePreCopy = f.PreCopy
 		}
 	}
-	mode := strings.ToLower(c.Labels[LabelPrecopy])
+	mode, want := precopyLabel(c.Labels)
 	if mode == "off" || mode == "false" {
 		rep.Reason = LabelPrecopy + "=off"
 		return nil, rep
@@ -184,13 +183,11 @@ func (a *Agent) precopyOut(ctx context.Context, c engine.Container, req OutReque
 		rep.Reason = "the deadline leaves no time for pre-copy"
 		return nil, rep
 	}
-	rep.Method = MethodContent
 	rep.Reason = fmt.Sprintf("link %.0f Mbit/s", rate*8/1e6)
-	if rep.EnginePreCopy {
-		// Soft-dirty tracking works here, but no engine driver has its own
-		// pre-dump step yet: say so, and pre-copy by content.
-		rep.Reason += "; the engine reports dirty tracking, but its driver has no pre-dump step: content pre-copy"
+	if a.enginePrecopy(ctx, c, req, want, rep, emit, log) {
+		return nil, rep // precopy_engine.go: the final round dumps only what changed
 	}
+	rep.Method = MethodContent
 	var base *delta.Index
 	var prev int64
 	var dump time.Duration // the last round's dump, without the link's push-back
@@ -472,6 +469,11 @@ func (s *baseStore) has(id, sumHex string) bool {
 
 // receive rebuilds a round from r into a new file and makes it id's base.
 func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBase, error) {
+	return s.store(id, func(w io.Writer) (int64, error) { return delta.Decode(w, r, base) })
+}
+
+// store writes a new file with fill and makes it id's base.
+func (s *baseStore) store(id string, fill func(w io.Writer) (int64, error)) (storedBase, error) {
 	if s.dir == "" {
 		return storedBase{}, errors.New("this host keeps no pre-copy bases (no directory configured)")
 	}
@@ -487,7 +489,7 @@ func (s *baseStore) receive(id string, r io.Reader, base *delta.Base) (storedBas
 	if s.max > 0 {
 		w = &capWriter{w: w, left: s.max}
 	}
-	n, err := delta.Decode(w, r, base)
+	n, err := fill(w)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

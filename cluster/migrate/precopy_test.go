@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/edgemigrate/orchestrate/cluster"
-	"github.com/edgemigrate/orchestrate/engine"
 	"github.com/edgemigrate/orchestrate/engine/enginetest"
 	"github.com/edgemigrate/orchestrate/transfer"
 	"github.com/edgemigrate/orchestrate/transfer/delta"
@@ -279,21 +278,6 @@ func TestPrecopyJudgement(t *testing.T) {
 			sameMemory(t, p, c.ID, mem)
 		})
 	}
-}
-
-// TestPrecopyEngineDirtyTracking: an engine that reports soft-dirty
-// tracking is recorded as such; content pre-copy still runs, and says why.
-func TestPrecopyEngineDirtyTracking(t *testing.T) {
-	p := newPair(t, 1e6)
-	p.src.SetFeatures(engine.Features{Engine: "fake", PreCopy: true})
-	c := p.src.Run("w", "img", 2<<20, nil)
-	p.dst.AddImage("img")
-	mem, _ := p.src.Memory(c.ID)
-	rep := last(t, p.migrate(t, "w")).Precopy
-	if !rep.EnginePreCopy || rep.Method != MethodContent || !strings.Contains(rep.Reason, "no pre-dump step") {
-		t.Fatalf("report %+v", rep)
-	}
-	sameMemory(t, p, c.ID, mem)
 }
 
 // TestPrecopyTargetLostBase: the target's agent restarts between rounds

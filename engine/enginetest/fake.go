@@ -35,6 +35,7 @@ type fakeContainer struct {
 	c          engine.Container
 	memory     []byte // the "process memory" a checkpoint carries
 	checkpoint []byte // kept checkpoint, for Resume
+	predump    []byte // memory at the last PreCheckpoint (fake_precopy.go)
 }
 
 // Fake is an in-memory engine. It is safe for concurrent use. Hooks let tests

@@ -256,48 +256,7 @@ func withCRIULog(err error, msg string) error {
 // With opts.Keep the checkpoint also stays on this host so Resume can roll
 // back. If the dump fails, CRIU leaves the container running.
 func (e *Engine) Checkpoint(ctx context.Context, id string, w io.Writer, opts engine.CheckpointOptions) (engine.Stats, error) {
-	start := time.Now()
-	c, err := e.Inspect(ctx, id)
-	if err != nil {
-		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, err)
-	}
-	if !c.Running {
-		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w (state %s)", id, engine.ErrNotRunning, c.State)
-	}
-	// Never while runc.conf sends CRIU to another checkpoint's page server.
-	unlock, err := e.sharedCRIULock(ctx)
-	if err != nil {
-		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, err)
-	}
-	defer unlock()
-	q := url.Values{}
-	q.Set("export", "true")
-	q.Set("keep", fmt.Sprint(opts.Keep))
-	q.Set("leaveRunning", fmt.Sprint(opts.LeaveRunning))
-	q.Set("tcpEstablished", fmt.Sprint(opts.TCPEstablished))
-	resp, err := e.do(ctx, http.MethodPost, "/containers/"+url.PathEscape(c.ID)+"/checkpoint", q, nil)
-	if err != nil {
-		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return engine.Stats{}, fmt.Errorf("checkpoint %s: %w", id, responseError(resp))
-	}
-	sc := newScanner()
-	n, err := io.Copy(w, io.TeeReader(resp.Body, sc))
-	sc.finish()
-	st := engine.Stats{Duration: time.Since(start), Bytes: n}
-	if dump := sc.dumpStats(); dump != nil {
-		st.FrozenTime, st.MemdumpTime, st.MemwriteTime, st.PagesWritten = dump.Frozen, dump.Memdump, dump.Memwrite, dump.PagesWritten
-	}
-	if err != nil {
-		return st, fmt.Errorf("checkpoint %s: stream archive after %d bytes: %w", id, n, err)
-	}
-	if sc.err() != nil {
-		return st, fmt.Errorf("checkpoint %s: %w: %v", id, engine.ErrBadArchive, sc.err())
-	}
-	e.log.Debug("checkpointed", "container", c.Name, "bytes", n, "duration", st.Duration, "frozen", st.FrozenTime)
-	return st, nil
+	return e.checkpointQuery(ctx, id, w, checkpointOptions(opts))
 }
 
 // stickyReader remembers the first error its source returned, so that the
@@ -725,6 +684,10 @@ func (e *Engine) probe(ctx context.Context) (engine.Features, error) {
 	f.CRIUVersion = parseCRIUVersion(string(out))
 	f.PreCopy = e.criuFeature(ctx, "mem_dirty_track")
 	f.LazyPages = e.criuFeature(ctx, "uffd-noncoop")
+	if ctx.Err() != nil {
+		// A check cut short says nothing about the feature.
+		return f, fmt.Errorf("criu check: %w", ctx.Err())
+	}
 	return f, nil
 }
 
