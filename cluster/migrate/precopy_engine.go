@@ -196,9 +196,14 @@ func (a *Agent) registerEnginePrecopy(streams StreamHandlers) {
 	streams.Handle(KindRestorePrevious, a.handleRestorePrevious)
 }
 
+// handlePreDump keeps a pre-dump, only for a migration the records name
+// with this host as target and the sender as source (as pre-copy streams).
 func (a *Agent) handlePreDump(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
 	if !validID.MatchString(h.ID) {
 		return nil, fmt.Errorf("pre-dump stream with a bad migration ID %q", h.ID)
+	}
+	if _, err := a.authorised(ctx, "pre-dump stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
 	}
 	nb, err := a.bases.receiveRaw(h.ID, r)
 	if err != nil {
@@ -208,9 +213,14 @@ func (a *Agent) handlePreDump(ctx context.Context, h transfer.StreamHeader, r io
 	return json.Marshal(precopyAck{Size: nb.size, SHA256: hex.EncodeToString(nb.sum[:])})
 }
 
-// handleRestorePrevious restores the final archive with the kept pre-dump.
-// The pre-dump goes afterwards, whatever the outcome.
+// handleRestorePrevious restores the final archive with the kept pre-dump,
+// authorised as a restore stream (the record names this host as target,
+// the sender as source, and the container). The pre-dump goes afterwards,
+// whatever the outcome.
 func (a *Agent) handleRestorePrevious(ctx context.Context, h transfer.StreamHeader, r io.Reader) ([]byte, error) {
+	if _, err := a.authorised(ctx, "restore stream", h.ID, a.fromSource(ctx, h.Meta["container"], receivePhases...)); err != nil {
+		return nil, err
+	}
 	pc, ok := a.eng.(engine.PreCopier)
 	if !ok {
 		return nil, fmt.Errorf("restore %s on %s: the engine driver has no pre-dump step", h.Meta["name"], a.host)

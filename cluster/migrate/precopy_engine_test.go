@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"strings"
 	"testing"
 
@@ -187,5 +188,21 @@ func TestAfterEnginePrecopy(t *testing.T) {
 		if got := afterEnginePrecopy(&tc.pre) != ""; got != tc.want {
 			t.Errorf("%s: skip page path %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// A pre-dump or a restore-previous stream that no record calls for (a
+// member's forgery) is refused before anything is kept or restored.
+func TestEnginePrecopyStreamsNeedARecord(t *testing.T) {
+	p := newPair(t, 0)
+	ctx := transfer.ContextWithSender(context.Background(), "src")
+	for _, kind := range []string{KindPreDump, KindRestorePrevious} {
+		h := transfer.StreamHeader{Kind: kind, ID: "m9", Meta: map[string]string{"container": "c1", "base": "x"}}
+		if _, err := p.streams.handlers[kind](ctx, h, strings.NewReader("forged")); !errors.Is(err, cluster.ErrForbidden) {
+			t.Fatalf("%s without a record: %v", kind, err)
+		}
+	}
+	if left, _ := os.ReadDir(p.dir); len(left) != 0 {
+		t.Fatalf("a refused pre-dump left %v", left)
 	}
 }

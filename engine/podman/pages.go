@@ -493,14 +493,20 @@ func criuPeer(ctrs []string, from, to int) (string, error) {
 		return "", fmt.Errorf("no runtime checkpoint of %v is running", ctrs)
 	}
 	for pid, ppid := range parent {
-		ctr, ok := runtimes[ppid]
+		rt := ppid
+		ctr, ok := runtimes[rt]
 		if !ok {
-			ctr, ok = runtimes[parent[ppid]]
+			rt = parent[ppid]
+			ctr, ok = runtimes[rt]
 		}
 		if !ok {
 			continue
 		}
-		if owns, err := ownsConnection(pid, from, to); err == nil && owns {
+		// The connection is looked up in the runtime's view of the
+		// network, not CRIU's: CRIU enters the container's network
+		// namespace while it dumps it, and a container with a network of
+		// its own then shows another table.
+		if owns, err := ownsConnection(pid, rt, from, to); err == nil && owns {
 			return ctr, nil
 		}
 	}
@@ -517,10 +523,10 @@ func slicesContains(s []string, v string) bool {
 }
 
 // ownsConnection reports whether process pid holds the socket of the TCP
-// connection from local port from to port to, with uid 0. It reads the
-// process's own view of the network (/proc/PID/net/tcp), so it works in
-// any network namespace.
-func ownsConnection(pid, from, to int) (bool, error) {
+// connection from local port from to port to, with uid 0, as the network
+// namespace of process netPid sees it (/proc/NETPID/net/tcp), so it works
+// in any network namespace.
+func ownsConnection(pid, netPid, from, to int) (bool, error) {
 	dir := filepath.Join("/proc", strconv.Itoa(pid))
 	fds, err := os.ReadDir(filepath.Join(dir, "fd"))
 	if err != nil {
@@ -534,7 +540,7 @@ func ownsConnection(pid, from, to int) (bool, error) {
 		}
 	}
 	for _, table := range []string{"tcp", "tcp6"} {
-		f, err := os.Open(filepath.Join(dir, "net", table))
+		f, err := os.Open(filepath.Join("/proc", strconv.Itoa(netPid), "net", table))
 		if err != nil {
 			continue
 		}
