@@ -304,22 +304,8 @@ func StreamImage(ctx context.Context, cl *cluster.Client, req CheckpointRequest,
 	if req.Image == "" {
 		return res, fmt.Errorf("%w: no image name", cluster.ErrInvalid)
 	}
-	resp, err := cl.Raw(ctx, http.MethodPost, "/v1/checkpoint", req)
-	if err != nil {
-		return res, err
-	}
-	defer resp.Body.Close()
-	n, got, err := copyHashed(w, resp.Body)
-	if err != nil {
-		return res, fmt.Errorf("%w: image of %s after %d bytes: %v", ErrIncomplete, req.Container, n, err)
-	}
-	if err := trailerResult(resp, &res, req.Container, n); err != nil {
-		return res, err
-	}
-	if n != res.Size || got != res.SHA256 {
-		return res, fmt.Errorf("%w: received %d bytes sha256 %s, host sent %d bytes sha256 %s", ErrIncomplete, n, got, res.Size, res.SHA256)
-	}
-	return res, nil
+	err := receiveStreamed(ctx, cl, req, w, "image of "+req.Container, &res, func() (int64, string) { return res.Size, res.SHA256 })
+	return res, err
 }
 
 // copyHashed copies r to w and returns the bytes copied and their sha256.

@@ -270,22 +270,31 @@ func (s *Service) archive(w http.ResponseWriter, r *http.Request) {
 func StreamCheckpoint(ctx context.Context, cl *cluster.Client, req CheckpointRequest, w io.Writer) (CheckpointResult, error) {
 	var res CheckpointResult
 	req.Store, req.Image = false, ""
+	err := receiveStreamed(ctx, cl, req, w, req.Container, &res, func() (int64, string) { return res.Size, res.SHA256 })
+	return res, err
+}
+
+// receiveStreamed copies the archive POST /v1/checkpoint answers for req
+// to w, decodes the host's trailer into res, and checks the bytes received
+// against the size and sha256 that sent reads from res. what names the
+// archive in errors.
+func receiveStreamed(ctx context.Context, cl *cluster.Client, req CheckpointRequest, w io.Writer, what string, res any, sent func() (int64, string)) error {
 	resp, err := cl.Raw(ctx, http.MethodPost, "/v1/checkpoint", req)
 	if err != nil {
-		return res, err
+		return err
 	}
 	defer resp.Body.Close()
 	n, got, err := copyHashed(w, resp.Body)
 	if err != nil {
-		return res, fmt.Errorf("%w: %s after %d bytes: %v", ErrIncomplete, req.Container, n, err)
+		return fmt.Errorf("%w: %s after %d bytes: %v", ErrIncomplete, what, n, err)
 	}
-	if err := trailerResult(resp, &res, req.Container, n); err != nil {
-		return res, err
+	if err := trailerResult(resp, res, req.Container, n); err != nil {
+		return err
 	}
-	if n != res.Size || got != res.SHA256 {
-		return res, fmt.Errorf("%w: received %d bytes sha256 %s, host sent %d bytes sha256 %s", ErrIncomplete, n, got, res.Size, res.SHA256)
+	if size, sum := sent(); n != size || got != sum {
+		return fmt.Errorf("%w: received %d bytes sha256 %s, host sent %d bytes sha256 %s", ErrIncomplete, n, got, size, sum)
 	}
-	return res, nil
+	return nil
 }
 
 // StoreCheckpoint asks the agent at cl for a snapshot into the store.
