@@ -108,14 +108,10 @@ an OCI archive ('podman load -i FILE') instead, and neither loaded nor pushed.`,
 				printFreeze(out, res.LeaveRunning, res.Stats.FrozenTime, res.Stats.Duration)
 				return nil
 			case req.Image != "":
-				stream := func(w io.Writer) (forensics.ImageResult, error) { return forensics.StreamImage(ctx, cl, req, w) }
 				var res forensics.ImageResult
-				if output == "-" {
-					res, err = stream(out)
-					out = cmd.ErrOrStderr()
-				} else {
-					res, err = writeArchive(output, stream)
-				}
+				res, out, err = receiveArchive(output, out, cmd.ErrOrStderr(), func(w io.Writer) (forensics.ImageResult, error) {
+					return forensics.StreamImage(ctx, cl, req, w)
+				})
 				if err != nil {
 					return err
 				}
@@ -143,17 +139,10 @@ an OCI archive ('podman load -i FILE') instead, and neither loaded nor pushed.`,
 				printFreeze(out, rec.LeaveRunning, rec.FrozenTime, rec.WallTime)
 				return nil
 			}
-			stream := func(w io.Writer) (forensics.CheckpointResult, error) {
-				return forensics.StreamCheckpoint(ctx, cl, req, w)
-			}
 			var res forensics.CheckpointResult
-			if output == "-" {
-				// The archive goes to stdout; what is said about it, to stderr.
-				res, err = stream(out)
-				out = cmd.ErrOrStderr()
-			} else {
-				res, err = writeArchive(output, stream)
-			}
+			res, out, err = receiveArchive(output, out, cmd.ErrOrStderr(), func(w io.Writer) (forensics.CheckpointResult, error) {
+				return forensics.StreamCheckpoint(ctx, cl, req, w)
+			})
 			if err != nil {
 				return err
 			}
@@ -191,6 +180,18 @@ an OCI archive ('podman load -i FILE') instead, and neither loaded nor pushed.`,
 
 // writeArchive writes a streamed archive to path.partial and renames it
 // once the stream is known to be whole; on error no file is left.
+// receiveArchive runs stream into the file path, or into stdout when path
+// is "-"; it returns the writer for what is said about the archive: out,
+// or stderr when the archive itself went to stdout.
+func receiveArchive[R any](path string, stdout, stderr io.Writer, stream func(io.Writer) (R, error)) (R, io.Writer, error) {
+	if path == "-" {
+		res, err := stream(stdout)
+		return res, stderr, err
+	}
+	res, err := writeArchive(path, stream)
+	return res, stdout, err
+}
+
 func writeArchive[R any](path string, stream func(io.Writer) (R, error)) (R, error) {
 	partial := path + ".partial"
 	f, err := os.OpenFile(partial, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
