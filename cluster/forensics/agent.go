@@ -53,6 +53,9 @@ type Cluster interface {
 	Members() []cluster.Member
 	PeerClient(name string) (*cluster.Client, error)
 	PS(ctx context.Context) cluster.PSResult
+	// RefreshReports has hosts (nil: all) report afresh, waiting at most
+	// wait (leader only).
+	RefreshReports(ctx context.Context, hosts []string, wait time.Duration) error
 	Snapshots() []cluster.SnapshotRecord
 	Snapshot(id string) (cluster.SnapshotRecord, error)
 	PutSnapshot(ctx context.Context, rec cluster.SnapshotRecord) error

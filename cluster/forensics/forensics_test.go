@@ -199,14 +199,6 @@ func newWorldWith(t *testing.T, mk func(host string) Engine, names ...string) *w
 		h.agent = NewAgent(cfg, engineOf(h), hostStreamer{w, n}, (*hostView)(h))
 		h.agent.Register(h.mux, h)
 		NewService((*hostView)(h), "").Register(h.mux)
-		h.mux.HandleFunc("GET /v1/containers", func(rw http.ResponseWriter, r *http.Request) {
-			cs, err := h.eng.List(r.Context())
-			if err != nil {
-				cluster.WriteError(rw, err)
-				return
-			}
-			cluster.WriteJSON(rw, http.StatusOK, cs)
-		})
 		ln, err := net.Listen("unix", h.sock)
 		if err != nil {
 			t.Fatal(err)
@@ -341,6 +333,15 @@ func (v *hostView) LeaderStep(h http.HandlerFunc) http.HandlerFunc {
 		h(rw, r)
 	}
 }
+
+// RefreshReports is every host reporting what it runs now.
+func (v *hostView) RefreshReports(context.Context, []string, time.Duration) error {
+	v.w.mu.Lock()
+	defer v.w.mu.Unlock()
+	v.w.noReports = false
+	return nil
+}
+
 func (v *hostView) PS(ctx context.Context) cluster.PSResult {
 	var res cluster.PSResult
 	v.w.mu.Lock()
@@ -584,7 +585,7 @@ func TestCheckpointToStreamAndStore(t *testing.T) {
 // TestRunAppliesAgeRetention: records past max_age go, with their files,
 // without a new snapshot arriving.
 // A container no report shows yet (just started, or the hosts have not
-// reported since the cluster started) is found by asking the hosts.
+// reported since the cluster started) is found after fresh reports.
 func TestCheckpointFindsUnreportedContainer(t *testing.T) {
 	w := newWorld(t, "h1", "h2")
 	w.noReports = true

@@ -32,10 +32,13 @@ type pendingLocks []cluster.Lock
 func (p pendingLocks) Locks() []cluster.Lock { return p }
 
 // The other Cluster methods are not used by the store side of an upload.
-func (pendingLocks) Name() string                                    { return "h2" }
-func (pendingLocks) Members() []cluster.Member                       { return nil }
-func (pendingLocks) PeerClient(string) (*cluster.Client, error)      { return nil, cluster.ErrNotFound }
-func (pendingLocks) PS(context.Context) cluster.PSResult             { return cluster.PSResult{} }
+func (pendingLocks) Name() string                               { return "h2" }
+func (pendingLocks) Members() []cluster.Member                  { return nil }
+func (pendingLocks) PeerClient(string) (*cluster.Client, error) { return nil, cluster.ErrNotFound }
+func (pendingLocks) PS(context.Context) cluster.PSResult        { return cluster.PSResult{} }
+func (pendingLocks) RefreshReports(context.Context, []string, time.Duration) error {
+	return nil
+}
 func (pendingLocks) Snapshots() []cluster.SnapshotRecord             { return nil }
 func (pendingLocks) Migrations() []cluster.MigrationRecord           { return nil }
 func (pendingLocks) DeleteSnapshots(context.Context, []string) error { return nil }

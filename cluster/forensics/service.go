@@ -11,12 +11,10 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/edgemigrate/orchestrate/cluster"
 	"github.com/edgemigrate/orchestrate/cluster/migrate"
-	"github.com/edgemigrate/orchestrate/engine"
 )
 
 // ErrIncomplete: a streamed archive ended without its outcome, or with a
@@ -110,15 +108,18 @@ func RemoveSnapshot(ctx context.Context, cl *cluster.Client, id string) error {
 }
 
 // locate finds the host running the container ref (a name, an ID or an
-// ID prefix of at least 12 characters). It reads the hosts' container
-// reports; a container the reports do not show (started since its host
-// last reported, or hosts that have not reported yet) is looked for once
-// more by asking every alive host with an engine for its list.
+// ID prefix of at least 12 characters). It runs on the leader and reads
+// the hosts' container reports; a container the reports do not show
+// (started since its host last reported, or hosts that have not reported
+// yet) is looked for once more after fresh reports, as a migration's
+// placement does.
 func (s *Service) locate(ctx context.Context, ref string) (string, error) {
 	res := s.c.PS(ctx)
 	hosts := runningOn(res, ref)
 	if len(hosts) == 0 {
-		res = s.listAlive(ctx)
+		// Hosts that do not answer in time show in res.Errors below.
+		_ = s.c.RefreshReports(ctx, nil, reportWait)
+		res = s.c.PS(ctx)
 		hosts = runningOn(res, ref)
 	}
 	switch len(hosts) {
@@ -147,44 +148,8 @@ func runningOn(res cluster.PSResult, ref string) []string {
 	return hosts
 }
 
-// listAlive asks every alive host with an engine for its containers, in
-// parallel, each within listTimeout. A host that does not answer is listed
-// in Errors.
-func (s *Service) listAlive(ctx context.Context) cluster.PSResult {
-	ctx, cancel := context.WithTimeout(ctx, listTimeout)
-	defer cancel()
-	res := cluster.PSResult{Containers: []cluster.PSEntry{}}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, m := range s.c.Members() {
-		if m.Status != cluster.StatusAlive || m.Engine == "" || m.Engine == cluster.EngineNone {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var cs []engine.Container
-			cl, err := s.c.PeerClient(m.Name)
-			if err == nil {
-				err = cl.Do(ctx, http.MethodGet, "/v1/containers", nil, &cs)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				res.Errors = append(res.Errors, cluster.HostError{Host: m.Name, Error: err.Error()})
-				return
-			}
-			for _, c := range cs {
-				res.Containers = append(res.Containers, cluster.PSEntry{Host: m.Name, Name: c.Name, ID: c.ID, Image: c.Image, State: c.State})
-			}
-		}()
-	}
-	wg.Wait()
-	return res
-}
-
-// listTimeout bounds listAlive.
-const listTimeout = 5 * time.Second
+// reportWait bounds how long locate waits for fresh reports.
+const reportWait = 3 * time.Second
 
 func (s *Service) checkpoint(w http.ResponseWriter, r *http.Request) {
 	var req CheckpointRequest
