@@ -49,9 +49,12 @@ clean-hosts:
 
 # check-install installs the private CRIU from scratch into a throwaway
 # prefix and checkpoints and restores the workload with it: proof, on every
-# `make test`, that the install works on a machine that has nothing yet.
+# `make test`, that the install works on a machine that has nothing yet;
+# check-clean-install.sh runs install-host.sh itself in a fresh Debian 12
+# root (packages, the CRIU choice, `criu check`).
 check-install: setup
 	bash scripts/check-criu-install.sh
+	bash scripts/check-clean-install.sh
 
 # Packages run one at a time (-p 1): the integration tests measure failover
 # and detection times, which two cores shared with another package distort.
