@@ -140,6 +140,11 @@ type Cluster struct {
 	joined        chan struct{}
 	wakeReconcile chan struct{}
 
+	// metaMu serialises setMeta's UpdateNode calls: UpdateNode reads the
+	// metadata and then takes the next incarnation, so two at once can pair
+	// the newer metadata with the older incarnation, which memberlist then
+	// drops; the stale metadata wins and the caller times out.
+	metaMu  sync.Mutex
 	mu      sync.Mutex
 	meta    nodeMeta
 	members map[string]*memberEntry
@@ -290,12 +295,28 @@ func (c *Cluster) Shutdown() error {
 }
 
 func (c *Cluster) startGossip() error {
+	mc, err := c.gossipConfig()
+	if err != nil {
+		return err
+	}
+	ml, err := createGossip(mc, func(t memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
+		return newCountingTransport(t, &c.net) // netstats.go
+	})
+	if err != nil {
+		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
+	}
+	c.ml = ml
+	return nil
+}
+
+// gossipConfig is this agent's memberlist configuration.
+func (c *Cluster) gossipConfig() (*memberlist.Config, error) {
 	mc := memberlist.DefaultLANConfig()
 	tuneGossip(mc) // gossip_tuning.go
 	mc.Name = c.cfg.NodeName
 	host, port, err := splitHostPort(c.cfg.BindAddr)
 	if err != nil {
-		return fmt.Errorf("cluster bind %q: %w", c.cfg.BindAddr, err)
+		return nil, fmt.Errorf("cluster bind %q: %w", c.cfg.BindAddr, err)
 	}
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertisePort = port
@@ -305,14 +326,7 @@ func (c *Cluster) startGossip() error {
 	mc.SuspicionMult, mc.SuspicionMaxTimeoutMult = max(c.cfg.SuspicionMult, 1), 2
 	mc.Delegate, mc.Events, mc.Ping = &delegate{c}, &delegate{c}, &delegate{c}
 	mc.Logger = memberlistLogger(c.logger)
-	ml, err := createGossip(mc, func(t memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
-		return newCountingTransport(t, &c.net) // netstats.go
-	})
-	if err != nil {
-		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
-	}
-	c.ml = ml
-	return nil
+	return mc, nil
 }
 
 func splitHostPort(addr string) (string, int, error) {
@@ -372,6 +386,8 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // setMeta changes the gossiped metadata and pushes it out when it changed.
 func (c *Cluster) setMeta(f func(*nodeMeta)) {
+	c.metaMu.Lock()
+	defer c.metaMu.Unlock()
 	c.mu.Lock()
 	old := c.meta.encode(metaLimit)
 	f(&c.meta)

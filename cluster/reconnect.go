@@ -20,15 +20,21 @@ const reconnectInterval = 5 * time.Second
 // attempt per dead member and interval, whatever its size.
 //
 // The same loop keeps peers.json (rejoin.go) up to date, checking every
-// second (an agent may be killed seconds after it joined).
+// second (an agent may be killed seconds after it joined), and repairs
+// gaps in the gossip view (antientropy.go).
 func (c *Cluster) reconnectLoop(ctx context.Context) error {
 	var saved []string
+	var repair gapRepair
 	next := time.Now().Add(jitter(reconnectInterval))
 	for {
 		if err := sleepCtx(ctx, time.Second); err != nil {
 			return nil
 		}
 		saved = c.savePeers(saved)
+		servers := c.raftServers()
+		if repair.due(len(c.gossipGaps(servers)) > 0, time.Now()) {
+			c.repairGossip(servers)
+		}
 		if time.Now().Before(next) {
 			continue
 		}

@@ -1,0 +1,205 @@
+package cluster
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+func TestGossipGaps(t *testing.T) {
+	known := map[string]bool{"a1": true, "a2": true, "a4": true}
+	for _, tc := range []struct {
+		servers []string
+		want    []string
+	}{
+		{nil, nil},
+		{[]string{"a1", "a2"}, nil},
+		{[]string{"a3", "a1", "a2"}, []string{"a3"}},
+		{[]string{"a5", "a3", "a4"}, []string{"a3", "a5"}},
+		{[]string{"self"}, nil}, // this agent is never a gap
+	} {
+		got := gossipGaps(tc.servers, func(n string) bool { return known[n] }, "self")
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("gossipGaps(%v) = %v, want %v", tc.servers, got, tc.want)
+		}
+	}
+}
+
+func TestGapRepairDue(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var g gapRepair
+	steps := []struct {
+		at   time.Duration
+		gap  bool
+		want bool
+	}{
+		{0, false, false},
+		{1 * time.Second, true, false},              // first seen: ordinary gossip gets gapGrace
+		{1*time.Second + gapGrace - 1, true, false}, // still within the grace
+		{1*time.Second + gapGrace, true, true},      // repair
+		{1*time.Second + gapGrace + time.Second, true, false},
+		{1*time.Second + gapGrace + repairInterval*5/4 + 1, true, true}, // next one, after the jittered interval
+		{20 * time.Second, false, false},                                // closed: the grace starts again
+		{21 * time.Second, true, false},
+		{21*time.Second + gapGrace, true, true},
+	}
+	for i, s := range steps {
+		if got := g.due(s.gap, t0.Add(s.at)); got != s.want {
+			t.Fatalf("step %d (at %s, gap %v): due = %v, want %v", i, s.at, s.gap, got, s.want)
+		}
+	}
+}
+
+// lossyTransport drops every incoming gossip packet while drop is set;
+// streams (push/pull) pass. Its relay goroutine ends with Shutdown.
+type lossyTransport struct {
+	memberlist.NodeAwareTransport
+	drop    atomic.Bool
+	packets chan *memberlist.Packet
+	done    chan struct{}
+	once    sync.Once
+}
+
+func newLossyTransport(t memberlist.NodeAwareTransport) *lossyTransport {
+	l := &lossyTransport{NodeAwareTransport: t, packets: make(chan *memberlist.Packet), done: make(chan struct{})}
+	go func() {
+		for {
+			select {
+			case p := <-t.PacketCh():
+				if l.drop.Load() {
+					continue
+				}
+				select {
+				case l.packets <- p:
+				case <-l.done:
+					return
+				}
+			case <-l.done:
+				return
+			}
+		}
+	}()
+	return l
+}
+
+func (l *lossyTransport) PacketCh() <-chan *memberlist.Packet { return l.packets }
+
+func (l *lossyTransport) Shutdown() error {
+	l.once.Do(func() { close(l.done) })
+	return l.NodeAwareTransport.Shutdown()
+}
+
+// gossipOnly is an agent with real memberlist gossip on loopback and
+// nothing else.
+func gossipOnly(t *testing.T, name, addr string, lossy bool) (*Cluster, *lossyTransport) {
+	t.Helper()
+	c := &Cluster{
+		cfg: Config{NodeName: name, BindAddr: addr, Secret: []byte("antientropy-test-secret-0123456789"),
+			ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, SuspicionMult: 8},
+		logger: slog.New(slog.DiscardHandler), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
+		wakeBootstrap: make(chan struct{}, 1), wakeReconcile: make(chan struct{}, 1),
+	}
+	mc, err := c.gossipConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lt *lossyTransport
+	ml, err := createGossip(mc, func(nt memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
+		if lossy {
+			lt = newLossyTransport(nt)
+			return lt
+		}
+		return nt
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ml = ml
+	t.Cleanup(func() { _ = ml.Shutdown() })
+	return c, lt
+}
+
+func (c *Cluster) knows(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.members[name]
+	return ok
+}
+
+// A member that missed every gossiped copy of a joiner's alive message
+// (here: its incoming packets dropped while the joiner joins) does not see
+// the joiner until a push/pull; the repair does one at once.
+func TestRepairGossipFindsAMissedJoiner(t *testing.T) {
+	base := 27000 + time.Now().Nanosecond()%2000
+	addr := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", base+i) }
+	g1, _ := gossipOnly(t, "g1", addr(1), false)
+	g2, lossy := gossipOnly(t, "g2", addr(2), true)
+	if _, err := g2.ml.Join([]string{addr(1)}); err != nil {
+		t.Fatal(err)
+	}
+	lossy.drop.Store(true)
+	g3, _ := gossipOnly(t, "g3", addr(3), false)
+	if _, err := g3.ml.Join([]string{addr(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if !g1.knows("g3") || !g3.knows("g2") {
+		t.Fatal("g3's join did not reach g1, or g1's table did not reach g3")
+	}
+	time.Sleep(2 * time.Second) // g1 and g3 gossip g3's alive message: g2 drops every copy
+	lossy.drop.Store(false)
+	time.Sleep(time.Second)
+	if g2.knows("g3") {
+		t.Fatal("g2 learnt of g3 by gossip: the test did not make it miss the joiner")
+	}
+	servers := []string{"g1", "g2", "g3"}
+	gaps, with := g2.repairGossip(servers)
+	if !slices.Equal(gaps, []string{"g3"}) || with != addr(1) {
+		t.Fatalf("repair: gaps %v, with %q; want [g3] with %s", gaps, with, addr(1))
+	}
+	if !g2.knows("g3") {
+		t.Fatal("after the repair g2 still does not know g3")
+	}
+	if gaps, with := g2.repairGossip(servers); len(gaps) != 0 || with != "" {
+		t.Fatalf("second repair: gaps %v, with %q; want nothing to do", gaps, with)
+	}
+}
+
+// Concurrent metadata updates never leave the others with stale metadata
+// (memberlist pairs metadata and incarnation non-atomically; setMeta
+// serialises them).
+func TestSetMetaConcurrentUpdatesConverge(t *testing.T) {
+	base := 29000 + time.Now().Nanosecond()%2000
+	g1, _ := gossipOnly(t, "m1", fmt.Sprintf("127.0.0.1:%d", base+1), false)
+	g2, _ := gossipOnly(t, "m2", fmt.Sprintf("127.0.0.1:%d", base+2), false)
+	if _, err := g2.ml.Join([]string{fmt.Sprintf("127.0.0.1:%d", base+1)}); err != nil {
+		t.Fatal(err)
+	}
+	// 400 updates at once, each raising the count to its value. Without
+	// setMeta's lock about one run in five ended stale.
+	var wg sync.WaitGroup
+	for i := 1; i <= 400; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g2.setMeta(func(m *nodeMeta) { m.Containers = max(m.Containers, i) })
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		e, ok := g1.member("m2")
+		if ok && e.meta.Containers == 400 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("m1 sees m2 with %d containers, want 400 (a stale update won)", e.meta.Containers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
