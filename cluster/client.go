@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/edgemigrate/orchestrate/internal/netguard"
 )
 
 // DefaultSocket is where the local CLI finds its agent.
@@ -56,7 +58,7 @@ func (c *Cluster) peerClient(addr string) *Client {
 	c.peerOnce.Do(func() {
 		c.peerHTTP = &http.Client{Transport: &http.Transport{
 			TLSClientConfig: c.tls.clientConfig(), MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute,
-			DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			DialContext: netguard.DialFrom(c.cfg.APIBindAddr, 2*time.Second),
 		}}
 	})
 	return &Client{base: "https://" + addr, hc: c.peerHTTP, token: c.token}

@@ -179,7 +179,8 @@ func createGossip(mc *memberlist.Config, wrap func(memberlist.NodeAwareTransport
 	if err != nil {
 		return nil, err
 	}
-	gt := &guardedTransport{NetTransport: nt, lim: netguard.NewLimiter(gossipGuard), out: make(chan net.Conn), done: make(chan struct{})}
+	gt := &guardedTransport{NetTransport: nt, lim: netguard.NewLimiter(gossipGuard), out: make(chan net.Conn), done: make(chan struct{}),
+		dial: netguard.DialFrom(mc.BindAddr, 0)}
 	go gt.relay()
 	mc.Transport = gt
 	if wrap != nil {
@@ -201,6 +202,8 @@ type guardedTransport struct {
 	out  chan net.Conn
 	done chan struct{}
 	once sync.Once
+	// dial makes push/pull connections from the bind address (netguard.DialFrom).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 var _ memberlist.NodeAwareTransport = (*guardedTransport)(nil)
@@ -224,6 +227,18 @@ func (t *guardedTransport) relay() {
 			return
 		}
 	}
+}
+
+// DialTimeout implements memberlist.Transport: from the bind address.
+func (t *guardedTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return t.dial(ctx, "tcp", addr)
+}
+
+// DialAddressTimeout implements memberlist.NodeAwareTransport.
+func (t *guardedTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	return t.DialTimeout(a.Addr, timeout)
 }
 
 // StreamCh implements memberlist.Transport.

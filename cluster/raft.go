@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/internal/clock"
+	"github.com/edgemigrate/orchestrate/internal/netguard"
 )
 
 // raftStore owns raft's storage and transport so Shutdown can close them.
@@ -66,8 +67,7 @@ func newTLSLayer(bind string, t *clusterTLS, n *netCounters) (*tlsLayer, error) 
 func (l *tlsLayer) Addr() net.Addr { return l.addr }
 
 func (l *tlsLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	d := &net.Dialer{Timeout: timeout}
-	raw, err := d.Dial("tcp", string(addr))
+	raw, err := netguard.DialFrom(l.addr.String(), timeout)(context.Background(), "tcp", string(addr))
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/edgemigrate/orchestrate/cluster/reboot"
 	"github.com/edgemigrate/orchestrate/config"
 	"github.com/edgemigrate/orchestrate/engine"
+	"github.com/edgemigrate/orchestrate/internal/netguard"
 	"github.com/edgemigrate/orchestrate/policy"
 	"github.com/edgemigrate/orchestrate/policy/spot"
 	"github.com/edgemigrate/orchestrate/transfer"
@@ -111,6 +112,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		ccfg := transfer.DefaultClientConfig()
 		ccfg.Signer, ccfg.HostKeys, ccfg.Logger = c.ClientSigner(), c, logger.With("part", "transfer")
+		ccfg.Dial = netguard.DialFrom(cfg.Transfer.Bind, 0) // from our own address: peers cap per source IP
 		// Fault injection, in test builds only (faults_testhooks.go).
 		if err := applyFaults(&ccfg, logger); err != nil {
 			return err

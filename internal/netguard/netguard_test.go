@@ -1,6 +1,7 @@
 package netguard
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -189,5 +190,55 @@ func TestClearedDeadlineKeepsIdle(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("clearing the deadline disabled the idle timeout")
+	}
+}
+
+func TestSourceFor(t *testing.T) {
+	for _, tc := range []struct {
+		local, addr, want string
+	}{
+		{"127.0.0.49", "127.0.0.12:7948", "127.0.0.49"},
+		{"127.0.0.49", "10.0.0.2:7948", ""}, // loopback cannot reach another host
+		{"10.0.0.1", "127.0.0.1:7948", ""},
+		{"10.0.0.1", "10.0.0.2:7948", "10.0.0.1"},
+		{"10.0.0.1", "[fd00::2]:7948", ""}, // other family
+		{"", "10.0.0.2:7948", ""},
+		{"10.0.0.1", "host.example:7948", ""}, // names: the kernel picks
+	} {
+		got := sourceFor(net.ParseIP(tc.local), tc.addr)
+		if (got == nil && tc.want != "") || (got != nil && got.String() != tc.want) {
+			t.Errorf("sourceFor(%s, %s) = %v, want %q", tc.local, tc.addr, got, tc.want)
+		}
+	}
+}
+
+// Connections dialled through DialFrom arrive from the bind address, so a
+// per-IP cap counts them under it.
+func TestDialFromBindsTheSource(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			got <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+			c.Close()
+		}
+	}()
+	for _, tc := range []struct{ bind, want string }{{"127.0.0.77:7946", "127.0.0.77"}, {"0.0.0.0:7946", "127.0.0.1"}} {
+		c, err := DialFrom(tc.bind, time.Second)(context.Background(), "tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if ip := <-got; ip != tc.want {
+			t.Errorf("bind %s: the listener saw %s, want %s", tc.bind, ip, tc.want)
+		}
 	}
 }
