@@ -20,8 +20,11 @@ const (
 	// view before a repair: ordinary gossip needs a few rounds.
 	gapGrace = 2 * time.Second
 	// repairInterval spaces one agent's repairs (jittered): a push/pull
-	// carries the whole member table.
-	repairInterval = 5 * time.Second
+	// carries the whole member table. While a gap stays open (a server no
+	// member it asks has heard of) the interval doubles up to
+	// maxRepairInterval.
+	repairInterval    = 5 * time.Second
+	maxRepairInterval = time.Minute
 )
 
 // gossipGaps returns the raft servers, other than self, that the gossip
@@ -41,15 +44,16 @@ func gossipGaps(servers []string, known func(string) bool, self string) []string
 // gapRepair is the timing state of one agent's repairs, owned by
 // reconnectLoop.
 type gapRepair struct {
-	since time.Time // when the current gap was first seen; zero when none
-	next  time.Time // earliest next repair
+	since time.Time     // when the current gap was first seen; zero when none
+	next  time.Time     // earliest next repair
+	wait  time.Duration // interval after the next repair; zero: repairInterval
 }
 
 // due reports whether a repair should run now, given whether there is a
 // gap; it updates the state. Pure but for the random jitter.
 func (g *gapRepair) due(gap bool, now time.Time) bool {
 	if !gap {
-		g.since = time.Time{}
+		g.since, g.wait = time.Time{}, 0
 		return false
 	}
 	if g.since.IsZero() {
@@ -58,7 +62,11 @@ func (g *gapRepair) due(gap bool, now time.Time) bool {
 	if now.Sub(g.since) < gapGrace || now.Before(g.next) {
 		return false
 	}
-	g.next = now.Add(jitter(repairInterval))
+	if g.wait == 0 {
+		g.wait = repairInterval
+	}
+	g.next = now.Add(jitter(g.wait))
+	g.wait = min(2*g.wait, maxRepairInterval)
 	return true
 }
 

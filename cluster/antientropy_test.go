@@ -44,10 +44,13 @@ func TestGapRepairDue(t *testing.T) {
 		{1*time.Second + gapGrace - 1, true, false}, // still within the grace
 		{1*time.Second + gapGrace, true, true},      // repair
 		{1*time.Second + gapGrace + time.Second, true, false},
-		{1*time.Second + gapGrace + repairInterval*5/4 + 1, true, true}, // next one, after the jittered interval
-		{20 * time.Second, false, false},                                // closed: the grace starts again
-		{21 * time.Second, true, false},
-		{21*time.Second + gapGrace, true, true},
+		{1*time.Second + gapGrace + repairInterval*5/4 + 1, true, true},                           // next one, after the jittered interval
+		{1*time.Second + gapGrace + repairInterval*5/4 + 1 + repairInterval*3/2 - 1, true, false}, // the gap stays: the interval doubled
+		{1*time.Second + gapGrace + repairInterval*5/4 + 1 + repairInterval*10/4 + 1, true, true},
+		{60 * time.Second, false, false}, // closed: the grace and the interval start again
+		{61 * time.Second, true, false},
+		{61*time.Second + gapGrace, true, true},
+		{61*time.Second + gapGrace + repairInterval*5/4 + 1, true, true},
 	}
 	for i, s := range steps {
 		if got := g.due(s.gap, t0.Add(s.at)); got != s.want {
