@@ -17,10 +17,11 @@ import (
 	"github.com/edgemigrate/orchestrate/cluster"
 )
 
-// Waiting and timing. Every wait polls the agents' APIs over their unix
-// sockets, a few at a time (the machine runs the whole fleet), and times
-// a condition from when the poll that saw it returned: the resolution of a
-// time is one poll round, which the bench reports.
+// Waiting and timing. The waits here poll the agents' APIs over their
+// unix sockets, a few at a time (the machine runs the whole fleet), and
+// time a condition from when the poll that saw it returned: the resolution
+// of a time is one poll round, which the bench reports. Gossip convergence
+// is the exception: it is read from the agents' logs (logview.go).
 
 // pollEvery is the pause between two polls of one agent.
 const pollEvery = 20 * time.Millisecond
