@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -139,16 +138,15 @@ func (c *Cluster) knows(name string) bool {
 // (here: its incoming packets dropped while the joiner joins) does not see
 // the joiner until a push/pull; the repair does one at once.
 func TestRepairGossipFindsAMissedJoiner(t *testing.T) {
-	base := 27000 + time.Now().Nanosecond()%2000
-	addr := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", base+i) }
-	g1, _ := gossipOnly(t, "g1", addr(1), false)
-	g2, lossy := gossipOnly(t, "g2", addr(2), true)
-	if _, err := g2.ml.Join([]string{addr(1)}); err != nil {
+	g1, _ := gossipOnly(t, "g1", "127.0.0.1:0", false) // memberlist picks free ports
+	g2, lossy := gossipOnly(t, "g2", "127.0.0.1:0", true)
+	seed := g1.ml.LocalNode().Address()
+	if _, err := g2.ml.Join([]string{seed}); err != nil {
 		t.Fatal(err)
 	}
 	lossy.drop.Store(true)
-	g3, _ := gossipOnly(t, "g3", addr(3), false)
-	if _, err := g3.ml.Join([]string{addr(1)}); err != nil {
+	g3, _ := gossipOnly(t, "g3", "127.0.0.1:0", false)
+	if _, err := g3.ml.Join([]string{seed}); err != nil {
 		t.Fatal(err)
 	}
 	if !g1.knows("g3") || !g3.knows("g2") {
@@ -162,8 +160,8 @@ func TestRepairGossipFindsAMissedJoiner(t *testing.T) {
 	}
 	servers := []string{"g1", "g2", "g3"}
 	gaps, with := g2.repairGossip(servers)
-	if !slices.Equal(gaps, []string{"g3"}) || with != addr(1) {
-		t.Fatalf("repair: gaps %v, with %q; want [g3] with %s", gaps, with, addr(1))
+	if !slices.Equal(gaps, []string{"g3"}) || with != seed {
+		t.Fatalf("repair: gaps %v, with %q; want [g3] with %s", gaps, with, seed)
 	}
 	if !g2.knows("g3") {
 		t.Fatal("after the repair g2 still does not know g3")
@@ -177,10 +175,9 @@ func TestRepairGossipFindsAMissedJoiner(t *testing.T) {
 // (memberlist pairs metadata and incarnation non-atomically; setMeta
 // serialises them).
 func TestSetMetaConcurrentUpdatesConverge(t *testing.T) {
-	base := 29000 + time.Now().Nanosecond()%2000
-	g1, _ := gossipOnly(t, "m1", fmt.Sprintf("127.0.0.1:%d", base+1), false)
-	g2, _ := gossipOnly(t, "m2", fmt.Sprintf("127.0.0.1:%d", base+2), false)
-	if _, err := g2.ml.Join([]string{fmt.Sprintf("127.0.0.1:%d", base+1)}); err != nil {
+	g1, _ := gossipOnly(t, "m1", "127.0.0.1:0", false)
+	g2, _ := gossipOnly(t, "m2", "127.0.0.1:0", false)
+	if _, err := g2.ml.Join([]string{g1.ml.LocalNode().Address()}); err != nil {
 		t.Fatal(err)
 	}
 	// 400 updates at once, each raising the count to its value. Without
