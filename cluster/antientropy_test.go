@@ -93,8 +93,9 @@ func newLossyTransport(t memberlist.NodeAwareTransport) *lossyTransport {
 func (l *lossyTransport) PacketCh() <-chan *memberlist.Packet { return l.packets }
 
 func (l *lossyTransport) Shutdown() error {
+	err := l.NodeAwareTransport.Shutdown() // first: see countingTransport.Shutdown
 	l.once.Do(func() { close(l.done) })
-	return l.NodeAwareTransport.Shutdown()
+	return err
 }
 
 // gossipOnly is an agent with real memberlist gossip on loopback and

@@ -142,7 +142,14 @@ func (t *countingTransport) DialAddressTimeout(addr memberlist.Address, timeout 
 	return countingConn{c, &t.n.gossipIn, &t.n.gossipOut}, nil
 }
 
+// Shutdown shuts the wrapped transport down first and only then stops the
+// relays: its listeners hand each packet and stream over with a blocking
+// send, so a relay that stopped first left a listener blocked on a packet
+// that arrived during shutdown, memberlist's Shutdown waiting for it
+// forever, and the agent process alive, holding its raft store (seen in
+// CI: the agent restarted after it could not start).
 func (t *countingTransport) Shutdown() error {
+	err := t.NodeAwareTransport.Shutdown()
 	t.once.Do(func() { close(t.done) })
-	return t.NodeAwareTransport.Shutdown()
+	return err
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgemigrate/orchestrate/internal/clock"
@@ -102,6 +103,10 @@ func raftConfig(id string, heartbeat, election time.Duration) *raft.Config {
 	return rc
 }
 
+// raftStoreLockWait bounds how long an agent waits for the raft store's
+// file lock (a variable for tests).
+var raftStoreLockWait = 15 * time.Second
+
 func (c *Cluster) startRaft() error {
 	dir := filepath.Join(c.cfg.DataDir, "raft")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -110,7 +115,13 @@ func (c *Cluster) startRaft() error {
 	logger := raftLogger(c.logger)
 	c.store = &raftStore{}
 	var err error
-	if c.store.bolt, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")}); err != nil {
+	// bolt locks its file; another agent on this data_dir (or one still
+	// shutting down) holds it. Wait a while for it, then say so.
+	path := filepath.Join(dir, "raft.db")
+	if c.store.bolt, err = raftboltdb.New(raftboltdb.Options{Path: path, BoltOptions: &bbolt.Options{Timeout: raftStoreLockWait}}); err != nil {
+		if errors.Is(err, bbolt.ErrTimeout) {
+			return fmt.Errorf("raft store %s is locked after %s: is another orchestrate agent running with this data_dir?", path, raftStoreLockWait)
+		}
 		return fmt.Errorf("raft store: %w", err)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, logger)
