@@ -195,11 +195,7 @@ log:
 		if t.Failed() {
 			for _, h := range c.Hosts {
 				b, _ := os.ReadFile(StateDir(h.Name) + "/agent.log")
-				lines := strings.Split(string(b), "\n")
-				if len(lines) > 60 {
-					lines = lines[len(lines)-60:]
-				}
-				t.Logf("--- agent log of %s (last lines) ---\n%s", h.Name, strings.Join(lines, "\n"))
+				t.Logf("--- agent log of %s ---\n%s", h.Name, logDigest(string(b)))
 			}
 		}
 	})
@@ -431,4 +427,30 @@ func MetricValue(text, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// logDigest is what a failed test shows of an agent's log (which holds
+// every process started on the host, one after another): each process's
+// lifecycle lines (start, stop, fatal errors, lines not from slog), its
+// warnings and errors other than gossip's, up to the last 40 of those,
+// then the last 40 lines as they are.
+func logDigest(log string) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	var keep []string
+	for _, l := range lines[:max(0, len(lines)-40)] {
+		switch {
+		case !strings.HasPrefix(l, "time="),
+			strings.Contains(l, `msg="agent `),
+			(strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN")) && !strings.Contains(l, "component=memberlist"):
+			keep = append(keep, l)
+		}
+	}
+	if len(keep) > 40 {
+		keep = keep[len(keep)-40:]
+	}
+	out := strings.Join(keep, "\n")
+	if out != "" {
+		out = "(lifecycle, warnings and errors before the tail)\n" + out + "\n(last lines)\n"
+	}
+	return out + strings.Join(lines[max(0, len(lines)-40):], "\n")
 }
