@@ -168,88 +168,28 @@ func (b *movingBody) Read(p []byte) (int, error) {
 	return b.ReadCloser.Read(p)
 }
 
-// createGossip is memberlist.Create with gossipGuard's caps on its TCP
-// (stream) connections. memberlist's own TCPTimeout bounds how long each
-// may take.
-// wrap, when not nil, wraps the guarded transport (the traffic counters).
+// createGossip is memberlist.Create over gossipNet (gossipnet.go): its
+// TCP (stream) connections capped by gossipGuard, memberlist's own
+// TCPTimeout bounding how long each may take.
+// wrap, when not nil, wraps the transport (the traffic counters).
 func createGossip(mc *memberlist.Config, wrap func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport) (*memberlist.Memberlist, error) {
-	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-		BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
-	})
+	gn, err := newGossipNet(mc.BindAddr, mc.BindPort, mc.Logger)
 	if err != nil {
 		return nil, err
 	}
-	gt := &guardedTransport{NetTransport: nt, lim: netguard.NewLimiter(gossipGuard), out: make(chan net.Conn), done: make(chan struct{}),
-		dial: netguard.DialFrom(mc.BindAddr, 0)}
-	go gt.relay()
-	mc.Transport = gt
-	if wrap != nil {
-		mc.Transport = wrap(gt)
+	if mc.BindPort == 0 {
+		mc.BindPort = gn.tcp.Addr().(*net.TCPAddr).Port
+		mc.AdvertisePort = mc.BindPort
 	}
+	var t memberlist.NodeAwareTransport = gn
+	if wrap != nil {
+		t = wrap(gn)
+	}
+	mc.Transport = t
 	ml, err := memberlist.Create(mc)
 	if err != nil {
-		gt.Shutdown()
+		t.Shutdown()
 		return nil, err
 	}
 	return ml, nil
-}
-
-// guardedTransport is memberlist's NetTransport with capped streams. Its
-// relay goroutine lives until Shutdown.
-type guardedTransport struct {
-	*memberlist.NetTransport
-	lim  *netguard.Limiter
-	out  chan net.Conn
-	done chan struct{}
-	once sync.Once
-	// dial makes push/pull connections from the bind address (netguard.DialFrom).
-	dial func(ctx context.Context, network, addr string) (net.Conn, error)
-}
-
-var _ memberlist.NodeAwareTransport = (*guardedTransport)(nil)
-
-func (t *guardedTransport) relay() {
-	in := t.NetTransport.StreamCh()
-	for {
-		select {
-		case c := <-in:
-			gc, ok := t.lim.Admit(c)
-			if !ok {
-				continue
-			}
-			select {
-			case t.out <- gc:
-			case <-t.done:
-				gc.Close()
-				return
-			}
-		case <-t.done:
-			return
-		}
-	}
-}
-
-// DialTimeout implements memberlist.Transport: from the bind address.
-func (t *guardedTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return t.dial(ctx, "tcp", addr)
-}
-
-// DialAddressTimeout implements memberlist.NodeAwareTransport.
-func (t *guardedTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
-	return t.DialTimeout(a.Addr, timeout)
-}
-
-// StreamCh implements memberlist.Transport.
-func (t *guardedTransport) StreamCh() <-chan net.Conn { return t.out }
-
-// Shutdown implements memberlist.Transport; safe to call twice.
-func (t *guardedTransport) Shutdown() error {
-	var err error
-	t.once.Do(func() {
-		err = t.NetTransport.Shutdown()
-		close(t.done)
-	})
-	return err
 }
