@@ -135,10 +135,12 @@ func (c *Cluster) knows(name string) bool {
 	return ok
 }
 
-// A member that missed every gossiped copy of a joiner's alive message
-// (here: its incoming packets dropped while the joiner joins) does not see
-// the joiner until a push/pull; the repair does one at once.
-func TestRepairGossipFindsAMissedJoiner(t *testing.T) {
+// missedJoiner is g1 (the seed), g2 and g3 gossiping on loopback, where
+// g2 missed every gossiped copy of g3's alive message: its incoming
+// packets were dropped while g3 joined. It returns g2 and the seed's
+// address.
+func missedJoiner(t *testing.T) (*Cluster, string) {
+	t.Helper()
 	g1, _ := gossipOnly(t, "g1", "127.0.0.1:0", false) // memberlist picks free ports
 	g2, lossy := gossipOnly(t, "g2", "127.0.0.1:0", true)
 	seed := g1.ml.LocalNode().Address()
@@ -159,6 +161,14 @@ func TestRepairGossipFindsAMissedJoiner(t *testing.T) {
 	if g2.knows("g3") {
 		t.Fatal("g2 learnt of g3 by gossip: the test did not make it miss the joiner")
 	}
+	return g2, seed
+}
+
+// A member that missed every gossiped copy of a joiner's alive message
+// (here: its incoming packets dropped while the joiner joins) does not see
+// the joiner until a push/pull; the repair does one at once.
+func TestRepairGossipFindsAMissedJoiner(t *testing.T) {
+	g2, seed := missedJoiner(t)
 	servers := []string{"g1", "g2", "g3"}
 	gaps, with := g2.repairGossip(servers)
 	if !slices.Equal(gaps, []string{"g3"}) || with != seed {
@@ -169,6 +179,17 @@ func TestRepairGossipFindsAMissedJoiner(t *testing.T) {
 	}
 	if gaps, with := g2.repairGossip(servers); len(gaps) != 0 || with != "" {
 		t.Fatalf("second repair: gaps %v, with %q; want nothing to do", gaps, with)
+	}
+}
+
+// The exchange shortly after a join finds a member that joined meanwhile
+// and whose announcement this agent missed, without waiting for raft to
+// name it (here: g2's packets dropped while g3 joins).
+func TestSettleGossipFindsAConcurrentJoiner(t *testing.T) {
+	g2, _ := missedJoiner(t)
+	g2.settleGossip() // g1 is the only alive member g2 knows
+	if !g2.knows("g3") {
+		t.Fatal("after the exchange g2 still does not know g3")
 	}
 }
 
@@ -200,6 +221,34 @@ func TestSetMetaConcurrentUpdatesConverge(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("m1 sees m2 with %d containers, want 400 (a stale update won)", e.meta.Containers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A change noted with noteMeta is not broadcast on its own (a joiner's
+// InRaft flag, which a hundred joiners made a fleet-wide broadcast each);
+// it goes out with the next setMeta, even one that changes nothing else.
+func TestNotedMetaRidesOnTheNextUpdate(t *testing.T) {
+	g1, _ := gossipOnly(t, "m1", "127.0.0.1:0", false)
+	g2, _ := gossipOnly(t, "m2", "127.0.0.1:0", false)
+	if _, err := g2.ml.Join([]string{g1.ml.LocalNode().Address()}); err != nil {
+		t.Fatal(err)
+	}
+	sees := func(want bool) bool {
+		e, ok := g1.member("m2")
+		return ok && e.meta.InRaft == want
+	}
+	g2.noteMeta(func(m *nodeMeta) { m.InRaft = true })
+	time.Sleep(time.Second)
+	if !sees(false) {
+		t.Fatal("a noted change was broadcast on its own")
+	}
+	g2.setMeta(func(*nodeMeta) {})
+	deadline := time.Now().Add(5 * time.Second)
+	for !sees(true) {
+		if time.Now().After(deadline) {
+			t.Fatal("the noted change did not go out with the next update")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

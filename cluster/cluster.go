@@ -144,11 +144,14 @@ type Cluster struct {
 	// metadata and then takes the next incarnation, so two at once can pair
 	// the newer metadata with the older incarnation, which memberlist then
 	// drops; the stale metadata wins and the caller times out.
-	metaMu  sync.Mutex
-	mu      sync.Mutex
-	meta    nodeMeta
-	members map[string]*memberEntry
-	acks    map[string]time.Time // last direct probe ack, by member
+	metaMu sync.Mutex
+	// sentMeta is the metadata encoding memberlist last gossiped (set by
+	// startGossip and setMeta, under metaMu).
+	sentMeta []byte
+	mu       sync.Mutex
+	meta     nodeMeta
+	members  map[string]*memberEntry
+	acks     map[string]time.Time // last direct probe ack, by member
 
 	signer *stepSigner // this leader's step key, while it leads (mu)
 	// invWake is poked on every applied entry, for the inventory loop.
@@ -234,6 +237,14 @@ func (c *Cluster) Run(ctx context.Context) error {
 	if err := c.startRaft(); err != nil {
 		return err
 	}
+	// The first stats go into the metadata this agent joins with: read
+	// after joining, they were a second alive message per joiner for the
+	// whole fleet to gossip while it converged (internal/scale). A slow
+	// engine delays the start by at most firstStatsWait; statsLoop keeps
+	// trying.
+	sctx, cancel := context.WithTimeout(ctx, firstStatsWait)
+	c.refreshStats(sctx)
+	cancel()
 	if err := c.startGossip(); err != nil {
 		c.Shutdown()
 		return err
@@ -305,7 +316,12 @@ func (c *Cluster) startGossip() error {
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
 	}
+	c.metaMu.Lock()
+	c.mu.Lock()
+	c.sentMeta = c.meta.encode(metaLimit) // what Create asked NodeMeta for
+	c.mu.Unlock()
 	c.ml = ml
+	c.metaMu.Unlock()
 	return nil
 }
 
@@ -364,6 +380,10 @@ func (c *Cluster) joinLoop(ctx context.Context) error {
 		seeds = c.seeds()
 		backoff = min(backoff*2, 5*time.Second)
 	}
+	if err := sleepCtx(ctx, jitter(settleAfter)); err != nil {
+		return nil
+	}
+	c.settleGossip() // antientropy.go
 	<-ctx.Done()
 	return nil
 }
@@ -384,20 +404,36 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// setMeta changes the gossiped metadata and pushes it out when it changed.
+// setMeta changes the gossiped metadata and pushes it out when it differs
+// from what was last gossiped (including changes noteMeta held back).
 func (c *Cluster) setMeta(f func(*nodeMeta)) {
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
 	c.mu.Lock()
-	old := c.meta.encode(metaLimit)
 	f(&c.meta)
-	changed := string(old) != string(c.meta.encode(metaLimit))
+	now := c.meta.encode(metaLimit)
 	c.mu.Unlock()
-	if changed && c.ml != nil {
-		if err := c.ml.UpdateNode(2 * time.Second); err != nil {
-			c.logger.Warn("gossip metadata update failed", "err", err)
-		}
+	if c.ml == nil || string(now) == string(c.sentMeta) {
+		return
 	}
+	// UpdateNode changes the local node at once; a timeout only means the
+	// broadcast was not sent yet, so what it carries counts as gossiped.
+	if err := c.ml.UpdateNode(2 * time.Second); err != nil {
+		c.logger.Warn("gossip metadata update failed", "err", err)
+	}
+	c.sentMeta = now
+}
+
+// noteMeta changes the metadata without a broadcast of its own: the
+// change goes out with the next setMeta (statsLoop's refresh at the
+// latest). For changes nobody waits for, so that a burst of agents does
+// not make a fleet-wide broadcast each.
+func (c *Cluster) noteMeta(f func(*nodeMeta)) {
+	c.metaMu.Lock()
+	defer c.metaMu.Unlock()
+	c.mu.Lock()
+	f(&c.meta)
+	c.mu.Unlock()
 }
 
 // Self returns this agent's full member record (labels untruncated).
@@ -411,13 +447,17 @@ func (c *Cluster) Self() Member {
 	return Member{Name: c.cfg.NodeName, Status: StatusAlive, Labels: c.cfg.Labels}
 }
 
-// statsLoop refreshes capacity, use and container count into gossip.
+// firstStatsWait bounds the engine calls of the stats an agent joins with.
+const firstStatsWait = 2 * time.Second
+
+// statsLoop refreshes capacity, use and container count into gossip, the
+// first time one interval after Run read them before joining.
 func (c *Cluster) statsLoop(ctx context.Context) error {
 	for {
-		c.refreshStats(ctx)
 		if err := sleepCtx(ctx, jitter(c.cfg.StatsInterval)); err != nil {
 			return nil
 		}
+		c.refreshStats(ctx)
 	}
 }
 

@@ -174,7 +174,13 @@ func (c *Cluster) hasRaftState() bool {
 func (c *Cluster) bootstrapLoop(ctx context.Context) error {
 	for {
 		if c.hasRaftState() {
-			c.setMeta(func(m *nodeMeta) { m.InRaft = true })
+			// Added by a leader: the flag rides on the next stats
+			// refresh. A hundred agents joining at once each made a
+			// fleet-wide broadcast of it while the fleet converged
+			// (internal/scale), and what it guards against, a second
+			// bootstrap, is already guarded by the leader that added this
+			// agent, which gossips the flag itself (leaderTerm).
+			c.noteMeta(func(m *nodeMeta) { m.InRaft = true })
 			return nil
 		}
 		select {
