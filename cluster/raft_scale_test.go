@@ -24,9 +24,8 @@ func TestHundredMembersFailover(t *testing.T) {
 	const n, voters, writes = 100, 3, 200
 	var nodes []*inmemNode
 	for i := range n {
-		// The agents' heartbeat timeout: 100 raft nodes share this
-		// process's CPU, and a shorter one makes leaders step down.
-		nodes = append(nodes, newInmemNodeWith(t, fmt.Sprintf("n%03d", i), time.Second))
+		// The agents' default heartbeat timeout.
+		nodes = append(nodes, newInmemNodeWith(t, fmt.Sprintf("n%03d", i), DefaultConfig().RaftHeartbeatTimeout))
 	}
 	connect(nodes...)
 	var cfg raft.Configuration
