@@ -95,35 +95,39 @@ func (c *Cluster) gossipGaps(servers []string) []string {
 // due repair tries another member.
 func (c *Cluster) repairGossip(servers []string) (gaps []string, with string) {
 	gaps = c.gossipGaps(servers)
-	if len(gaps) == 0 || c.ml == nil {
+	if len(gaps) == 0 {
 		return gaps, ""
 	}
-	if with = c.randomAlivePeer(); with == "" {
-		return gaps, ""
-	}
-	if _, err := c.ml.Join([]string{with}); err != nil {
+	with, err := c.exchangeWithRandomPeer()
+	if err != nil {
 		c.logger.Warn("gossip repair failed", "missing", gaps, "with", with, "err", err)
+		return gaps, ""
+	}
+	if with == "" {
 		return gaps, ""
 	}
 	c.logger.Info("gossip view lacked raft members; exchanged state", "missing", gaps, "with", with)
 	return gaps, with
 }
 
-// randomAlivePeer returns the gossip address of a random alive member
-// other than this agent, or "" when there is none.
-func (c *Cluster) randomAlivePeer() string {
+// exchangeWithRandomPeer does one push/pull (the full member table both
+// ways) with a random alive member other than this agent, and returns its
+// address: "" when gossip is not running or no other member is alive.
+func (c *Cluster) exchangeWithRandomPeer() (string, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	var alive []string
 	for _, e := range c.members {
 		if e.status == StatusAlive && e.name != c.cfg.NodeName {
 			alive = append(alive, e.addr)
 		}
 	}
-	if len(alive) == 0 {
-		return ""
+	c.mu.Unlock()
+	if len(alive) == 0 || c.ml == nil {
+		return "", nil
 	}
-	return alive[rand.IntN(len(alive))]
+	with := alive[rand.IntN(len(alive))]
+	_, err := c.ml.Join([]string{with})
+	return with, err
 }
 
 // settleAfter is how long after its join an agent exchanges state once
@@ -138,11 +142,7 @@ const settleAfter = 1500 * time.Millisecond
 // together, 90% of the fleet knew each joiner within a second and one
 // agent or two 4-5 s later). By now the member asked has them.
 func (c *Cluster) settleGossip() {
-	with := c.randomAlivePeer()
-	if with == "" || c.ml == nil {
-		return
-	}
-	if _, err := c.ml.Join([]string{with}); err != nil {
+	if with, err := c.exchangeWithRandomPeer(); err != nil {
 		c.logger.Debug("gossip exchange after join failed", "with", with, "err", err)
 	}
 }

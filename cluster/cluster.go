@@ -317,9 +317,7 @@ func (c *Cluster) startGossip() error {
 		return fmt.Errorf("gossip on %s: %w", c.cfg.BindAddr, err)
 	}
 	c.metaMu.Lock()
-	c.mu.Lock()
-	c.sentMeta = c.meta.encode(metaLimit) // what Create asked NodeMeta for
-	c.mu.Unlock()
+	c.sentMeta = c.applyMeta(func(*nodeMeta) {}) // what Create asked NodeMeta for
 	c.ml = ml
 	c.metaMu.Unlock()
 	return nil
@@ -409,10 +407,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 func (c *Cluster) setMeta(f func(*nodeMeta)) {
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
-	c.mu.Lock()
-	f(&c.meta)
-	now := c.meta.encode(metaLimit)
-	c.mu.Unlock()
+	now := c.applyMeta(f)
 	if c.ml == nil || string(now) == string(c.sentMeta) {
 		return
 	}
@@ -431,9 +426,16 @@ func (c *Cluster) setMeta(f func(*nodeMeta)) {
 func (c *Cluster) noteMeta(f func(*nodeMeta)) {
 	c.metaMu.Lock()
 	defer c.metaMu.Unlock()
+	c.applyMeta(f)
+}
+
+// applyMeta applies f to the metadata under mu and returns its encoding.
+// The caller holds metaMu.
+func (c *Cluster) applyMeta(f func(*nodeMeta)) []byte {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	f(&c.meta)
-	c.mu.Unlock()
+	return c.meta.encode(metaLimit)
 }
 
 // Self returns this agent's full member record (labels untruncated).
