@@ -188,7 +188,7 @@ func (t *gossipNet) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error)
 		return nil, 0, fmt.Errorf("gossip bound to %s: looking for a private address to advertise: %w", t.bind, err)
 	}
 	if priv == "" {
-		return nil, 0, fmt.Errorf("gossip bound to %s and no private address found: set cluster.advertise", t.bind)
+		return nil, 0, fmt.Errorf("gossip bound to %s and no private address found: set cluster.bind to this host's address", t.bind)
 	}
 	return net.ParseIP(priv), bound.Port, nil
 }

@@ -2,8 +2,10 @@ package cluster
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +37,14 @@ func TestGossipNetPacketsAreTheirOwnSize(t *testing.T) {
 			t.Fatalf("size %d: no packet", size)
 		}
 	}
+	// A host name is resolved (NetTransport accepted them too).
+	host := net.JoinHostPort("localhost", fmt.Sprint(gn.udp.LocalAddr().(*net.UDPAddr).Port))
+	if _, err := peer.WriteTo([]byte("by name"), host); err != nil {
+		t.Fatalf("write to %s: %v", host, err)
+	}
+	if p := <-gn.PacketCh(); string(p.Buf) != "by name" {
+		t.Fatalf("by name: got %q", p.Buf)
+	}
 	// The next read must not have overwritten what was handed on.
 	first, second := []byte("first"), []byte("second-packet")
 	peer.WriteTo(first, gn.udp.LocalAddr().String())
@@ -59,6 +69,20 @@ func TestGossipNetStreamsAndAdvertise(t *testing.T) {
 	}
 	if _, _, err := gn.FinalAdvertiseAddr("not-an-ip", 1); err == nil {
 		t.Fatal("a bad advertise address was accepted")
+	}
+	// Bound to every address (the default cluster.bind): a private address
+	// of this host and the bound port, or an error that says what to set.
+	wild, err := newGossipNet("0.0.0.0", 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wild.Shutdown()
+	ip, port, err = wild.FinalAdvertiseAddr("", 0)
+	switch {
+	case err != nil && !strings.Contains(err.Error(), "set cluster.bind"):
+		t.Fatalf("bound to 0.0.0.0: %v", err)
+	case err == nil && (ip.IsUnspecified() || port != wild.tcp.Addr().(*net.TCPAddr).Port):
+		t.Fatalf("bound to 0.0.0.0: advertises %s:%d", ip, port)
 	}
 	c, err := peer.DialAddressTimeout(memberlist.Address{Addr: gn.tcp.Addr().String()}, time.Second)
 	if err != nil {
