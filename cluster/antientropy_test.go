@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"log/slog"
 	"slices"
 	"sync"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/edgemigrate/orchestrate/engine"
 )
 
 func TestGossipGaps(t *testing.T) {
@@ -255,5 +258,66 @@ func TestNotedMetaRidesOnTheNextUpdate(t *testing.T) {
 			t.Fatal("the noted change did not go out with the next update")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// statsEngine answers List and Features (all refreshStats asks), after
+// delay; nothing else of engine.Engine is called.
+type statsEngine struct {
+	engine.Engine
+	delay time.Duration
+}
+
+func (e statsEngine) List(ctx context.Context) ([]engine.Container, error) {
+	select {
+	case <-time.After(e.delay):
+		return make([]engine.Container, 3), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (e statsEngine) Features(ctx context.Context) (engine.Features, error) {
+	select {
+	case <-time.After(e.delay):
+		return engine.Features{CRIUVersion: "4.2.1"}, nil
+	case <-ctx.Done():
+		return engine.Features{}, ctx.Err()
+	}
+}
+
+// The stats an agent joins with are in the metadata its peers first see,
+// with no update of their own; an engine that does not answer delays the
+// start by firstStatsWait at most.
+func TestJoinStatsGoInTheFirstMetadata(t *testing.T) {
+	slow := &Cluster{cfg: Config{NodeName: "slow", Engine: statsEngine{delay: time.Hour}}, logger: slog.New(slog.DiscardHandler)}
+	start := time.Now()
+	slow.joinStats(context.Background())
+	if took := time.Since(start); took > firstStatsWait+time.Second {
+		t.Fatalf("joinStats with a hung engine took %s", took)
+	}
+	if slow.meta.MemTotal == 0 || slow.meta.Containers != 0 || slow.meta.CRIU != "" {
+		t.Fatalf("hung engine: meta %+v (memory known, nothing from the engine)", slow.meta)
+	}
+
+	g1, _ := gossipOnly(t, "j1", "127.0.0.1:0", false)
+	j2 := &Cluster{
+		cfg: Config{NodeName: "j2", BindAddr: "127.0.0.1:0", Secret: []byte("antientropy-test-secret-0123456789"), Engine: statsEngine{},
+			ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, SuspicionMult: 8},
+		logger: slog.New(slog.DiscardHandler), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
+		wakeBootstrap: make(chan struct{}, 1), wakeReconcile: make(chan struct{}, 1),
+	}
+	j2.joinStats(context.Background())
+	if err := j2.startGossip(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = j2.ml.Shutdown() })
+	if _, err := j2.ml.Join([]string{g1.ml.LocalNode().Address()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "j1 to know j2", func() bool { return g1.knows("j2") })
+	e, _ := g1.member("j2")
+	if e.meta.Containers != 3 || e.meta.CRIU != "4.2.1" || e.meta.MemTotal == 0 {
+		t.Fatalf("j1 first saw j2 with %+v, want its stats", e.meta)
 	}
 }

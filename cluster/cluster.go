@@ -237,14 +237,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	if err := c.startRaft(); err != nil {
 		return err
 	}
-	// The first stats go into the metadata this agent joins with: read
-	// after joining, they were a second alive message per joiner for the
-	// whole fleet to gossip while it converged (internal/scale). A slow
-	// engine delays the start by at most firstStatsWait; statsLoop keeps
-	// trying.
-	sctx, cancel := context.WithTimeout(ctx, firstStatsWait)
-	c.refreshStats(sctx)
-	cancel()
+	c.joinStats(ctx)
 	if err := c.startGossip(); err != nil {
 		c.Shutdown()
 		return err
@@ -451,6 +444,17 @@ func (c *Cluster) Self() Member {
 
 // firstStatsWait bounds the engine calls of the stats an agent joins with.
 const firstStatsWait = 2 * time.Second
+
+// joinStats reads the first stats into the metadata this agent joins with,
+// before gossip starts: read after joining, they were a second alive
+// message per joiner for the whole fleet to gossip while it converged
+// (internal/scale). A slow engine delays the start by at most
+// firstStatsWait; what it did not answer, statsLoop reads later.
+func (c *Cluster) joinStats(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, firstStatsWait)
+	defer cancel()
+	c.refreshStats(ctx)
+}
 
 // statsLoop refreshes capacity, use and container count into gossip, the
 // first time one interval after Run read them before joining.
