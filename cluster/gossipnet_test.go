@@ -152,3 +152,28 @@ func gossipNetPair(t *testing.T) (a, b *gossipNet) {
 	}
 	return a, b
 }
+
+// A bind that fails half-way (the UDP port taken) leaves the TCP port free,
+// and a bind address that is not an IP is refused by name.
+func TestGossipNetBindFailuresLeaveNothingBound(t *testing.T) {
+	taken, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port := taken.LocalAddr().(*net.UDPAddr).Port
+	if gn, err := newGossipNet("127.0.0.1", port, nil); err == nil || !strings.Contains(err.Error(), "UDP") {
+		if gn != nil {
+			gn.Shutdown()
+		}
+		t.Fatalf("UDP port taken: %v", err)
+	}
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatalf("the TCP port stayed bound after the failed bind: %v", err)
+	}
+	l.Close()
+	if _, err := newGossipNet("gossip.example", 0, nil); err == nil || !strings.Contains(err.Error(), "not an IP address") {
+		t.Fatalf("host name as bind address: %v", err)
+	}
+}
