@@ -139,6 +139,9 @@ type Cluster struct {
 	// to join): only then is the member table complete enough to bootstrap.
 	joined        chan struct{}
 	wakeReconcile chan struct{}
+	// wakePeers wakes reconnectLoop on a member change, so that peers.json
+	// is saved at once, not up to a second later.
+	wakePeers chan struct{}
 
 	// metaMu serialises setMeta's UpdateNode calls: UpdateNode reads the
 	// metadata and then takes the next incarnation, so two at once can pair
@@ -195,7 +198,7 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{
 		cfg: cfg, logger: cfg.Logger.With("node", cfg.NodeName), tls: t, token: APIToken(cfg.Secret),
-		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), joined: make(chan struct{}), wakeReconcile: make(chan struct{}, 1), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
+		fsm: newFSM(), wakeBootstrap: make(chan struct{}, 1), joined: make(chan struct{}), wakeReconcile: make(chan struct{}, 1), wakePeers: make(chan struct{}, 1), members: map[string]*memberEntry{}, acks: map[string]time.Time{},
 	}
 	if c.hostKey, err = transfer.LoadOrCreateKey(filepath.Join(cfg.DataDir, HostKeyFile)); err != nil {
 		return nil, err

@@ -196,9 +196,10 @@ func (c *Cluster) observe(n *memberlist.Node, status string, update bool) {
 	}
 }
 
-// poke wakes the bootstrap and reconcile loops without blocking.
+// poke wakes the bootstrap, reconcile and reconnect loops without
+// blocking.
 func (c *Cluster) poke() {
-	for _, ch := range []chan struct{}{c.wakeBootstrap, c.wakeReconcile} {
+	for _, ch := range []chan struct{}{c.wakeBootstrap, c.wakeReconcile, c.wakePeers} {
 		select {
 		case ch <- struct{}{}:
 		default:

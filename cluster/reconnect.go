@@ -20,15 +20,26 @@ const reconnectInterval = 5 * time.Second
 // attempt per dead member and interval, whatever its size.
 //
 // The same loop keeps peers.json (rejoin.go) up to date, checking every
-// second (an agent may be killed seconds after it joined), and repairs
-// gaps in the gossip view (antientropy.go).
+// second, and saving the first peers as soon as they are seen: an agent
+// killed within a second of its join, whose only seed was itself, came
+// back knowing nobody (seen in CI). It also repairs gaps in the gossip
+// view (antientropy.go).
 func (c *Cluster) reconnectLoop(ctx context.Context) error {
 	var saved []string
 	var repair gapRepair
 	next := time.Now().Add(jitter(reconnectInterval))
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
-		if err := sleepCtx(ctx, time.Second); err != nil {
+		select {
+		case <-ctx.Done():
 			return nil
+		case <-c.wakePeers:
+			if len(saved) == 0 {
+				saved = c.savePeers(saved)
+			}
+			continue
+		case <-tick.C:
 		}
 		saved = c.savePeers(saved)
 		servers := c.raftServers()

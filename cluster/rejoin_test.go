@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -42,5 +43,30 @@ func TestSeedsAfterARestart(t *testing.T) {
 		if s == "10.0.0.2:7946" || !slices.Contains(saved, s) {
 			t.Errorf("seed %s: not a saved peer, or twice", s)
 		}
+	}
+}
+
+// The first peers seen are saved at once, not at the next one-second
+// check: an agent killed within a second of its join, whose only seed was
+// itself, restarted knowing nobody (seen in CI).
+func TestFirstPeersSavedAtOnce(t *testing.T) {
+	g1, _ := gossipOnly(t, "p1", "127.0.0.1:0", false)
+	g2, _ := gossipOnly(t, "p2", "127.0.0.1:0", false)
+	g1.cfg.DataDir, g1.wakePeers = t.TempDir(), make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g1.reconnectLoop(ctx) }()
+	defer func() { cancel(); <-done }()
+	joined := time.Now()
+	if _, err := g2.ml.Join([]string{g1.ml.LocalNode().Address()}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(g1.cfg.DataDir, peersFile)
+	waitFor(t, 2*time.Second, "peers.json", func() bool { _, err := os.Stat(path); return err == nil })
+	if took := time.Since(joined); took > 500*time.Millisecond {
+		t.Fatalf("peers.json written %s after the join", took)
+	}
+	if got := (&Cluster{cfg: Config{DataDir: g1.cfg.DataDir}}).seeds(); !slices.Equal(got, []string{g2.ml.LocalNode().Address()}) {
+		t.Fatalf("seeds after a restart: %v", got)
 	}
 }
