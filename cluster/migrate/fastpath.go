@@ -307,7 +307,7 @@ func (p *pagesMethod) out(ctx context.Context, job *OutJob, base *delta.Index, p
 		start := time.Now()
 		defer func() { rep.Session, sessionEnd = time.Since(start), time.Now() }()
 		conn = &pauseAfterFirst{ReadWriteCloser: conn, ctx: ctx}
-		cfg := pageserver.PumpConfig{Record: rec, Stall: p.cfg.Stall}
+		cfg := pageserver.PumpConfig{Record: pageserver.NewWriteBehind(rec), Stall: p.cfg.Stall}
 		if !oneWay {
 			var err error
 			session, err = pageserver.Pump(ctx, conn, pc, cfg)

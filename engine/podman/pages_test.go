@@ -215,7 +215,7 @@ func (p *pageHost) move(t testing.TB, q *pageHost, id string, before func()) mov
 	sink := func(ctx context.Context, conn io.ReadWriteCloser) error {
 		r.connected = time.Since(start)
 		var err error
-		r.pages, err = pageserver.Pump(ctx, conn, pc, pageserver.PumpConfig{Record: rec, Stall: testStall})
+		r.pages, err = pageserver.Pump(ctx, conn, pc, pageserver.PumpConfig{Record: pageserver.NewWriteBehind(rec), Stall: testStall})
 		r.pumped = time.Since(start)
 		return err
 	}
