@@ -59,6 +59,11 @@ type ClientConfig struct {
 	// the stream. Only binaries built with the testhooks tag set it (see
 	// cmd/orchestrate/faults_testhooks.go).
 	CorruptAfter int64
+	// PageLinks asks targets to carry page channels on a page link (a TCP
+	// connection of their own, sealed with a key sent over SSH; see
+	// pagelink.go) instead of inside SSH. A target that does not offer one,
+	// or whose offered port cannot be reached, keeps the channel on SSH.
+	PageLinks bool
 
 	// testHookFrame, when set, may modify each data frame's payload just
 	// before it is written (after hashing): tests corrupt data in flight.
@@ -79,6 +84,7 @@ func DefaultClientConfig() ClientConfig {
 		Compression:       Compression{Mode: CompressAdaptive, Level: 1},
 		ChunkSize:         1 << 20,
 		Retries:           3,
+		PageLinks:         true,
 	}
 }
 
@@ -241,15 +247,20 @@ func (c *Client) drop(peer string, pc *peerConn) {
 	pc.ssh.Close()
 }
 
+// dialer is how the client makes TCP connections: cfg.Dial, or a plain
+// net.Dialer.
+func (c *Client) dialer() func(context.Context, string, string) (net.Conn, error) {
+	if c.cfg.Dial != nil {
+		return c.cfg.Dial
+	}
+	var d net.Dialer
+	return d.DialContext
+}
+
 func (c *Client) dial(ctx context.Context, peer string) (*peerConn, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	dial := c.cfg.Dial
-	if dial == nil {
-		var d net.Dialer
-		dial = d.DialContext
-	}
-	raw, err := dial(dctx, "tcp", peer)
+	raw, err := c.dialer()(dctx, "tcp", peer)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", peer, err)
 	}

@@ -19,11 +19,15 @@ package transfer
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -62,10 +66,22 @@ type PageChannel struct {
 	mu        sync.Mutex
 	accepted  bool
 	closeOnce sync.Once
+
+	// A page link (pagelink.go), when the client asked for one and this
+	// server offers them: where to listen, who may connect, and, once
+	// Accept set it up, the link itself (nil: the bytes stay on SSH).
+	wantLink        bool
+	listen          func(string, string) (net.Listener, error)
+	localIP, peerIP net.IP
+	id              string
+	link            *pageLink
 }
 
 // Accept tells the peer it may start sending. Reading or writing before
-// Accept is an error.
+// Accept is an error. When the peer asked for a page link, Accept offers
+// one and waits (up to a few seconds) until the peer connected to it or
+// said it stays on SSH; an error then means the peer took the link and it
+// failed, and the handler should give up.
 func (p *PageChannel) Accept() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -73,8 +89,85 @@ func (p *PageChannel) Accept() error {
 		return nil
 	}
 	p.accepted = true
-	_, err := p.ch.Write([]byte{replyOK, 0, 0, 0, 0})
-	return err
+	var ll *linkListener
+	if p.wantLink && p.localIP != nil && p.peerIP != nil {
+		ll, _ = listenLink(p.listen, p.localIP, p.peerIP, p.id, 2*linkWait) // none: the client stays on SSH
+	}
+	if ll == nil {
+		_, err := p.ch.Write([]byte{replyOK, 0, 0, 0, 0})
+		return err
+	}
+	defer func() {
+		// A link set up but not taken (the peer said 'S', or gave up)
+		// is closed once the listener's goroutine hands it over.
+		ll.stop()
+		go func() {
+			for l := range ll.links {
+				if l != p.link {
+					l.Close()
+				}
+			}
+		}()
+	}()
+	body, err := json.Marshal(ll.offer())
+	if err != nil {
+		return err
+	}
+	reply := binary.BigEndian.AppendUint32([]byte{replyOK}, uint32(len(body)))
+	if _, err := p.ch.Write(append(reply, body...)); err != nil {
+		return err
+	}
+	decision := make(chan byte, 1)
+	go func() {
+		var b [1]byte
+		if _, err := io.ReadFull(p.ch, b[:]); err != nil {
+			b[0] = 0
+		}
+		decision <- b[0]
+	}()
+	select {
+	case d := <-decision:
+		switch d {
+		case decisionSSH:
+			return nil
+		case decisionLink:
+		default:
+			return fmt.Errorf("page channel %s: no page link decision from the peer", p.id)
+		}
+	case <-time.After(2 * linkWait):
+		return fmt.Errorf("page channel %s: the peer neither took the page link nor declined it within %s", p.id, 2*linkWait)
+	}
+	// The client heard our acknowledgement before it said 'D', so the
+	// link is (or is about to be) handed over.
+	select {
+	case link := <-ll.links:
+		if link == nil {
+			return fmt.Errorf("page channel %s: the peer took a page link that never connected", p.id)
+		}
+		p.link = link
+		return nil
+	case <-time.After(linkWait):
+		return fmt.Errorf("page channel %s: the peer took a page link that never connected", p.id)
+	}
+}
+
+// Link reports whether the channel's bytes travel on a page link.
+func (p *PageChannel) Link() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.link != nil
+}
+
+func (p *PageChannel) closeLink() {
+	if l := p.linkOf(); l != nil {
+		l.Close()
+	}
+}
+
+func (p *PageChannel) linkOf() *pageLink {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.link
 }
 
 func (p *PageChannel) isAccepted() bool {
@@ -89,6 +182,9 @@ func (p *PageChannel) Read(b []byte) (int, error) {
 	if !p.isAccepted() {
 		return 0, errNotAccepted
 	}
+	if l := p.linkOf(); l != nil {
+		return l.Read(b)
+	}
 	return p.ch.Read(b)
 }
 
@@ -96,11 +192,19 @@ func (p *PageChannel) Write(b []byte) (int, error) {
 	if !p.isAccepted() {
 		return 0, errNotAccepted
 	}
+	if l := p.linkOf(); l != nil {
+		return l.Write(b)
+	}
 	return p.ch.Write(b)
 }
 
 // CloseWrite ends the server's half: the peer reads EOF.
-func (p *PageChannel) CloseWrite() error { return p.ch.CloseWrite() }
+func (p *PageChannel) CloseWrite() error {
+	if l := p.linkOf(); l != nil {
+		return l.CloseWrite()
+	}
+	return p.ch.CloseWrite()
+}
 
 // Close ends the server's half at once: the peer reads EOF and its writes
 // fail, and the channel's reads end once the peer closes its half (a
@@ -111,23 +215,42 @@ func (p *PageChannel) CloseWrite() error { return p.ch.CloseWrite() }
 func (p *PageChannel) Close() error {
 	var err error
 	p.closeOnce.Do(func() {
-		err = p.ch.CloseWrite()
+		if l := p.linkOf(); l != nil {
+			// The end frame (bounded by linkWait) goes out on its own
+			// goroutine: Close does not wait on a full link.
+			go func() {
+				_ = l.CloseWrite()
+				time.AfterFunc(pageCloseGrace, func() { l.Close() })
+			}()
+		} else {
+			err = p.ch.CloseWrite()
+		}
 		time.AfterFunc(pageCloseGrace, func() { p.ch.Close() })
 	})
 	return err
 }
 
-// Abort drops the whole SSH connection the channel came on (see
-// PageConn.Abort): for a link known dead, where Close could block.
+// Abort drops the whole SSH connection the channel came on, and its page
+// link (see PageConn.Abort): for a link known dead, where Close could
+// block.
 func (p *PageChannel) Abort() error {
+	p.closeLink()
 	p.dropConn()
 	return nil
 }
 
 // servePages reads the header, runs the handler and reports its result.
-func (s *Server) servePages(ctx context.Context, log *slog.Logger, ch ssh.Channel, reqs <-chan *ssh.Request, dropConn func()) {
+// link says whether and where to offer a page link: the client asked,
+// this server offers them, and the addresses of the SSH connection.
+func (s *Server) servePages(ctx context.Context, log *slog.Logger, ch ssh.Channel, reqs <-chan *ssh.Request, dropConn func(), link pageLinkAddrs) {
 	defer ch.Close()
-	go ssh.DiscardRequests(reqs)
+	// gone closes when the channel does: when the connection dropped, or
+	// once this function closed it.
+	gone := make(chan struct{})
+	go func() {
+		ssh.DiscardRequests(reqs)
+		close(gone)
+	}()
 	h, err := readHeader(ch)
 	if err != nil {
 		replyError(ch, err)
@@ -143,7 +266,14 @@ func (s *Server) servePages(ctx context.Context, log *slog.Logger, ch ssh.Channe
 	}
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pc := &PageChannel{ch: ch, dropConn: dropConn}
+	pc := &PageChannel{ch: ch, dropConn: dropConn, id: h.ID, wantLink: link.want && s.cfg.PageLinks, listen: s.cfg.ListenLink, localIP: link.local, peerIP: link.peer}
+	// The link lives no longer than the SSH channel that set it up: a
+	// dropped connection ends the session on both, as it would inside SSH.
+	defer pc.closeLink()
+	go func() {
+		<-gone
+		pc.closeLink()
+	}()
 	herr := handler(hctx, h, pc)
 	if !pc.isAccepted() {
 		if herr == nil {
@@ -174,6 +304,8 @@ type PageConn struct {
 	stop   func() bool
 	abort  func()
 	once   sync.Once
+	link   *pageLink   // nil: the bytes travel inside SSH
+	shut   atomic.Bool // Close was called: writes fail
 }
 
 // OpenPages opens a page channel to peer's handler for h.Kind and waits
@@ -196,7 +328,11 @@ func (c *Client) openPages(ctx context.Context, peer string, h StreamHeader) (*P
 	if err != nil {
 		return nil, err
 	}
-	ch, reqs, err := conn.ssh.OpenChannel(PageChannelType, nil)
+	var ask []byte
+	if c.cfg.PageLinks {
+		ask = []byte(pageLinkRequest)
+	}
+	ch, reqs, err := conn.ssh.OpenChannel(PageChannelType, ask)
 	if err != nil {
 		var oce *ssh.OpenChannelError
 		if !errors.As(err, &oce) {
@@ -207,18 +343,52 @@ func (c *Client) openPages(ctx context.Context, peer string, h StreamHeader) (*P
 	}
 	p := &PageConn{ch: ch, ctx: ctx, limit: c.limit, peer: peer, id: h.ID, result: make(chan error, 1), closed: make(chan struct{}),
 		abort: func() { c.drop(peer, conn) }}
-	p.stop = context.AfterFunc(ctx, func() { ch.Close() })
+	p.stop = context.AfterFunc(ctx, func() {
+		ch.Close()
+		if p.link != nil {
+			p.link.Close()
+		}
+	})
 	go p.collect(reqs)
 	if err := writeHeader(ch, h); err != nil {
 		p.Close()
 		return nil, c.sendErr(ctx, err)
 	}
-	if _, err := readReply(ch); err != nil {
+	body, err := readReply(ch)
+	if err != nil {
 		p.Close()
 		return nil, c.sendErr(ctx, err)
 	}
+	off, err := parseOffer(body)
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	if off != nil {
+		host, _, _ := net.SplitHostPort(peer)
+		link, lerr := dialLink(ctx, c.dialer(), host, *off, h.ID)
+		decision := byte(decisionLink)
+		if lerr != nil {
+			decision = decisionSSH
+			c.log.Info("page link not set up: the page channel stays on SSH", "peer", peer, "id", h.ID, "err", lerr)
+		}
+		if _, err := ch.Write([]byte{decision}); err != nil {
+			if link != nil {
+				link.Close()
+			}
+			p.Close()
+			return nil, c.sendErr(ctx, err)
+		}
+		p.link = link
+		if link != nil && ctx.Err() != nil {
+			link.Close() // cancelled while it was set up: AfterFunc ran before p.link existed
+		}
+	}
 	return p, nil
 }
+
+// Link reports whether the channel's bytes travel on a page link.
+func (p *PageConn) Link() bool { return p.link != nil }
 
 // collect waits for the server's result request. A channel that closes
 // without one means the server (or the link) went away mid-session.
@@ -255,17 +425,33 @@ func remoteError(code byte, text string) error {
 	return fmt.Errorf("%w: %s", ErrRemote, text)
 }
 
-func (p *PageConn) Read(b []byte) (int, error) { return p.ch.Read(b) }
+func (p *PageConn) Read(b []byte) (int, error) {
+	if p.link != nil {
+		return p.link.Read(b)
+	}
+	return p.ch.Read(b)
+}
 
 func (p *PageConn) Write(b []byte) (int, error) {
 	if err := p.limit.wait(p.ctx, len(b)); err != nil {
 		return 0, err
 	}
+	if p.link != nil {
+		if p.shut.Load() {
+			return 0, net.ErrClosed
+		}
+		return p.link.Write(b)
+	}
 	return p.ch.Write(b)
 }
 
 // CloseWrite ends the client's half: the server reads EOF.
-func (p *PageConn) CloseWrite() error { return p.ch.CloseWrite() }
+func (p *PageConn) CloseWrite() error {
+	if p.link != nil {
+		return p.link.CloseWrite()
+	}
+	return p.ch.CloseWrite()
+}
 
 // Close ends the client's half at once: the server reads EOF, and this
 // end's writes fail. The channel closes both ways once the server has
@@ -276,8 +462,16 @@ func (p *PageConn) CloseWrite() error { return p.ch.CloseWrite() }
 func (p *PageConn) Close() error {
 	var err error
 	p.once.Do(func() {
-		err = p.ch.CloseWrite()
+		if p.link != nil {
+			p.shut.Store(true)
+		} else {
+			err = p.ch.CloseWrite()
+		}
 		go func() {
+			if p.link != nil {
+				_ = p.link.CloseWrite() // bounded by linkWait
+				defer p.link.Close()
+			}
 			t := time.NewTimer(pageCloseGrace)
 			defer t.Stop()
 			select {
@@ -298,6 +492,9 @@ func (p *PageConn) Close() error {
 // make progress either. The next call to the peer dials again.
 func (p *PageConn) Abort() error {
 	p.stop()
+	if p.link != nil {
+		p.link.Close()
+	}
 	p.abort()
 	return nil
 }

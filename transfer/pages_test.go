@@ -12,49 +12,11 @@ import (
 	"time"
 )
 
-// A page channel carries bytes both ways and the handler's result back.
+// A page channel carries bytes both ways, the header's meta, and the
+// handler's result back (roundTrip, pagelink_test.go).
 func TestPageChannelRoundTrip(t *testing.T) {
 	ts, c := pair(t, nil, nil)
-	got := make(chan []byte, 1)
-	ts.srv.HandlePages("pages", func(ctx context.Context, h StreamHeader, ch *PageChannel) error {
-		if h.Meta["container"] != "abc" {
-			return fmt.Errorf("meta %v", h.Meta)
-		}
-		if err := ch.Accept(); err != nil {
-			return err
-		}
-		b, err := io.ReadAll(ch)
-		if err != nil {
-			return err
-		}
-		got <- b
-		if _, err := ch.Write([]byte("ok")); err != nil {
-			return err
-		}
-		return ch.CloseWrite()
-	})
-	ctx := context.Background()
-	pc, err := c.OpenPages(ctx, ts.addr, StreamHeader{Kind: "pages", ID: "m1", Meta: map[string]string{"container": "abc"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	data := make([]byte, 3<<20)
-	rand.Read(data)
-	go func() {
-		pc.Write(data)
-		pc.CloseWrite()
-	}()
-	answer, err := io.ReadAll(pc)
-	if err != nil || string(answer) != "ok" {
-		t.Fatalf("answer %q %v", answer, err)
-	}
-	if !bytes.Equal(<-got, data) {
-		t.Fatal("server got other bytes")
-	}
-	if err := pc.Result(ctx); err != nil {
-		t.Fatal(err)
-	}
-	pc.Close()
+	roundTrip(t, ts, c, "pages")
 }
 
 // A handler that cannot prepare refuses before the sender sends anything;

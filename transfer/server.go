@@ -81,6 +81,14 @@ type ServerConfig struct {
 	// that much of the spool's file system free: a write that would eat
 	// into it fails with ErrNoSpace.
 	MaxFileBytes, MinFreeBytes int64
+	// PageLinks offers clients that ask a page link for each page channel:
+	// a TCP port opened for that channel alone, on the address the client
+	// reached, which only that client's address may connect to and only
+	// with the channel's key (see pagelink.go).
+	PageLinks bool
+	// ListenLink opens the listener of a page link offer; nil uses
+	// net.Listen. Tests with network namespaces replace it.
+	ListenLink func(network, addr string) (net.Listener, error)
 	// Logger receives connection-level events. Nil discards.
 	Logger *slog.Logger
 }
@@ -100,6 +108,7 @@ func DefaultServerConfig() ServerConfig {
 		StallTimeout:     time.Minute,
 		MaxFileBytes:     64 << 30,
 		MinFreeBytes:     1 << 30,
+		PageLinks:        true,
 	}
 }
 
@@ -364,6 +373,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 				s.serveStream(ctx, log, ch, func() { sc.Close() })
 			}()
 		case PageChannelType:
+			link := pageLinkAddrs{want: string(nc.ExtraData()) == pageLinkRequest, local: tcpIP(c.LocalAddr()), peer: tcpIP(c.RemoteAddr())}
 			ch, creqs, err := nc.Accept()
 			if err != nil {
 				continue
@@ -373,7 +383,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			go func() {
 				defer wg.Done()
 				defer open.Add(-1)
-				s.servePages(ctx, log, ch, creqs, func() { sc.Close() })
+				s.servePages(ctx, log, ch, creqs, func() { sc.Close() }, link)
 			}()
 		case "session":
 			if s.root == nil {
