@@ -127,6 +127,7 @@ type PageReport struct {
 	Session      time.Duration `json:"session"`               // from CRIU's connect to its CLOSE answered
 	Fallback     string        `json:"fallback,omitempty"`    // why the page path did not run
 	DeltaSaved   int64         `json:"delta_saved,omitempty"` // page bytes not sent thanks to the base
+	Link         string        `json:"link,omitempty"`        // what carried the pages: "page-link" (a sealed TCP link of its own) or "ssh"
 }
 
 // PrecopyRound is one pre-copy round's numbers.

@@ -79,6 +79,7 @@ type Config struct {
 		StallTimeout time.Duration
 		MaxFileBytes int
 		MinFreeBytes int
+		PageLinks    bool
 	}
 	Restore struct {
 		AllowPrivileged     bool
@@ -184,6 +185,7 @@ var keys = func() []key {
 		{"transfer.stall_timeout", kDuration, time.Minute, "a stream with no byte for this long fails, releasing what it held", func(c *Config, v any) { c.Transfer.StallTimeout = v.(time.Duration) }},
 		{"transfer.max_file_bytes", kInt, 64 << 30, "largest file a peer may store here: an upload, a snapshot, a pre-copy base (0: no limit)", func(c *Config, v any) { c.Transfer.MaxFileBytes = v.(int) }},
 		{"transfer.min_free_bytes", kInt, 1 << 30, "free space uploads must leave on the spool's file system", func(c *Config, v any) { c.Transfer.MinFreeBytes = v.(int) }},
+		{"transfer.page_links", kBool, true, "carry a migration's memory pages on a TCP link of their own (a port the target opens for that one migration on the transfer address, only the source may connect, sealed with a key sent over SSH) instead of inside SSH", func(c *Config, v any) { c.Transfer.PageLinks = v.(bool) }},
 		{"restore.allow_privileged", kBool, false, "restore privileged containers, ones that share host namespaces or run unconfined", func(c *Config, v any) { c.Restore.AllowPrivileged = v.(bool) }},
 		{"restore.allowed_bind_paths", kList, []string{}, "host paths a restored container may bind-mount (each path and what lies under it)", func(c *Config, v any) { c.Restore.AllowedBindPaths = v.([]string) }},
 		{"restore.allowed_devices", kList, []string{}, "host devices a restored container may be given", func(c *Config, v any) { c.Restore.AllowedDevices = v.([]string) }},

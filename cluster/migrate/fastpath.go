@@ -279,6 +279,10 @@ func (p *pagesMethod) out(ctx context.Context, job *OutJob, base *delta.Index, p
 		return OutResult{}, notRun{fmt.Sprintf("target %s: %v", req.TargetHost, err)}
 	}
 	defer pc.Close()
+	rep := &PageReport{Link: "ssh"}
+	if pc.Link() {
+		rep.Link = "page-link"
+	}
 	rec, err := os.OpenFile(p.recordingPath(c.ID), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return OutResult{}, notRun{fmt.Sprintf("recording: %v", err)}
@@ -298,7 +302,6 @@ func (p *pagesMethod) out(ctx context.Context, job *OutJob, base *delta.Index, p
 	ahead.Reason = strings.TrimPrefix(ahead.Reason+"; "+pagesNote, "; ")
 	job.Ahead(ahead)
 
-	rep := &PageReport{}
 	var session pageserver.Stats
 	var es delta.Stats
 	var sessionEnd time.Time

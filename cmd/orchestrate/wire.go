@@ -105,6 +105,7 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		scfg.StallTimeout = cfg.Transfer.StallTimeout
 		scfg.MaxFileBytes, scfg.MinFreeBytes = int64(cfg.Transfer.MaxFileBytes), int64(cfg.Transfer.MinFreeBytes)
 		scfg.MaxStreamBytes = map[string]int64{forensics.KindSnapshot: int64(cfg.Transfer.MaxFileBytes), migrate.KindPreflight: 1 << 20}
+		scfg.PageLinks = cfg.Transfer.PageLinks
 		scfg.Logger = logger.With("part", "transfer")
 		srv, err := transfer.NewServer(scfg)
 		if err != nil {
@@ -112,7 +113,8 @@ func runAgent(ctx context.Context, cfg config.Config, cc cluster.Config, eng eng
 		}
 		ccfg := transfer.DefaultClientConfig()
 		ccfg.Signer, ccfg.HostKeys, ccfg.Logger = c.ClientSigner(), c, logger.With("part", "transfer")
-		ccfg.Dial = netguard.DialFrom(cfg.Transfer.Bind, 0) // from our own address: peers cap per source IP
+		ccfg.Dial = netguard.DialFrom(cfg.Transfer.Bind, 0) // from our own address: peers cap per source IP, page links accept only it
+		ccfg.PageLinks = cfg.Transfer.PageLinks
 		// Fault injection, in test builds only (faults_testhooks.go).
 		if err := applyFaults(&ccfg, logger); err != nil {
 			return err

@@ -52,7 +52,7 @@ func TestPagesBench(t *testing.T) {
 	for _, mib := range sizes {
 		var manual, gap, frozen, restore, criuSum []time.Duration
 		var conn, pumped, ckpt, recv, rest, podmanRestore []time.Duration
-		var archive int
+		var archive, links int
 		for i := 0; i < repeats; i++ {
 			name := fmt.Sprintf("man%d-%d", mib, i)
 			port := simhost.Port()
@@ -76,14 +76,17 @@ func TestPagesBench(t *testing.T) {
 			conn, pumped, ckpt = append(conn, r.connected), append(pumped, r.pumped), append(ckpt, r.checkpointed)
 			recv, rest = append(recv, r.received), append(rest, r.restored)
 			podmanRestore = append(podmanRestore, r.restore.Duration)
+			if r.link {
+				links++
+			}
 			archive = r.archive
 			h2.MustRun("podman", "rm", "-f", "-t", "0", name)
 			h1.MustRun("podman", "rm", "-f", "-t", "0", name)
 		}
 		rows = append(rows, fmt.Sprintf("| %d MiB | %s | %s | %.2f | %s | %.2f |", mib, minMed(manual), minMed(gap),
 			med(gap).Seconds()/med(manual).Seconds(), minMed(criuSum), med(gap).Seconds()/med(criuSum).Seconds()))
-		steps = append(steps, fmt.Sprintf("| %d MiB | %s | %s | %s | %s | %s | %s | %s | %d KiB |", mib, minMed(conn), minMed(frozen), minMed(pumped),
-			minMed(ckpt), minMed(recv), minMed(podmanRestore), minMed(restore), archive>>10))
+		steps = append(steps, fmt.Sprintf("| %d MiB | %s | %s | %s | %s | %s | %s | %s | %d KiB | %d of %d |", mib, minMed(conn), minMed(frozen), minMed(pumped),
+			minMed(ckpt), minMed(recv), minMed(podmanRestore), minMed(restore), archive>>10, links, repeats))
 	}
 	fmt.Printf("\nPage path, engine level (two simulated hosts, SSH page channel), min / median of %d:\n\n", repeats)
 	fmt.Println("| size | manual pipeline | page path (gap the workload saw) | ratio | CRIU frozen + restore | gap / CRIU |")
@@ -93,8 +96,8 @@ func TestPagesBench(t *testing.T) {
 	}
 	fmt.Println("\nWhere the page path's time goes (seconds since the checkpoint call began, except the CRIU and restore durations):")
 	fmt.Println()
-	fmt.Println("| size | CRIU connected | CRIU frozen | page session ended | checkpoint returned | target received | restore (Podman) | CRIU restore | archive |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| size | CRIU connected | CRIU frozen | page session ended | checkpoint returned | target received | restore (Podman) | CRIU restore | archive | on a page link |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
 	for _, s := range steps {
 		fmt.Println(s)
 	}

@@ -78,6 +78,13 @@ func newPageHosts(t *testing.T, hosts ...*simhost.Host) []*pageHost {
 		hostKey := newTestSigner(t)
 		cfg := transfer.DefaultServerConfig()
 		cfg.HostKey, cfg.Authorizer = hostKey, transfer.NewKeySet(clientKey.PublicKey())
+		cfg.ListenLink = func(network, addr string) (ln net.Listener, err error) {
+			err = simhost.InNetns(ns, func() (err error) {
+				ln, err = net.Listen(network, addr)
+				return err
+			})
+			return ln, err
+		}
 		srv, err := transfer.NewServer(cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -191,6 +198,7 @@ type moveResult struct {
 	// ended, the checkpoint call returned, the target's receiver
 	// reported, the restore returned.
 	connected, pumped, checkpointed, received, restored time.Duration
+	link                                                bool // the session ran on a page link, not inside SSH
 }
 
 // move migrates container id from p to q the way the migration code does
@@ -205,6 +213,7 @@ func (p *pageHost) move(t testing.TB, q *pageHost, id string, before func()) mov
 	if err != nil {
 		t.Fatalf("open page channel: %v", err)
 	}
+	r.link = pc.Link()
 	recPath := filepath.Join(p.rec, id+".pages")
 	rec, err := os.Create(recPath)
 	if err != nil {

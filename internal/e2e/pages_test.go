@@ -58,7 +58,30 @@ func TestE2EPages(t *testing.T) {
 		if r.Method != "pages" || r.Phase != "Done" {
 			t.Fatalf("migration to %s: %+v, want method pages", hop.to.Name, r)
 		}
+		if link := pageLinkOf(t, h1, "p1"); link != "page-link" {
+			t.Fatalf("migration to %s: the pages crossed on %q, want the page link", hop.to.Name, link)
+		}
 	}
+
+	// A target whose firewall passes only the agent's ports: the source
+	// cannot reach the page link's port, says so, and the same session
+	// runs inside SSH.
+	reject := []string{"INPUT", "-p", "tcp", "--syn", "-s", h1.IP, "--dport", "32768:60999", "-j", "REJECT", "--reject-with", "tcp-reset"}
+	in(t, h2, append([]string{"iptables", "-I"}, reject...)...)
+	t.Cleanup(func() { _, _ = h2.Run(append([]string{"iptables", "-D"}, reject...)...) })
+	if out, errOut, code := h1.CLI("migrate", "p1", "--to", h2.Name); code != 0 {
+		t.Fatalf("migrate behind a firewall: exit %d\n%s%s", code, out, errOut)
+	}
+	before = continued(t, h2, port, before)
+	onlyOn(t, c, "p1", h2)
+	settledMigrations(t, h1, 10*time.Second)
+	if r := lastMethod(t, h1, "p1"); r.Method != "pages" || r.Phase != "Done" {
+		t.Fatalf("migration behind a firewall: %+v, want method pages", r)
+	}
+	if link := pageLinkOf(t, h1, "p1"); link != "ssh" {
+		t.Fatalf("behind a firewall the pages crossed on %q, want ssh", link)
+	}
+	in(t, h2, append([]string{"iptables", "-D"}, reject...)...)
 
 	// Rollback after the dump: the target's import refuses (the volume
 	// exists there), so the source has no pages but its recording.
@@ -78,4 +101,15 @@ func TestE2EPages(t *testing.T) {
 	if r := lastMethod(t, h1, "p2"); r.Phase != "RolledBack" || !strings.Contains(r.Error, "already exists") {
 		t.Fatalf("p2: %+v", r)
 	}
+}
+
+// pageLinkOf is what carried the pages of the newest migration of name
+// (its record's pages.link).
+func pageLinkOf(t *testing.T, h *simhost.AgentHost, name string) string {
+	t.Helper()
+	rec, _ := record(t, h, name)
+	if rec.Precopy == nil || rec.Precopy.Pages == nil {
+		t.Fatalf("migration %s of %s has no page report", rec.ID, name)
+	}
+	return rec.Precopy.Pages.Link
 }
