@@ -31,7 +31,7 @@ GO_TEST_TIMEOUT ?= 25m
 # FUZZTIME=30s (or 1000000x) overrides every budget for a longer run by hand.
 FUZZTIME ?=
 FUZZ := ./engine/podman:FuzzParseDumpStats:80000x ./transfer:FuzzReadHeader:150000x \
-	./transfer:FuzzCheckName:150000x ./transfer:FuzzVerifyReader:100000x \
+	./transfer:FuzzCheckName:150000x ./transfer:FuzzVerifyReader:100000x ./transfer:FuzzPageLink:100000x \
 	./engine/archive:FuzzImage:5000x ./engine/archive:FuzzRead:10000x ./transfer/delta:FuzzDelta:10000x
 
 PREFIX ?= /usr/local

@@ -121,3 +121,42 @@ func FuzzVerifyReader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPageLink feeds hostile bytes to the reading end of a page link: it
+// must never panic, return more than it was given, or end cleanly unless
+// the bytes were frames sealed with the link's key ending in an end frame;
+// any other end is an authentication failure or a cut.
+func FuzzPageLink(f *testing.F) {
+	key := bytes.Repeat([]byte{3}, linkKeyLen)
+	seal := func(write func(l *pageLink)) []byte {
+		cc := &captureConn{}
+		l, _ := newPageLink(cc, key, true)
+		write(l)
+		return cc.buf.Bytes()
+	}
+	f.Add(seal(func(l *pageLink) { l.Write([]byte("pages")); l.writeFrame(frameEnd, nil) }))
+	f.Add(seal(func(l *pageLink) { l.Write(make([]byte, 5000)) }))
+	f.Add(seal(func(l *pageLink) { l.writeFrame(frameHello, []byte("m1")) }))
+	f.Add([]byte{frameData, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{frameEnd, 0, 0, 0, 16})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rc := &replayConn{r: bytes.NewReader(data)}
+		l, err := newPageLink(rc, key, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := io.ReadAll(l)
+		if len(out) > len(data) {
+			t.Fatalf("read %d bytes from %d", len(out), len(data))
+		}
+		if err == nil {
+			if l.rseq == 0 {
+				t.Fatal("a clean end without a single sealed frame")
+			}
+			return
+		}
+		if !errors.Is(err, ErrLinkAuth) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("error %v is neither an authentication failure nor a cut", err)
+		}
+	})
+}
