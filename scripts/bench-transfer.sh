@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench-transfer.sh: throughput of orchestrate's transfer package over
 # loopback SSH (streams with no compression, zstd 1 and 3, adaptive; SFTP
-# upload), against plain `scp` of the same payload to a temporary OpenSSH
+# upload; a page channel inside SSH and on its page link, with the CPU a
+# GiB costs), against plain `scp` of the same payload to a temporary OpenSSH
 # sshd started by this script. Three runs of each; prints min and median MB/s
 # (MB = 10^6 bytes, as `go test -bench` reports).
 #
@@ -31,7 +32,8 @@ bench_out=$tmp/bench.txt
 
 echo "== go benchmarks: ${MIB} MiB payload (4 KiB pages, half random, half zero), ${RUNS} runs" >&2
 (cd "$ROOT" && TRANSFER_BENCH_FILE=$payload TRANSFER_BENCH_MIB=$MIB \
-	go test -run '^$' -bench '^Benchmark(Stream|Upload)' -benchtime 1x -count "$RUNS" ./transfer/) | tee "$bench_out" >&2
+	go test -run '^$' -bench '^Benchmark(Stream|Upload)' -benchtime 1x -count "$RUNS" ./transfer/ &&
+	go test -run '^$' -bench '^BenchmarkPageChannel' -benchtime 8x -count "$RUNS" ./transfer/) | tee "$bench_out" >&2
 
 # ---- scp to a temporary sshd on a free loopback port ----
 for tool in sshd scp ssh-keygen; do
@@ -97,18 +99,26 @@ echo "== scp: $(tr '\n' ' ' <"$tmp/scp.txt")" >&2
 		for (i = 1; i <= NF; i++) {
 			if ($(i) == "MB/s") mbs = $(i-1)
 			if ($(i) == "wire/raw") wr = $(i-1)
+			if ($(i) == "cpu-s/GiB") cpu = $(i-1)
 		}
-		print name, mbs, (wr == "" ? "-" : wr); wr = ""
+		print name, mbs, (wr == "" ? "-" : wr), (cpu == "" ? "-" : cpu); wr = ""; cpu = ""
 	}' "$bench_out"
-	awk '{ print $1, $2, "1.000" }' "$tmp/scp.txt"
+	awk '{ print $1, $2, "1.000", "-" }' "$tmp/scp.txt"
 } | sort -k1,1 -k2,2n | awk -v runs="$RUNS" -v mib="$MIB" '
-	{ n[$1]++; v[$1, n[$1]] = $2; wr[$1] = $3; if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 } }
+	{ n[$1]++; v[$1, n[$1]] = $2; wr[$1] = $3; if ($4 != "-") { nc[$1]++; cpu[$1, nc[$1]] = $4 } if (!($1 in seen)) { seen[$1] = 1; order[++k] = $1 } }
 	END {
-		printf "\ntransfer over loopback SSH, %d MiB payload, %d runs (MB/s = 10^6 B/s of uncompressed data)\n", mib, runs
-		printf "%-16s %10s %10s %10s\n", "method", "min MB/s", "median", "wire/raw"
+		printf "\ntransfer over loopback SSH, %d MiB payload, %d runs (MB/s = 10^6 B/s of uncompressed data;\n", mib, runs
+		printf "page channels: 8 x 64 MiB a run, both ends in one process, cpu-s/GiB the CPU they use together, median)\n"
+		printf "%-20s %10s %10s %10s %10s\n", "method", "min MB/s", "median", "wire/raw", "cpu-s/GiB"
 		for (j = 1; j <= k; j++) {
 			m = order[j]; c = n[m]
 			med = (c % 2) ? v[m, (c + 1) / 2] : (v[m, c / 2] + v[m, c / 2 + 1]) / 2
-			printf "%-16s %10.1f %10.1f %10s\n", m, v[m, 1], med, wr[m]
+			cm = "-"
+			if (nc[m] > 0) {
+				# median of the CPU figures (insertion sort; a handful)
+				for (a = 2; a <= nc[m]; a++) for (b = a; b > 1 && cpu[m, b-1] + 0 > cpu[m, b] + 0; b--) { t = cpu[m, b]; cpu[m, b] = cpu[m, b-1]; cpu[m, b-1] = t }
+				cm = (nc[m] % 2) ? cpu[m, (nc[m] + 1) / 2] : sprintf("%.3f", (cpu[m, nc[m] / 2] + cpu[m, nc[m] / 2 + 1]) / 2)
+			}
+			printf "%-20s %10.1f %10.1f %10s %10s\n", m, v[m, 1], med, wr[m], cm
 		}
 	}'

@@ -3,7 +3,7 @@ package transfer
 // Page links: a page channel's bytes on a TCP connection of their own,
 // sealed with AES-GCM, instead of inside SSH. Go's SSH spends about 1.8 s
 // of CPU per GiB here (32 KiB packets, a fresh buffer for each, a copy at
-// every layer); sealed frames of up to a MiB spend 0.7 s, and a page
+// every layer); sealed frames of up to a MiB spend 0.8 s, and a page
 // session is bound by CPU while the container is frozen.
 //
 // What keeps it closed to anyone else:

@@ -131,31 +131,52 @@ func TestPageChannelCut(t *testing.T) {
 // BenchmarkPageChannel measures a page channel's one-way throughput over
 // loopback (SSH framing and encryption both ends, no disk).
 func BenchmarkPageChannel(b *testing.B) {
-	ts, c := pair(b, nil, nil)
-	done := make(chan int64, 1)
-	ts.srv.HandlePages("pages", func(ctx context.Context, h StreamHeader, ch *PageChannel) error {
-		ch.Accept()
-		// As the page pump reads: large buffers (io.Discard's own
-		// ReadFrom would read 8 KiB at a time).
-		n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, ch, make([]byte, 256<<10))
-		done <- n
-		return err
-	})
-	buf := make([]byte, 256<<10)
-	rand.Read(buf)
-	b.SetBytes(64 << 20)
-	for i := 0; i < b.N; i++ {
-		pc, err := c.OpenPages(context.Background(), ts.addr, StreamHeader{Kind: "pages", ID: "b"})
-		if err != nil {
-			b.Fatal(err)
+	for _, link := range []bool{false, true} {
+		name := "ssh"
+		if link {
+			name = "link"
 		}
-		for n := 0; n < 64<<20; n += len(buf) {
-			if _, err := pc.Write(buf); err != nil {
-				b.Fatal(err)
+		b.Run(name, func(b *testing.B) {
+			ts, c := pair(b, nil, func(c *ClientConfig) { c.PageLinks = link })
+			done := make(chan int64, 1)
+			ts.srv.HandlePages("pages", func(ctx context.Context, h StreamHeader, ch *PageChannel) error {
+				ch.Accept()
+				// As the page pump reads: large buffers (io.Discard's own
+				// ReadFrom would read 8 KiB at a time).
+				n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, ch, make([]byte, 256<<10))
+				done <- n
+				return err
+			})
+			buf := make([]byte, 256<<10)
+			rand.Read(buf)
+			b.SetBytes(64 << 20)
+			cpu0 := cpuTime()
+			for i := 0; i < b.N; i++ {
+				pc, err := c.OpenPages(context.Background(), ts.addr, StreamHeader{Kind: "pages", ID: "b"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if pc.Link() != link {
+					b.Fatalf("page link %v, want %v", pc.Link(), link)
+				}
+				for n := 0; n < 64<<20; n += len(buf) {
+					if _, err := pc.Write(buf); err != nil {
+						b.Fatal(err)
+					}
+				}
+				pc.CloseWrite()
+				<-done
+				pc.Close()
 			}
-		}
-		pc.CloseWrite()
-		<-done
-		pc.Close()
+			// Both ends run in this process: the CPU a GiB costs them together.
+			b.ReportMetric((cpuTime()-cpu0).Seconds()/(float64(b.N)*64/1024), "cpu-s/GiB")
+		})
 	}
+}
+
+// cpuTime is the CPU time this process used so far, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

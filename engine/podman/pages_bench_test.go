@@ -88,7 +88,7 @@ func TestPagesBench(t *testing.T) {
 		steps = append(steps, fmt.Sprintf("| %d MiB | %s | %s | %s | %s | %s | %s | %s | %d KiB | %d of %d |", mib, minMed(conn), minMed(frozen), minMed(pumped),
 			minMed(ckpt), minMed(recv), minMed(podmanRestore), minMed(restore), archive>>10, links, repeats))
 	}
-	fmt.Printf("\nPage path, engine level (two simulated hosts, SSH page channel), min / median of %d:\n\n", repeats)
+	fmt.Printf("\nPage path, engine level (two simulated hosts, page channel over the transfer SSH connection and its page link), min / median of %d:\n\n", repeats)
 	fmt.Println("| size | manual pipeline | page path (gap the workload saw) | ratio | CRIU frozen + restore | gap / CRIU |")
 	fmt.Println("|---|---|---|---|---|---|")
 	for _, r := range rows {
