@@ -101,9 +101,10 @@ func (p *PageChannel) Accept() error {
 		// A link set up but not taken (the peer said 'S', or gave up)
 		// is closed once the listener's goroutine hands it over.
 		ll.stop()
+		taken := p.link
 		go func() {
 			for l := range ll.links {
-				if l != p.link {
+				if l != taken {
 					l.Close()
 				}
 			}
@@ -304,8 +305,8 @@ type PageConn struct {
 	stop   func() bool
 	abort  func()
 	once   sync.Once
-	link   *pageLink   // nil: the bytes travel inside SSH
-	shut   atomic.Bool // Close was called: writes fail
+	link   atomic.Pointer[pageLink] // nil: the bytes travel inside SSH
+	shut   atomic.Bool              // Close was called: writes fail
 }
 
 // OpenPages opens a page channel to peer's handler for h.Kind and waits
@@ -345,8 +346,8 @@ func (c *Client) openPages(ctx context.Context, peer string, h StreamHeader) (*P
 		abort: func() { c.drop(peer, conn) }}
 	p.stop = context.AfterFunc(ctx, func() {
 		ch.Close()
-		if p.link != nil {
-			p.link.Close()
+		if l := p.link.Load(); l != nil {
+			l.Close()
 		}
 	})
 	go p.collect(reqs)
@@ -379,7 +380,7 @@ func (c *Client) openPages(ctx context.Context, peer string, h StreamHeader) (*P
 			p.Close()
 			return nil, c.sendErr(ctx, err)
 		}
-		p.link = link
+		p.link.Store(link)
 		if link != nil && ctx.Err() != nil {
 			link.Close() // cancelled while it was set up: AfterFunc ran before p.link existed
 		}
@@ -388,7 +389,7 @@ func (c *Client) openPages(ctx context.Context, peer string, h StreamHeader) (*P
 }
 
 // Link reports whether the channel's bytes travel on a page link.
-func (p *PageConn) Link() bool { return p.link != nil }
+func (p *PageConn) Link() bool { return p.link.Load() != nil }
 
 // collect waits for the server's result request. A channel that closes
 // without one means the server (or the link) went away mid-session.
@@ -426,8 +427,8 @@ func remoteError(code byte, text string) error {
 }
 
 func (p *PageConn) Read(b []byte) (int, error) {
-	if p.link != nil {
-		return p.link.Read(b)
+	if l := p.link.Load(); l != nil {
+		return l.Read(b)
 	}
 	return p.ch.Read(b)
 }
@@ -436,19 +437,19 @@ func (p *PageConn) Write(b []byte) (int, error) {
 	if err := p.limit.wait(p.ctx, len(b)); err != nil {
 		return 0, err
 	}
-	if p.link != nil {
+	if l := p.link.Load(); l != nil {
 		if p.shut.Load() {
 			return 0, net.ErrClosed
 		}
-		return p.link.Write(b)
+		return l.Write(b)
 	}
 	return p.ch.Write(b)
 }
 
 // CloseWrite ends the client's half: the server reads EOF.
 func (p *PageConn) CloseWrite() error {
-	if p.link != nil {
-		return p.link.CloseWrite()
+	if l := p.link.Load(); l != nil {
+		return l.CloseWrite()
 	}
 	return p.ch.CloseWrite()
 }
@@ -462,15 +463,16 @@ func (p *PageConn) CloseWrite() error {
 func (p *PageConn) Close() error {
 	var err error
 	p.once.Do(func() {
-		if p.link != nil {
+		l := p.link.Load()
+		if l != nil {
 			p.shut.Store(true)
 		} else {
 			err = p.ch.CloseWrite()
 		}
 		go func() {
-			if p.link != nil {
-				_ = p.link.CloseWrite() // bounded by linkWait
-				defer p.link.Close()
+			if l != nil {
+				_ = l.CloseWrite() // bounded by linkWait
+				defer l.Close()
 			}
 			t := time.NewTimer(pageCloseGrace)
 			defer t.Stop()
@@ -492,8 +494,8 @@ func (p *PageConn) Close() error {
 // make progress either. The next call to the peer dials again.
 func (p *PageConn) Abort() error {
 	p.stop()
-	if p.link != nil {
-		p.link.Close()
+	if l := p.link.Load(); l != nil {
+		l.Close()
 	}
 	p.abort()
 	return nil
