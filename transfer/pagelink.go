@@ -66,7 +66,7 @@ const (
 
 // linkWait bounds each step of setting a link up: the client's connect
 // and hello, the server's wait for them and for the client's decision.
-var linkWait = 3 * time.Second
+const linkWait = 3 * time.Second
 
 // ErrLinkAuth: a link frame failed to open with the channel's key.
 var ErrLinkAuth = errors.New("page link: frame failed authentication")
@@ -88,13 +88,15 @@ type pageLink struct {
 
 	wmu     sync.Mutex
 	wseq    uint64
+	wnonce  [12]byte
 	wbuf    []byte
 	wclosed bool
 
-	rseq  uint64
-	rbuf  []byte
-	plain []byte // opened payload not yet returned
-	rerr  error  // sticky: io.EOF after an end frame, or why the link failed
+	rseq   uint64
+	rnonce [12]byte
+	rbuf   []byte
+	plain  []byte // opened payload not yet returned
+	rerr   error  // sticky: io.EOF after an end frame, or why the link failed
 
 	closeOnce sync.Once
 }
@@ -115,11 +117,20 @@ func newPageLink(c net.Conn, key []byte, client bool) (*pageLink, error) {
 	return l, nil
 }
 
-func linkNonce(dir uint32, seq uint64) []byte {
-	n := make([]byte, 12)
-	binary.BigEndian.PutUint32(n, dir)
+// nonce fills n with direction dir and counter seq.
+func nonce(n *[12]byte, dir uint32, seq uint64) []byte {
+	binary.BigEndian.PutUint32(n[:4], dir)
 	binary.BigEndian.PutUint64(n[4:], seq)
-	return n
+	return n[:]
+}
+
+// cut is the error of a link that ended inside a frame or before an end
+// frame: never io.EOF, which only an end frame may give.
+func cut(err error) error {
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("page link cut: %w", err)
 }
 
 // writeFrame seals p as one frame of type typ and writes it in one call.
@@ -135,7 +146,7 @@ func (l *pageLink) writeFrame(typ byte, p []byte) error {
 	}
 	out := append(l.wbuf[:0], typ, 0, 0, 0, 0)
 	binary.BigEndian.PutUint32(out[1:], uint32(len(p)+linkTagLen))
-	out = l.aead.Seal(out, linkNonce(l.send, l.wseq), p, []byte{typ})
+	out = l.aead.Seal(out, nonce(&l.wnonce, l.send, l.wseq), p, []byte{typ})
 	l.wseq++
 	_, err := l.c.Write(out)
 	return err
@@ -145,10 +156,7 @@ func (l *pageLink) writeFrame(typ byte, p []byte) error {
 func (l *pageLink) readFrame() (byte, []byte, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(l.br, hdr[:]); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, nil, fmt.Errorf("page link cut: %w", err)
+		return 0, nil, cut(err)
 	}
 	n := int(binary.BigEndian.Uint32(hdr[1:]))
 	if n < linkTagLen || n > maxLinkFrame+linkTagLen {
@@ -159,12 +167,9 @@ func (l *pageLink) readFrame() (byte, []byte, error) {
 	}
 	buf := l.rbuf[:n]
 	if _, err := io.ReadFull(l.br, buf); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, nil, fmt.Errorf("page link cut: %w", err)
+		return 0, nil, cut(err)
 	}
-	p, err := l.aead.Open(buf[:0], linkNonce(l.recv, l.rseq), buf, hdr[:1])
+	p, err := l.aead.Open(buf[:0], nonce(&l.rnonce, l.recv, l.rseq), buf, hdr[:1])
 	if err != nil {
 		return 0, nil, ErrLinkAuth
 	}

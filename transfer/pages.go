@@ -67,14 +67,14 @@ type PageChannel struct {
 	accepted  bool
 	closeOnce sync.Once
 
-	// A page link (pagelink.go), when the client asked for one and this
-	// server offers them: where to listen, who may connect, and, once
-	// Accept set it up, the link itself (nil: the bytes stay on SSH).
-	wantLink        bool
-	listen          func(string, string) (net.Listener, error)
-	localIP, peerIP net.IP
-	id              string
-	link            *pageLink
+	// A page link (pagelink.go): whether the client asked and this server
+	// offers them and the connection's addresses (addrs), how to listen,
+	// and, once Accept set it up, the link itself (nil: the bytes stay on
+	// SSH).
+	addrs  pageLinkAddrs
+	listen func(string, string) (net.Listener, error)
+	id     string
+	link   *pageLink
 }
 
 // Accept tells the peer it may start sending. Reading or writing before
@@ -90,8 +90,8 @@ func (p *PageChannel) Accept() error {
 	}
 	p.accepted = true
 	var ll *linkListener
-	if p.wantLink && p.localIP != nil && p.peerIP != nil {
-		ll, _ = listenLink(p.listen, p.localIP, p.peerIP, p.id, 2*linkWait) // none: the client stays on SSH
+	if a := p.addrs; a.want && a.local != nil && a.peer != nil {
+		ll, _ = listenLink(p.listen, a.local, a.peer, p.id, 2*linkWait) // none: the client stays on SSH
 	}
 	if ll == nil {
 		_, err := p.ch.Write([]byte{replyOK, 0, 0, 0, 0})
@@ -267,7 +267,8 @@ func (s *Server) servePages(ctx context.Context, log *slog.Logger, ch ssh.Channe
 	}
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pc := &PageChannel{ch: ch, dropConn: dropConn, id: h.ID, wantLink: link.want && s.cfg.PageLinks, listen: s.cfg.ListenLink, localIP: link.local, peerIP: link.peer}
+	link.want = link.want && s.cfg.PageLinks
+	pc := &PageChannel{ch: ch, dropConn: dropConn, id: h.ID, addrs: link, listen: s.cfg.ListenLink}
 	// The link lives no longer than the SSH channel that set it up: a
 	// dropped connection ends the session on both, as it would inside SSH.
 	defer pc.closeLink()

@@ -1,6 +1,7 @@
 package pageserver
 
 import (
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -35,7 +36,7 @@ type WriteBehind struct {
 // NewWriteBehind returns a WriteBehind appending to f from its current
 // offset.
 func NewWriteBehind(f *os.File) *WriteBehind {
-	off, err := f.Seek(0, 1)
+	off, err := f.Seek(0, io.SeekCurrent)
 	w := &WriteBehind{f: f, fd: int(f.Fd()), off: off, synced: off}
 	if err != nil {
 		w.plain = true
