@@ -344,3 +344,92 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// A peer that asks for a link and then misbehaves (says something other
+// than 'D' or 'S', or takes the link and never connects) fails the
+// handler's Accept with the reason, which comes back as the channel's
+// result; nothing reaches the handler's reads.
+func TestPageLinkAcceptRefusesBrokenPeers(t *testing.T) {
+	ts, c := pair(t, nil, nil)
+	accepted := make(chan error, 2)
+	ts.srv.HandlePages("pages", func(ctx context.Context, h StreamHeader, ch *PageChannel) error {
+		err := ch.Accept()
+		accepted <- err
+		return err
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		decision byte
+		want     string
+	}{
+		{'X', "no page link decision"},
+		{decisionLink, "never connected"}, // 'D' without ever connecting
+	} {
+		conn, _, err := c.conn(ctx, ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch, reqs, err := conn.ssh.OpenChannel(PageChannelType, []byte(pageLinkRequest))
+		if err != nil {
+			t.Fatal(err)
+		}
+		results := make(chan string, 1)
+		go func() {
+			res := ""
+			for req := range reqs {
+				if req.Type == pagesResultRequest {
+					res = string(req.Payload)
+				}
+			}
+			results <- res
+		}()
+		if err := writeHeader(ch, StreamHeader{Kind: "pages", ID: "m1"}); err != nil {
+			t.Fatal(err)
+		}
+		body, err := readReply(ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if off, err := parseOffer(body); err != nil || off == nil {
+			t.Fatalf("no link offered: %v", err)
+		}
+		if _, err := ch.Write([]byte{tc.decision}); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-accepted; err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("decision %q: Accept %v, want %q", tc.decision, err, tc.want)
+		}
+		if res := <-results; !strings.Contains(res, tc.want) {
+			t.Errorf("decision %q: result %q, want %q", tc.decision, res, tc.want)
+		}
+		ch.Close()
+	}
+}
+
+// A client refuses an offer it cannot use before it connects anywhere.
+func TestPageLinkBadOffers(t *testing.T) {
+	if _, err := parseOffer([]byte("{not json")); err == nil {
+		t.Error("a garbled offer was taken")
+	}
+	if off, err := parseOffer(nil); off != nil || err != nil {
+		t.Errorf("no offer: %v, %v", off, err)
+	}
+	dialed := false
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed = true
+		return nil, errors.New("unreachable")
+	}
+	for _, off := range []linkOffer{
+		{Port: 0, Key: make([]byte, linkKeyLen)},
+		{Port: 70000, Key: make([]byte, linkKeyLen)},
+		{Port: 4000, Key: make([]byte, 5)},
+	} {
+		if _, err := dialLink(context.Background(), dial, "127.0.0.1", off, "m1"); err == nil || !strings.Contains(err.Error(), "bad offer") {
+			t.Errorf("offer %+v: %v, want a bad offer", off, err)
+		}
+	}
+	if dialed {
+		t.Error("a bad offer was dialed")
+	}
+}
