@@ -78,23 +78,23 @@ func newPageHosts(t *testing.T, hosts ...*simhost.Host) []*pageHost {
 		hostKey := newTestSigner(t)
 		cfg := transfer.DefaultServerConfig()
 		cfg.HostKey, cfg.Authorizer = hostKey, transfer.NewKeySet(clientKey.PublicKey())
-		cfg.ListenLink = func(network, addr string) (ln net.Listener, err error) {
+		// The transfer port and each page link's port listen in the
+		// host's network namespace, as its agent's would.
+		listen := func(network, addr string) (ln net.Listener, err error) {
 			err = simhost.InNetns(ns, func() (err error) {
 				ln, err = net.Listen(network, addr)
 				return err
 			})
 			return ln, err
 		}
+		cfg.ListenLink = listen
 		srv, err := transfer.NewServer(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		srv.HandlePages("pages", ph.handlePages)
-		var ln net.Listener
-		if err := simhost.InNetns(ns, func() (err error) {
-			ln, err = net.Listen("tcp", h.IP+":0")
-			return err
-		}); err != nil {
+		ln, err := listen("tcp", h.IP+":0")
+		if err != nil {
 			t.Fatal(err)
 		}
 		ph.addr = ln.Addr().String()
