@@ -150,6 +150,10 @@ func missedJoiner(t *testing.T) (*Cluster, string) {
 	if _, err := g2.ml.Join([]string{seed}); err != nil {
 		t.Fatal(err)
 	}
+	// g1 answers a push/pull with its own table before it merges the
+	// joiner's, so g2's Join can return before g1 knows g2; g3 must find
+	// g2 in g1's table below.
+	waitFor(t, 5*time.Second, "g1 to know g2", func() bool { return g1.knows("g2") })
 	lossy.drop.Store(true)
 	g3, _ := gossipOnly(t, "g3", "127.0.0.1:0", false)
 	if _, err := g3.ml.Join([]string{seed}); err != nil {
@@ -158,8 +162,7 @@ func missedJoiner(t *testing.T) (*Cluster, string) {
 	if !g3.knows("g2") {
 		t.Fatal("g1's table did not reach g3 in the join")
 	}
-	// g1 answers the push/pull with its own table before it merges g3's,
-	// so g3's Join can return before g1 knows g3.
+	// The same for g3's Join.
 	waitFor(t, 5*time.Second, "g1 to know g3", func() bool { return g1.knows("g3") })
 	time.Sleep(2 * time.Second) // g1 and g3 gossip g3's alive message: g2 drops every copy
 	lossy.drop.Store(false)
